@@ -1,0 +1,1 @@
+"""Deployment helpers: export and runtime checks for pruned models."""

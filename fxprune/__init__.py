@@ -1,0 +1,9 @@
+"""fxprune: structured pruning that discovers coupled channels with torch.fx and slims models in place."""
+
+from .analysis import Analysis, analyze
+from .capture import CaptureError
+from .prune import PruneReport, VerificationError, apply_plan, prune
+
+__version__ = "0.1.0"
+
+__all__ = ["Analysis", "CaptureError", "PruneReport", "VerificationError", "analyze", "apply_plan", "prune"]

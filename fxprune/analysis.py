@@ -1,0 +1,155 @@
+"""``fxprune.analyze``: capture a model and discover its channel groups."""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from .capture import Captured, as_args_kwargs, capture
+from .groups.analysis import Group, build_groups
+from .groups.context import Unsupported
+from .groups.propagate import ChannelPropagation, PropagationResult
+from .importance import get_importance
+from .plan import Plan, make_plan
+
+__all__ = ["Analysis", "analyze"]
+
+
+@dataclass
+class Analysis:
+    """The channel groups of a model and how they were found."""
+
+    model: nn.Module
+    captured: Captured
+    propagation: PropagationResult
+    groups: list[Group]
+    unsupported: list[Unsupported]
+    seconds: float
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable > 0]
+
+    def scores(self, importance="l2") -> dict[int, np.ndarray]:
+        """Importance of every atom of every group (``"l1"``, ``"l2"``, ``"random"`` or a callable)."""
+        fn = get_importance(importance)
+        return {g.id: np.asarray(fn(self.model, g), dtype=np.float64) for g in self.groups}
+
+    def plan(
+        self,
+        ratio: float,
+        *,
+        importance="l2",
+        ratios: dict[str, float] | None = None,
+        round_to: int = 1,
+        min_width: int = 1,
+        global_ranking: bool = False,
+    ) -> Plan:
+        """Choose the atoms to remove (see :func:`fxprune.plan.make_plan`)."""
+        self._check_ratio_patterns(ratios)
+        return make_plan(self.groups, self.scores(importance), ratio, ratios, round_to, min_width, global_ranking)
+
+    def _check_ratio_patterns(self, ratios: dict[str, float] | None) -> None:
+        names = [n for n, _ in self.model.named_modules()]
+        for pattern in ratios or {}:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise ValueError(f"per-module ratio pattern {pattern!r} matches no module of the model")
+            hit = [g for g in self.groups if any(fnmatch.fnmatchcase(m, pattern) for m in g.modules)]
+            if hit and all(g.prunable == 0 for g in hit):
+                reasons = {r for g in hit for r in g.frozen.values()}
+                raise ValueError(
+                    f"per-module ratio {pattern!r}: every channel of the matching layers is frozen "
+                    f"({'; '.join(sorted(reasons)[:3])})"
+                )
+
+    def summary_rows(self) -> list[dict]:
+        """One dict per group: id, modules, width, prunable, constraints, exact."""
+        rows = []
+        for g in self.groups:
+            cons = []
+            if g.divisor > 1:
+                cons.append(f"divisor {g.divisor}")
+            if g.equal_parts:
+                cons.append(f"equal parts x{len(g.equal_parts[0])}")
+            reasons = sorted(set(g.frozen.values()))
+            rows.append({
+                "group": g.id,
+                "modules": g.modules,
+                "members": g.members(),
+                "width": g.width,
+                "prunable": g.prunable,
+                "constraints": ", ".join(cons),
+                "exact": g.exact,
+                "note": g.approx_reason or (reasons[0] if reasons else ""),
+            })
+        return rows
+
+
+def _check_ignore(model: nn.Module, ignore: Iterable) -> tuple[list[str], list[type]]:
+    patterns, types = [], []
+    names = [n for n, _ in model.named_modules()]
+    for item in ignore:
+        if isinstance(item, type):
+            types.append(item)
+            continue
+        if isinstance(item, nn.Module):
+            found = [n for n, m in model.named_modules() if m is item]
+            if not found:
+                raise ValueError("an ignored module object is not part of the model")
+            patterns.append(found[0])
+            continue
+        if not any(fnmatch.fnmatchcase(n, item) or n.startswith(item + ".") for n in names):
+            raise ValueError(f"ignored module pattern {item!r} matches no module of the model")
+        patterns.append(item)
+    return patterns, types
+
+
+def analyze(
+    model: nn.Module,
+    example_inputs,
+    *,
+    ignore: Iterable = (),
+    leaf_modules: Iterable = (),
+    use_export: bool = True,
+) -> Analysis:
+    """Capture ``model`` and discover its coupled channel groups.
+
+    ``ignore``: module names (glob patterns), module objects or types whose channels must not change.
+    ``leaf_modules``: module types or name patterns that tracing must not enter (their channels freeze).
+    Model outputs never change shape; ops the analysis does not understand freeze the channels they touch
+    and are listed in ``Analysis.unsupported``.
+    """
+    start = time.perf_counter()
+    patterns, types = _check_ignore(model, ignore)
+    if types:
+        patterns += [n for n, m in model.named_modules() if isinstance(m, tuple(types))]
+    was_training = model.training
+    model.eval()
+    try:
+        captured = capture(model, example_inputs, leaf_modules, use_export)
+        args, kwargs = as_args_kwargs(example_inputs)
+        prop = ChannelPropagation(captured.graph_module, captured.method == "export").propagate(*args, **kwargs)
+    finally:
+        model.train(was_training)
+    groups, unsupported = build_groups(prop, model)
+    for g in groups:
+        if patterns:
+            g.freeze_modules(patterns, "ignored by the user")
+        for name in g.modules:
+            m = _maybe_module(model, name)
+            if m is not None and any(not p.requires_grad for p in m.parameters(recurse=False)):
+                g.freeze_modules([name], "frozen parameters (requires_grad=False)")
+    return Analysis(model, captured, prop, groups, unsupported, time.perf_counter() - start, patterns)
+
+
+def _maybe_module(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None

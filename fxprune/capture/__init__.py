@@ -1,0 +1,8 @@
+"""Graph capture: symbolic tracing with leaf layers, torch.export as the fallback."""
+
+from .capture import Captured, capture
+from .errors import CaptureError
+from .inputs import as_args_kwargs, run_model
+from .tracer import LeafTracer
+
+__all__ = ["Captured", "CaptureError", "LeafTracer", "as_args_kwargs", "capture", "run_model"]

@@ -1,0 +1,126 @@
+"""The channel propagation pass: runs the graph once and ties every channel to the slices it touches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from . import registry
+from .context import OpContext, Unsupported, iter_labels, op_name, structure_like
+from .slots import SlotTable
+
+__all__ = ["ChannelPropagation", "PropagationResult"]
+
+
+@dataclass
+class PropagationResult:
+    table: SlotTable
+    labels: dict[fx.Node, Any]
+    unsupported: list[Unsupported]
+    constraints: list
+    module_io: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict)  # per call, in order
+
+
+class ChannelPropagation(fx.Interpreter):
+    """An ``fx.Interpreter`` that computes, for every tensor, which channel slots its dims carry.
+
+    Example::
+
+        gm = torch.fx.symbolic_trace(model)
+        result = ChannelPropagation(gm).propagate(torch.randn(1, 3, 32, 32))
+        result.table  # the union-find of parameter channel slots
+    """
+
+    def __init__(self, gm: fx.GraphModule, graph_is_export: bool = False):
+        super().__init__(gm, garbage_collect_values=True)
+        self.graph_is_export = graph_is_export
+        self.table = SlotTable()
+        self.node_labels: dict[fx.Node, Any] = {}
+        self.unsupported: list[Unsupported] = []
+        self.constraints: list = []
+        self.module_io: dict[str, list[tuple[Any, Any]]] = {}
+        self._attr_names = {id(p): n for n, p in gm.named_parameters(remove_duplicate=False)}
+        self._attr_names.update({id(b): n for n, b in gm.named_buffers(remove_duplicate=False)})
+
+    def propagate(self, *args: Any, **kwargs: Any) -> PropagationResult:
+        with torch.no_grad():
+            if kwargs:
+                placeholders = [n.target for n in self.graph.nodes if n.op == "placeholder"]
+                args = tuple(args) + tuple(kwargs[p] for p in placeholders[len(args):] if p in kwargs)
+            self.run(*args)
+        return PropagationResult(self.table, self.node_labels, self.unsupported, self.constraints, self.module_io)
+
+    def _labels_of(self, a: Any) -> Any:
+        return fx.node.map_aggregate(a, lambda x: self.node_labels.get(x) if isinstance(x, fx.Node) else None)
+
+    def run_node(self, n: fx.Node) -> Any:
+        with self._set_current_node(n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            out = getattr(self, n.op)(n.target, args, kwargs)
+        self.node_labels[n] = self._node_labels(n, args, kwargs, out)
+        return out
+
+    def _node_labels(self, n: fx.Node, args: tuple, kwargs: dict, out: Any) -> Any:
+        if n.op == "placeholder":
+            return structure_like(out)
+        if n.op == "get_attr":
+            return self._attr_labels(n.target, out)
+        largs, lkwargs = self._labels_of(n.args), self._labels_of(n.kwargs)
+        if n.op == "output":
+            for lab in iter_labels((largs, lkwargs)):
+                self.table.freeze(lab, "model output")
+            return None
+        module_name = n.target if n.op == "call_module" else _scope_of(n)
+        ctx = OpContext(n, tuple(args), dict(kwargs), tuple(largs), dict(lkwargs), out, self.table, self.module,
+                        module_name, self.graph_is_export, self.unsupported, self.constraints)
+        if n.op == "call_module":
+            m = self.module.get_submodule(n.target)
+            handler = registry.module_handler(m)
+            labels = handler(ctx, m) if handler else ctx.unsupported_op(f"module {type(m).__name__}")
+            self.module_io.setdefault(n.target, []).append((largs, labels))
+            return labels
+        handler = registry.function_handler(op_name(n)) or registry.unknown
+        labels = handler(ctx)
+        owner = self._param_owner(n) if self.graph_is_export else None
+        if owner:
+            self.module_io.setdefault(owner, []).append((largs, labels))
+        return labels
+
+    def _attr_labels(self, target: str, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or id(value) not in self._attr_names:
+            return structure_like(value)
+        owner = target.rpartition(".")[0]
+        return {d: self.table.block(owner, ((target, d),), s, passive=True)
+                for d, s in enumerate(value.shape) if s > 1}
+
+    def _param_owner(self, n: fx.Node) -> str | None:
+        """For an aten layer op in an exported graph, the module owning its weight."""
+        if op_name(n) not in _LAYER_OPS or len(n.args) < 2:
+            return None
+        w = n.args[1] if op_name(n) not in ("embedding",) else n.args[0]
+        if isinstance(w, fx.Node) and w.op == "get_attr":
+            return w.target.rpartition(".")[0]
+        return None
+
+
+_LAYER_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "linear", "conv_transpose1d", "conv_transpose2d",
+              "conv_transpose3d", "batch_norm", "_native_batch_norm_legit_no_training", "layer_norm"}
+
+
+def _scope_of(n: fx.Node) -> str:
+    stack = n.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1]
+        return path[0] if isinstance(path, tuple) else str(path)
+    return ""
+
+
+def module_of(root: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        return None

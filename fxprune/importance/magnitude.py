@@ -1,0 +1,42 @@
+"""Magnitude criteria: L1/L2 norm of every slice of an atom, over the whole group (Li et al. 2017)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .registry import register_importance
+
+
+def magnitude_scores(model: nn.Module, group, p: int = 2) -> np.ndarray:
+    """Sum over the group's parameter slices of ``|w|^p`` per atom (buffers such as BN statistics excluded)."""
+    params = dict(model.named_parameters())
+    scores = np.zeros(group.width, dtype=np.float64)
+    for b in group.blocks:
+        idx = group.block_atom_index[b.base]
+        for name, dim in b.members:
+            t = params.get(name)
+            if t is None:
+                continue
+            with torch.no_grad():
+                t = t.detach().float()
+                per = t.abs().pow(p).transpose(0, dim).reshape(t.shape[dim], -1).sum(1).double().numpy()
+            ok = idx >= 0
+            np.add.at(scores, idx[ok], per[ok])
+    return scores ** (1.0 / p)
+
+
+@register_importance("l1")
+def l1(model: nn.Module, group) -> np.ndarray:
+    return magnitude_scores(model, group, 1)
+
+
+@register_importance("l2")
+def l2(model: nn.Module, group) -> np.ndarray:
+    return magnitude_scores(model, group, 2)
+
+
+@register_importance("random")
+def random(model: nn.Module, group) -> np.ndarray:
+    return np.random.default_rng(group.id).random(group.width)

@@ -1,0 +1,34 @@
+"""FLOP and parameter counting built on ``torch.utils.flop_counter``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from fxprune.measure._inputs import ExampleInputs, eval_mode, split_inputs
+
+
+def count_flops(model: nn.Module, example_inputs: ExampleInputs) -> int:
+    """FLOPs of one forward pass (a multiply-add counts as 2), measured in eval mode without grad.
+
+    ``example_inputs`` is a tensor, a tuple/list of positional inputs or a dict of keyword inputs.
+    The model's train/eval state is restored afterwards.
+    """
+    args, kwargs = split_inputs(example_inputs)
+    counter = FlopCounterMode(display=False)
+    with eval_mode(model), torch.no_grad(), counter:
+        model(*args, **kwargs)
+    return int(counter.get_total_flops())
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter elements, counting a parameter shared between modules once."""
+    seen: set[int] = set()
+    total = 0
+    for _, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+    return total

@@ -1,0 +1,129 @@
+"""Plan channel removal by ratio (per group or global), with round_to, minimum widths and chunk constraints."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..groups.analysis import Group
+
+__all__ = ["Plan", "make_plan", "group_ratio"]
+
+
+@dataclass
+class Plan:
+    """Atoms to remove, per group id."""
+
+    remove: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def removed_count(self) -> int:
+        return sum(len(v) for v in self.remove.values())
+
+
+def group_ratio(group: Group, ratio: float, ratios: dict[str, float] | None) -> float:
+    """The ratio for ``group``: the first pattern of ``ratios`` matching one of its modules, else ``ratio``."""
+    for pattern, r in (ratios or {}).items():
+        if any(fnmatch.fnmatchcase(m, pattern) for m in group.modules):
+            return r
+    return ratio
+
+
+def _keep_count(group: Group, ratio: float, round_to: int, min_width: int) -> int:
+    w = group.width
+    keep = max(min_width, w - int(math.floor(ratio * w + 1e-9)), 1)
+    if round_to > 1:
+        q = round_to // math.gcd(round_to, group.divisor)
+        keep = min(w, int(math.ceil(keep / q) * q))
+    return max(keep, len(group.frozen), 1)
+
+
+def _choose(group: Group, scores: np.ndarray, n_remove: int) -> np.ndarray:
+    """The ``n_remove`` lowest-scored prunable atoms, honouring equal-parts (chunk) constraints."""
+    if n_remove <= 0:
+        return np.zeros(0, dtype=np.int64)
+    prunable = np.array([i for i in range(group.width) if i not in group.frozen], dtype=np.int64)
+    if not group.equal_parts:
+        order = prunable[np.argsort(scores[prunable], kind="stable")]
+        return np.sort(order[:n_remove])
+    pieces = group.equal_parts[0]
+    in_pieces = set(np.concatenate(pieces).tolist())
+    free = np.array([i for i in prunable if i not in in_pieces], dtype=np.int64)
+    share = len(in_pieces) / max(len(prunable), 1)
+    per_piece = int(n_remove * share) // len(pieces)
+    cand = [np.array([i for i in p if i not in group.frozen], dtype=np.int64) for p in pieces]
+    per_piece = min([per_piece] + [len(c) for c in cand])
+    chosen = [c[np.argsort(scores[c], kind="stable")][:per_piece] for c in cand]
+    rest = n_remove - per_piece * len(pieces)
+    if len(free):
+        chosen.append(free[np.argsort(scores[free], kind="stable")][:max(rest, 0)])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def _keep_one_per_layer(group: Group, scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Never empty a layer: give back the best atom of any layer block that would lose all its channels."""
+    removed = set(chosen.tolist())
+    for b in group.blocks:
+        if b.passive:
+            continue
+        idx = [i for i in np.unique(group.block_atom_index[b.base]).tolist() if i >= 0]
+        if idx and all(i in removed for i in idx):
+            removed.discard(max(idx, key=lambda i: scores[i]))
+    return np.array(sorted(removed), dtype=np.int64)
+
+
+def make_plan(
+    groups: list[Group],
+    scores: dict[int, np.ndarray],
+    ratio: float,
+    ratios: dict[str, float] | None = None,
+    round_to: int = 1,
+    min_width: int = 1,
+    global_ranking: bool = False,
+) -> Plan:
+    """Choose atoms to remove in every group.
+
+    Per group (default), each group loses ``ratio`` of its atoms (lowest scores first). With
+    ``global_ranking``, scores are normalised by each group's mean and the lowest ``ratio`` of all
+    prunable atoms are removed, with each group's minimum width and ``round_to`` still honoured.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    for p, r in (ratios or {}).items():
+        if not 0.0 <= r < 1.0:
+            raise ValueError(f"ratio for {p!r} must be in [0, 1), got {r}")
+    plan = Plan()
+    if global_ranking:
+        pool = []
+        for g in groups:
+            s = scores[g.id]
+            norm = s / (s.mean() + 1e-12)
+            pool += [(norm[i], g.id, i) for i in range(g.width) if i not in g.frozen]
+        pool.sort()
+        budget = int(ratio * len(pool))
+        quota = {g.id: 0 for g in groups}
+        caps = {g.id: g.width - _keep_count(g, 0.0, 1, min_width) for g in groups}
+        for _, gid, _ in pool:
+            if budget <= 0:
+                break
+            if quota[gid] < caps[gid]:
+                quota[gid] += 1
+                budget -= 1
+        by_id = {g.id: g for g in groups}
+        for gid, n in quota.items():
+            g = by_id[gid]
+            keep = _keep_count(g, n / g.width if g.width else 0.0, round_to, min_width)
+            plan.remove[gid] = _keep_one_per_layer(g, scores[gid], _choose(g, scores[gid], g.width - keep))
+        return plan
+    for g in groups:
+        r = group_ratio(g, ratio, ratios)
+        if r <= 0 or g.prunable == 0:
+            continue
+        keep = _keep_count(g, r, round_to, min_width)
+        n = min(g.width - keep, g.prunable)
+        chosen = _keep_one_per_layer(g, scores[g.id], _choose(g, scores[g.id], n))
+        if len(chosen):
+            plan.remove[g.id] = chosen
+    return plan

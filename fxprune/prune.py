@@ -1,0 +1,187 @@
+"""``fxprune.prune``: analyse, plan, slim in place and verify, in one call."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .analysis import Analysis, analyze
+from .capture import run_model
+from .groups.analysis import Group
+from .measure import count_flops, count_params
+from .plan import Plan
+from .slim import slim_model
+from .verify import compare_outputs, masked_copy
+
+__all__ = ["PruneReport", "VerificationError", "apply_plan", "prune"]
+
+
+class VerificationError(RuntimeError):
+    """The slim model does not compute what the masked original computes."""
+
+
+@dataclass
+class PruneReport:
+    """What ``prune`` did: sizes before/after, per-group widths, verification figures, timings."""
+
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    widths: list[tuple[int, str, int, int]]  # (group id, first module, before, after)
+    exact_error: float | None
+    approx_error: float | None
+    approx_groups: list[int]
+    capture_method: str
+    analysis_seconds: float
+    slim_seconds: float
+    changes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    spec: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.flops_before / max(self.flops_after, 1)
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_before / max(self.params_after, 1)
+
+    @property
+    def verified(self) -> bool:
+        return self.exact_error is not None
+
+
+def _removed_roots(groups: list[Group], plan: Plan, exact_only: bool) -> set[int]:
+    out: set[int] = set()
+    for g in groups:
+        if g.id in plan.remove and (g.exact or not exact_only):
+            out.update(g.atoms[plan.remove[g.id]].tolist())
+    return out
+
+
+def _exact_plan(groups: list[Group], plan: Plan) -> Plan:
+    exact = {g.id for g in groups if g.exact}
+    return Plan({gid: idx for gid, idx in plan.remove.items() if gid in exact})
+
+
+def _check(analysis: Analysis, reference: nn.Module, slim: nn.Module, plan: Plan, exact_only: bool,
+           example_inputs: Any) -> tuple[float, list[str]]:
+    removed = _removed_roots(analysis.groups, plan, exact_only)
+    masked = masked_copy(reference, analysis.propagation.module_io, analysis.propagation.table, removed)
+    with torch.no_grad():
+        ref = run_model(masked.eval(), example_inputs)
+        out = run_model(slim.eval(), example_inputs)
+    return compare_outputs(ref, out)
+
+
+def apply_plan(
+    analysis: Analysis, plan: Plan, example_inputs: Any, *, verify: bool = True, tol: float = 1e-4
+) -> PruneReport:
+    """Slim ``analysis.model`` in place according to ``plan`` and verify it against the masked original."""
+    model = analysis.model
+    was_training = model.training
+    model.eval()
+    params_before, flops_before = count_params(model), count_flops(model, example_inputs)
+    reference = copy.deepcopy(model) if verify else None
+    start = time.perf_counter()
+    changes = slim_model(model, analysis.groups, plan)
+    slim_seconds = time.perf_counter() - start
+    exact_error = approx_error = None
+    approx_groups = [g.id for g in analysis.groups if not g.exact and len(plan.remove.get(g.id, ())) > 0]
+    if verify:
+        if approx_groups:
+            exact_plan = _exact_plan(analysis.groups, plan)
+            exact_model = copy.deepcopy(reference)
+            slim_model(exact_model, analysis.groups, exact_plan)
+            exact_error, problems = _check(analysis, reference, exact_model, exact_plan, True, example_inputs)
+            approx_error, more = _check(analysis, reference, model, plan, False, example_inputs)
+            problems += more
+        else:
+            exact_error, problems = _check(analysis, reference, model, plan, True, example_inputs)
+        if problems:
+            raise VerificationError("slimming changed the model's outputs: " + "; ".join(problems))
+        if exact_error > tol:
+            raise VerificationError(
+                f"slim model differs from the masked original by {exact_error:.3g} (relative) > {tol:g}; "
+                "please report this model: an op was handled wrongly"
+            )
+    flops_after, params_after = count_flops(model, example_inputs), count_params(model)
+    model.train(was_training)
+    widths = []
+    for g in analysis.groups:
+        n = len(plan.remove.get(g.id, ()))
+        widths.append((g.id, g.modules[0] if g.modules else "", g.width, g.width - n))
+    spec = {name: list(model.get_parameter(name).shape) if _is_param(model, name) else
+            list(model.get_buffer(name).shape) for name in {c.rpartition("[")[0] for c in changes}}
+    return PruneReport(params_before, params_after, flops_before, flops_after, widths, exact_error, approx_error,
+                       approx_groups, analysis.captured.method, analysis.seconds, slim_seconds, changes, spec)
+
+
+def _is_param(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_parameter(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def _plan_for_target(analysis: Analysis, example_inputs: Any, target: float, metric: str, **plan_kw) -> Plan:
+    """Bisect the ratio so that FLOPs (or params) after slimming are ``target`` x the dense figure."""
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target {metric} fraction must be in (0, 1), got {target}")
+    measure = (lambda m: count_flops(m, example_inputs)) if metric == "flops" else count_params
+    dense = measure(analysis.model)
+    lo, hi, best = 0.0, 0.99, None
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        plan = analysis.plan(mid, **plan_kw)
+        trial = copy.deepcopy(analysis.model)
+        slim_model(trial, analysis.groups, plan)
+        frac = measure(trial) / dense
+        if frac > target:
+            lo = mid
+        else:
+            hi, best = mid, plan
+    if best is None:
+        raise ValueError(f"cannot reach {target:.0%} of the dense {metric}: too many channels are frozen")
+    return best
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: float = 0.5,
+    *,
+    importance: Any = "l2",
+    ratios: dict[str, float] | None = None,
+    ignore=(),
+    leaf_modules=(),
+    round_to: int = 1,
+    min_width: int = 1,
+    global_ranking: bool = False,
+    target_flops: float | None = None,
+    target_params: float | None = None,
+    verify: bool = True,
+    tol: float = 1e-4,
+) -> PruneReport:
+    """Prune ``model`` in place and return a :class:`PruneReport`.
+
+    ``ratio`` is the fraction of channels removed from every group; ``target_flops``/``target_params``
+    (fractions of the dense model, e.g. 0.5) choose the ratio instead. The slim model is checked against
+    the original with the removed channels masked out (``verify``; relative tolerance ``tol``).
+    """
+    analysis = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules)
+    plan_kw = dict(importance=importance, ratios=ratios, round_to=round_to, min_width=min_width,
+                   global_ranking=global_ranking)
+    if target_flops is not None:
+        plan = _plan_for_target(analysis, example_inputs, target_flops, "flops", **plan_kw)
+    elif target_params is not None:
+        plan = _plan_for_target(analysis, example_inputs, target_params, "params", **plan_kw)
+    else:
+        plan = analysis.plan(ratio, **plan_kw)
+    return apply_plan(analysis, plan, example_inputs, verify=verify, tol=tol)

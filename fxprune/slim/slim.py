@@ -1,0 +1,76 @@
+"""Remove planned channels by slicing the user's own parameters and buffers in place."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..groups.analysis import Group
+from ..plan.planner import Plan
+from .adapters import fix_attributes, snapshot
+
+__all__ = ["slim_model"]
+
+
+def _aliases(model: nn.Module) -> dict[int, list[str]]:
+    names: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(n)
+    for n, b in model.named_buffers(remove_duplicate=False):
+        names.setdefault(id(b), []).append(n)
+    return names
+
+
+def _set_tensor(model: nn.Module, name: str, old: torch.Tensor, new: torch.Tensor) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    if isinstance(old, nn.Parameter):
+        setattr(owner, attr, new)
+    elif attr in owner._buffers:
+        owner._buffers[attr] = new
+    else:
+        setattr(owner, attr, new)
+
+
+def slim_model(model: nn.Module, groups: list[Group], plan: Plan) -> dict[str, tuple[int, int]]:
+    """Slice every parameter dimension of the planned atoms out of ``model`` (in place).
+
+    Returns ``{"module.param[dim]": (before, after)}``. The model keeps its class and module tree;
+    parameters are replaced by new ``nn.Parameter`` objects (re-create optimizers afterwards).
+    """
+    aliases = _aliases(model)
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(dict(model.named_buffers(remove_duplicate=False)))
+    done: set[tuple[str, int]] = set()
+    touched: dict[str, dict] = {}
+    changes: dict[str, tuple[int, int]] = {}
+    for g in groups:
+        removed = plan.remove.get(g.id)
+        if removed is None or len(removed) == 0:
+            continue
+        for b in g.blocks:
+            idx = g.block_atom_index[b.base]
+            keep = np.nonzero(~np.isin(idx, removed))[0]
+            if len(keep) == b.size:
+                continue
+            keep_t = torch.as_tensor(keep, dtype=torch.long)
+            for name, dim in b.members:
+                if (name, dim) in done or name not in tensors:
+                    continue
+                done.add((name, dim))
+                old = tensors[name]
+                with torch.no_grad():
+                    data = old.detach().index_select(dim, keep_t.to(old.device)).clone()
+                new = nn.Parameter(data, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else data
+                for alias in aliases.get(id(old), [name]):
+                    owner = alias.rpartition(".")[0]
+                    if owner not in touched:
+                        touched[owner] = snapshot(model.get_submodule(owner))
+                    _set_tensor(model, alias, old, new)
+                    tensors[alias] = new
+                aliases[id(new)] = aliases.pop(id(old), [name])
+                changes[f"{name}[{dim}]"] = (old.shape[dim], new.shape[dim])
+    for owner, before in touched.items():
+        fix_attributes(model.get_submodule(owner), before)
+    return changes
