@@ -75,7 +75,14 @@ def _check(analysis: Analysis, reference: nn.Module, slim: nn.Module, plan: Plan
     masked = masked_copy(reference, analysis.propagation.module_io, analysis.propagation.table, removed)
     with torch.no_grad():
         ref = run_model(masked.eval(), example_inputs)
-        out = run_model(slim.eval(), example_inputs)
+        try:
+            out = run_model(slim.eval(), example_inputs)
+        except Exception as e:
+            raise VerificationError(
+                f"the slim model fails to run ({type(e).__name__}: {e}); a channel-dependent constant in "
+                f"the model's code was not detected (captured by {analysis.captured.method}); declare the "
+                "module holding it in ignore=[...] and report the model"
+            ) from e
     return compare_outputs(ref, out)
 
 

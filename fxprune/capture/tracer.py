@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
+import dis
 import fnmatch
+import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -34,6 +37,17 @@ def _known_length(node: fx.Node) -> int | None:
     return None
 
 
+def _unpack_length(frame) -> int | None:
+    """``a, b, c = proxy`` in the calling frame: the number of names unpacked."""
+    if frame is None:
+        return None
+    insts = list(dis.get_instructions(frame.f_code))
+    i = bisect.bisect_left(insts, frame.f_lasti, key=lambda x: x.offset)
+    if i < len(insts) and insts[i].opname == "UNPACK_SEQUENCE":
+        return insts[i].argval
+    return None
+
+
 def _is_varargs(node: fx.Node) -> bool:
     """True for the ``*args``/``**kwargs`` placeholders of a traced forward (and ``kwargs.keys()``)."""
     if node.op == "call_method" and node.target == "keys" and node.args:
@@ -48,6 +62,8 @@ class IterableProxy(fx.Proxy):
         if _is_varargs(self.node):
             return iter(())  # ``*args``/``**kwargs`` of forward(x, *args, **kwargs): traced with none
         n = _known_length(self.node)
+        if n is None:
+            n = _unpack_length(inspect.currentframe().f_back)
         if n is None:
             return super().__iter__()
         return (self[i] for i in range(n))

@@ -9,6 +9,7 @@ import torch
 
 from .context import OpContext, iter_labels, structure_like
 from .labels import Labels, broadcast_labels, permute_labels, reshape_labels
+from .sizes import IntInfo, SizeInfo, merge, size_of
 
 __all__ = ["ELEMENTWISE", "PASSTHROUGH", "REDUCTIONS", "SPATIAL"]
 
@@ -24,6 +25,8 @@ def _tensor_operands(ctx: OpContext) -> list[tuple[tuple[int, ...], Labels | Non
 def elementwise(ctx: OpContext) -> Labels:
     """Elementwise op with broadcasting over any number of tensor operands."""
     if not isinstance(ctx.out, torch.Tensor):
+        if isinstance(ctx.out, (int, float)):
+            return merge(*ctx.largs, *ctx.lkwargs.values())
         return ctx.unsupported_op("elementwise op with a non-tensor result")
     return broadcast_labels(ctx.table, _tensor_operands(ctx), ctx.out_shape)
 
@@ -106,8 +109,6 @@ def _shape_args(ctx: OpContext) -> tuple[list, list[bool] | None]:
         node_args = node_args[0]
     elif ctx.node.op != "call_method" and node_args and isinstance(node_args[0], (list, tuple)):
         node_args = node_args[0]
-    if ctx.graph_is_export:
-        return list(node_args), None
     adaptive = [not isinstance(a, int) or a == -1 for a in node_args]
     if len(adaptive) != ctx.out.dim():
         return list(node_args), None
@@ -117,10 +118,32 @@ def _shape_args(ctx: OpContext) -> tuple[list, list[bool] | None]:
 def reshape(ctx: OpContext) -> Labels:
     x = ctx.arg(0, "input")
     lab = ctx.larg(0, "input") or {}
-    if not lab:
-        return {}
     _, adaptive = _shape_args(ctx)
-    return reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, adaptive, ctx.where)
+    out = reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, adaptive, ctx.where) if lab else {}
+    _check_size_sources(ctx, lab, out)
+    return out
+
+
+def _check_size_sources(ctx: OpContext, own: Labels, out: Labels) -> None:
+    """Sizes read from another tensor's channel dim must follow this output's channels."""
+    shape_labels = ctx.largs[1:] if ctx.node.op == "call_method" else ctx.largs[1:2]
+    if len(shape_labels) == 1 and isinstance(shape_labels[0], (list, tuple)):
+        shape_labels = shape_labels[0]
+    own_roots = [set(ctx.table.roots(a).tolist()) for a in own.values()]
+    for j, info in enumerate(shape_labels):
+        if not isinstance(info, IntInfo):
+            continue
+        for src in info.sources:
+            roots = set(ctx.table.roots(src).tolist())
+            if any(roots == r for r in own_roots):
+                continue  # read from the tensor being reshaped
+            target = out.get(j)
+            if target is not None and len(target) == len(src):
+                ctx.table.union(src, target)
+            else:
+                ctx.table.freeze(src, f"{ctx.where}: size read from a channel dim of another tensor")
+                if target is not None:
+                    ctx.table.freeze(target, f"{ctx.where}: size read from a channel dim of another tensor")
 
 
 def reshape_free(ctx: OpContext) -> Labels:
@@ -331,6 +354,11 @@ def _index_tensor(ctx: OpContext, x: torch.Tensor, lab: Labels, index: Any) -> L
 def getitem(ctx: OpContext) -> Any:
     obj, index = ctx.args[0], ctx.args[1]
     lab = ctx.largs[0]
+    if isinstance(lab, SizeInfo):
+        picked = lab.dims[index]
+        if isinstance(index, int):
+            return IntInfo([picked] if picked is not None else [])
+        return SizeInfo(list(picked))
     if isinstance(obj, torch.Tensor):
         return _index_tensor(ctx, obj, lab or {}, index)
     if isinstance(obj, (list, tuple)) and isinstance(lab, (list, tuple)):
@@ -463,8 +491,20 @@ def sdpa(ctx: OpContext) -> Labels:
 
 
 def non_tensor(ctx: OpContext) -> Any:
-    """Ops returning sizes, dtypes or devices: nothing to track."""
+    """Ops returning dtypes or devices: nothing to track."""
     return structure_like(ctx.out)
+
+
+def size(ctx: OpContext) -> Any:
+    """``x.size()``, ``x.size(d)``, ``x.shape``: remember which channel slots the sizes came from."""
+    x = ctx.arg(0, "input")
+    if not isinstance(x, torch.Tensor):
+        return structure_like(ctx.out)
+    if ctx.op_name == "getattr":
+        if ctx.args[1] != "shape":
+            return structure_like(ctx.out)
+        return size_of(ctx.larg(0), x.dim(), None)
+    return size_of(ctx.larg(0), x.dim(), ctx.arg(1, "dim"))
 
 
 ELEMENTWISE = {

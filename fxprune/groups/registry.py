@@ -179,8 +179,8 @@ _OP_HANDLERS.update({
     "getitem": ops.getitem, "slice": ops.aten_slice, "select": ops.aten_select, "pad": ops.pad,
     "constant_pad_nd": ops.pad, "pixel_shuffle": ops.pixel_shuffle, "pixel_unshuffle": ops.pixel_unshuffle,
     "channel_shuffle": ops.channel_shuffle, "native_channel_shuffle": ops.channel_shuffle, "matmul": ops.matmul,
-    "bmm": ops.matmul, "mm": ops.matmul, "scaled_dot_product_attention": ops.sdpa, "size": ops.non_tensor,
-    "dim": ops.non_tensor, "numel": ops.non_tensor, "getattr": ops.non_tensor, "sym_size": ops.non_tensor,
+    "bmm": ops.matmul, "mm": ops.matmul, "scaled_dot_product_attention": ops.sdpa, "size": ops.size,
+    "dim": ops.non_tensor, "numel": ops.non_tensor, "getattr": ops.size, "sym_size": ops.size,
     "_assert": ops.non_tensor, "_assert_tensor_metadata": ops.non_tensor, "sym_constrain_range_for_size":
     ops.non_tensor, "_assert_scalar": ops.non_tensor, "le_int": ops.non_tensor, "zeros_like": ops.non_tensor,
 })
