@@ -54,6 +54,11 @@ class ChannelPropagation(fx.Interpreter):
             self.run(*args)
         return PropagationResult(self.table, self.node_labels, self.unsupported, self.constraints, self.module_io)
 
+    def placeholder(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if str(target).startswith("**"):
+            return {}  # ``**kwargs`` of a forward traced with none
+        return super().placeholder(target, args, kwargs)
+
     def _labels_of(self, a: Any) -> Any:
         return fx.node.map_aggregate(a, lambda x: self.node_labels.get(x) if isinstance(x, fx.Node) else None)
 
