@@ -2,8 +2,12 @@
 
 from .analysis import Analysis, analyze
 from .capture import CaptureError
+from .io import load, save
 from .prune import PruneReport, VerificationError, apply_plan, prune
 
 __version__ = "0.1.0"
 
-__all__ = ["Analysis", "CaptureError", "PruneReport", "VerificationError", "analyze", "apply_plan", "prune"]
+__all__ = [
+    "Analysis", "CaptureError", "PruneReport", "VerificationError",
+    "analyze", "apply_plan", "load", "prune", "save",
+]

@@ -53,7 +53,9 @@ class Analysis:
     ) -> Plan:
         """Choose the atoms to remove (see :func:`fxprune.plan.make_plan`)."""
         self._check_ratio_patterns(ratios)
-        return make_plan(self.groups, self.scores(importance), ratio, ratios, round_to, min_width, global_ranking)
+        return make_plan(
+            self.groups, self.scores(importance), ratio, ratios, round_to, min_width, global_ranking
+        )
 
     def _check_ratio_patterns(self, ratios: dict[str, float] | None) -> None:
         names = [n for n, _ in self.model.named_modules()]
@@ -78,16 +80,18 @@ class Analysis:
             if g.equal_parts:
                 cons.append(f"equal parts x{len(g.equal_parts[0])}")
             reasons = sorted(set(g.frozen.values()))
-            rows.append({
-                "group": g.id,
-                "modules": g.modules,
-                "members": g.members(),
-                "width": g.width,
-                "prunable": g.prunable,
-                "constraints": ", ".join(cons),
-                "exact": g.exact,
-                "note": g.approx_reason or (reasons[0] if reasons else ""),
-            })
+            rows.append(
+                {
+                    "group": g.id,
+                    "modules": g.modules,
+                    "members": g.members(),
+                    "width": g.width,
+                    "prunable": g.prunable,
+                    "constraints": ", ".join(cons),
+                    "exact": g.exact,
+                    "note": g.approx_reason or (reasons[0] if reasons else ""),
+                }
+            )
         return rows
 
 
@@ -134,7 +138,9 @@ def analyze(
     try:
         captured = capture(model, example_inputs, leaf_modules, use_export)
         args, kwargs = as_args_kwargs(example_inputs)
-        prop = ChannelPropagation(captured.graph_module, captured.method == "export").propagate(*args, **kwargs)
+        prop = ChannelPropagation(captured.graph_module, captured.method == "export").propagate(
+            *args, **kwargs
+        )
     finally:
         model.train(was_training)
     groups, unsupported = build_groups(prop, model)

@@ -69,8 +69,14 @@ def _exact_plan(groups: list[Group], plan: Plan) -> Plan:
     return Plan({gid: idx for gid, idx in plan.remove.items() if gid in exact})
 
 
-def _check(analysis: Analysis, reference: nn.Module, slim: nn.Module, plan: Plan, exact_only: bool,
-           example_inputs: Any) -> tuple[float, list[str]]:
+def _check(
+    analysis: Analysis,
+    reference: nn.Module,
+    slim: nn.Module,
+    plan: Plan,
+    exact_only: bool,
+    example_inputs: Any,
+) -> tuple[float, list[str]]:
     removed = _removed_roots(analysis.groups, plan, exact_only)
     masked = masked_copy(reference, analysis.propagation.module_io, analysis.propagation.table, removed)
     with torch.no_grad():
@@ -123,10 +129,27 @@ def apply_plan(
     for g in analysis.groups:
         n = len(plan.remove.get(g.id, ()))
         widths.append((g.id, g.modules[0] if g.modules else "", g.width, g.width - n))
-    spec = {name: list(model.get_parameter(name).shape) if _is_param(model, name) else
-            list(model.get_buffer(name).shape) for name in {c.rpartition("[")[0] for c in changes}}
-    return PruneReport(params_before, params_after, flops_before, flops_after, widths, exact_error, approx_error,
-                       approx_groups, analysis.captured.method, analysis.seconds, slim_seconds, changes, spec)
+    spec = {
+        name: list(model.get_parameter(name).shape)
+        if _is_param(model, name)
+        else list(model.get_buffer(name).shape)
+        for name in {c.rpartition("[")[0] for c in changes}
+    }
+    return PruneReport(
+        params_before,
+        params_after,
+        flops_before,
+        flops_after,
+        widths,
+        exact_error,
+        approx_error,
+        approx_groups,
+        analysis.captured.method,
+        analysis.seconds,
+        slim_seconds,
+        changes,
+        spec,
+    )
 
 
 def _is_param(model: nn.Module, name: str) -> bool:
@@ -183,8 +206,13 @@ def prune(
     the original with the removed channels masked out (``verify``; relative tolerance ``tol``).
     """
     analysis = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules)
-    plan_kw = dict(importance=importance, ratios=ratios, round_to=round_to, min_width=min_width,
-                   global_ranking=global_ranking)
+    plan_kw = dict(
+        importance=importance,
+        ratios=ratios,
+        round_to=round_to,
+        min_width=min_width,
+        global_ranking=global_ranking,
+    )
     if target_flops is not None:
         plan = _plan_for_target(analysis, example_inputs, target_flops, "flops", **plan_kw)
     elif target_params is not None:

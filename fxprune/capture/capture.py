@@ -92,4 +92,6 @@ def capture(
             return Captured(gm, "export", notes)
         except Exception as e:
             export_error = e
-    raise capture_error(model, fx_error, getattr(fx_error, "fxprune_module", None), export_error) from fx_error
+    raise capture_error(
+        model, fx_error, getattr(fx_error, "fxprune_module", None), export_error
+    ) from fx_error

@@ -32,6 +32,11 @@ def blocking_source_line(exc: BaseException) -> str | None:
     return f"{os.path.basename(f.filename)}:{f.lineno}: {(f.line or '').strip()}"
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def capture_error(
     model: torch.nn.Module, fx_error: BaseException, module: str | None, export_error: BaseException | None
 ) -> CaptureError:
@@ -42,15 +47,14 @@ def capture_error(
     lines = [
         f"fxprune could not capture {type(model).__name__} as a graph.",
         f"  blocked in module '{where}' ({cls})" + (f" at {op}" if op else ""),
-        f"  symbolic tracing: {type(fx_error).__name__}: {str(fx_error).splitlines()[0] if str(fx_error) else ''}",
+        f"  symbolic tracing: {type(fx_error).__name__}: {_first_line(fx_error)}",
     ]
     if export_error is not None:
-        first = str(export_error).strip().splitlines()[0] if str(export_error).strip() else ""
-        lines.append(f"  torch.export: {type(export_error).__name__}: {first}")
+        lines.append(f"  torch.export: {type(export_error).__name__}: {_first_line(export_error)}")
     lines += [
         "How to proceed:",
-        f"  - declare the module as a leaf: leaf_modules=['{where}'] (its channels are then kept as they are),",
-        "  - or pass example inputs of the form the model's forward expects (tensor, tuple or dict of kwargs),",
+        f"  - declare the module as a leaf: leaf_modules=['{where}'] (its channels are then kept),",
+        "  - or pass example inputs of the form forward() expects (tensor, tuple or dict of kwargs),",
         "  - or move data-dependent Python control flow out of forward().",
     ]
     return CaptureError("\n".join(lines), module=module, op=op)

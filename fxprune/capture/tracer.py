@@ -68,7 +68,6 @@ class IterableProxy(fx.Proxy):
             return super().__iter__()
         return (self[i] for i in range(n))
 
-
     def __len__(self) -> int:
         if _is_varargs(self.node):
             return 0

@@ -131,8 +131,11 @@ def build_groups(result: PropagationResult, model: nn.Module) -> tuple[list[Grou
         grp.block_atom_index = {
             b.base: np.array([index.get(int(r), -1) for r in roots_of[b.base].tolist()]) for b in blocks
         }
-        grp.divisor = max((b.size // max(len(np.unique(grp.block_atom_index[b.base])), 1) for b in blocks
-                           if not b.passive), default=1)
+        # channels per atom of the narrowest layer: > 1 for grouped convs and GroupNorm
+        grp.divisor = min(
+            (b.size // max(len(np.unique(grp.block_atom_index[b.base])), 1) for b in blocks if not b.passive),
+            default=1,
+        )
         groups.append(grp)
     _attach_constraints(result, groups, table)
     return groups, result.unsupported

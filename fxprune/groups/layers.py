@@ -77,8 +77,12 @@ def linear(ctx: OpContext, x_labels: Labels, weight: torch.Tensor, module: str, 
     w, b = names
     nd = ctx.arg(0, "input").dim()
     last = nd - 1
-    _couple(ctx, (x_labels or {}).get(last), ctx.table.block(module, _members(module, (w, 1)), weight.shape[1]),
-            ctx.where)
+    _couple(
+        ctx,
+        (x_labels or {}).get(last),
+        ctx.table.block(module, _members(module, (w, 1)), weight.shape[1]),
+        ctx.where,
+    )
     out = dict((x_labels or {}).items())
     out[last] = ctx.table.block(module, _members(module, (w, 0), (b, 0)), weight.shape[0])
     return out
@@ -136,8 +140,12 @@ def embedding(ctx: OpContext, weight: torch.Tensor, module: str, name: str) -> L
 
 def prelu(ctx: OpContext, x_labels: Labels, module: str, name: str, weight: torch.Tensor) -> Labels:
     if weight.numel() > 1:
-        _couple(ctx, (x_labels or {}).get(1), ctx.table.block(module, _members(module, (name, 0)), weight.numel()),
-                ctx.where)
+        _couple(
+            ctx,
+            (x_labels or {}).get(1),
+            ctx.table.block(module, _members(module, (name, 0)), weight.numel()),
+            ctx.where,
+        )
     return dict(x_labels or {})
 
 

@@ -185,7 +185,9 @@ def reshape_labels_for_unflatten(ctx: OpContext, m: Any) -> Labels:
 def permute(ctx: OpContext) -> Labels:
     lab = ctx.larg(0, "input") or {}
     nd = ctx.arg(0, "input").dim()
-    if ctx.node.op == "call_method" and not isinstance(ctx.args[1] if len(ctx.args) > 1 else None, (list, tuple)):
+    if ctx.node.op == "call_method" and not isinstance(
+        ctx.args[1] if len(ctx.args) > 1 else None, (list, tuple)
+    ):
         perm = list(ctx.args[1:])
     else:
         perm = list(ctx.arg(1, "dims"))
@@ -241,20 +243,26 @@ def cat(ctx: OpContext) -> Labels:
     dim = ctx.arg(1, "dim", 0)
     dim = dim + nd if dim < 0 else dim
     pieces, any_lab = [], False
-    for t, lab in zip(tensors, labs):
+    for lab in labs:
         a = (lab or {}).get(dim)
         any_lab |= a is not None
         pieces.append(a if a is not None else None)
     out: Labels = {}
     if any_lab:
         out[dim] = np.concatenate(
-            [p if p is not None else ctx.table.freeze_new(t.shape[dim], f"{ctx.where}: concatenated constant")
-             for p, t in zip(pieces, tensors)]
+            [
+                p
+                if p is not None
+                else ctx.table.freeze_new(t.shape[dim], f"{ctx.where}: concatenated constant")
+                for p, t in zip(pieces, tensors)
+            ]
         )
-    others = [(tuple(t.shape), {d: a for d, a in (lab or {}).items() if d != dim}) for t, lab in zip(tensors, labs)]
+    others = [
+        (tuple(t.shape), {d: a for d, a in (lab or {}).items() if d != dim}) for t, lab in zip(tensors, labs)
+    ]
     shape = list(ctx.out_shape)
     shape[dim] = 1
-    others = [(s[:dim] + (1,) + s[dim + 1:], lab) for s, lab in others]
+    others = [(s[:dim] + (1,) + s[dim + 1 :], lab) for s, lab in others]
     out.update({d: a for d, a in broadcast_labels(ctx.table, others, shape).items() if d != dim})
     return out
 
@@ -265,8 +273,9 @@ def stack(ctx: OpContext) -> Labels:
     nd = ctx.out.dim()
     dim = ctx.arg(1, "dim", 0)
     dim = dim + nd if dim < 0 else dim
-    merged = broadcast_labels(ctx.table, [(tuple(t.shape), lab) for t, lab in zip(tensors, labs)],
-                              tuple(tensors[0].shape))
+    merged = broadcast_labels(
+        ctx.table, [(tuple(t.shape), lab) for t, lab in zip(tensors, labs)], tuple(tensors[0].shape)
+    )
     return {d + (1 if d >= dim else 0): a for d, a in merged.items()}
 
 
@@ -288,7 +297,9 @@ def split(ctx: OpContext) -> list:
     a = lab.get(dim)
     if a is not None:
         # chunk() recomputes its sizes from the width; in export graphs it appears as split(int)
-        adaptive = kind == "chunk" or (ctx.graph_is_export and isinstance(sections, int) and len(set(sizes)) == 1)
+        adaptive = kind == "chunk" or (
+            ctx.graph_is_export and isinstance(sections, int) and len(set(sizes)) == 1
+        )
         if adaptive:
             bounds = np.cumsum([0, *sizes])
             pieces = [a[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
@@ -332,7 +343,9 @@ def _index_tensor(ctx: OpContext, x: torch.Tensor, lab: Labels, index: Any) -> L
             d_in += 1
         elif isinstance(idx, slice):
             if d_in in lab:
-                full = idx == slice(None) or (idx.start in (None, 0) and idx.stop is None and idx.step in (None, 1))
+                full = idx == slice(None) or (
+                    idx.start in (None, 0) and idx.stop is None and idx.step in (None, 1)
+                )
                 if full:
                     out[d_out] = lab[d_in]
                 else:
@@ -399,8 +412,13 @@ def pad(ctx: OpContext) -> Labels:
                 ctx.table.freeze(lab[d], f"{ctx.where}: padding of channels")
                 del lab[d]
                 continue
-            lab[d] = np.concatenate([ctx.table.freeze_new(left, f"{ctx.where}: zero channels from padding"), lab[d],
-                                     ctx.table.freeze_new(right, f"{ctx.where}: zero channels from padding")])
+            lab[d] = np.concatenate(
+                [
+                    ctx.table.freeze_new(left, f"{ctx.where}: zero channels from padding"),
+                    lab[d],
+                    ctx.table.freeze_new(right, f"{ctx.where}: zero channels from padding"),
+                ]
+            )
     return lab
 
 
@@ -456,8 +474,10 @@ def matmul(ctx: OpContext) -> Labels:
     nd = ctx.out.dim()
     batch = broadcast_labels(
         ctx.table,
-        [(tuple(a.shape[:-2]), {d: v for d, v in la.items() if d < a.dim() - 2}),
-         (tuple(b.shape[:-2]), {d: v for d, v in lb.items() if d < b.dim() - 2})],
+        [
+            (tuple(a.shape[:-2]), {d: v for d, v in la.items() if d < a.dim() - 2}),
+            (tuple(b.shape[:-2]), {d: v for d, v in lb.items() if d < b.dim() - 2}),
+        ],
         ctx.out_shape[:-2],
     )
     out = dict(batch)
@@ -480,8 +500,13 @@ def sdpa(ctx: OpContext) -> Labels:
         if t.dim() - 2 in lab:
             ctx.table.freeze(lab[t.dim() - 2], ctx.where)
     batch = broadcast_labels(
-        ctx.table, [(tuple(t.shape[:-2]), {d: x for d, x in lab.items() if d < t.dim() - 2})
-                    for t, lab in ((q, lq), (k, lk), (v, lv))], ctx.out_shape[:-2])
+        ctx.table,
+        [
+            (tuple(t.shape[:-2]), {d: x for d, x in lab.items() if d < t.dim() - 2})
+            for t, lab in ((q, lq), (k, lk), (v, lv))
+        ],
+        ctx.out_shape[:-2],
+    )
     out = dict(batch)
     if q.dim() - 2 in lq:
         out[ctx.out.dim() - 2] = lq[q.dim() - 2]
@@ -508,31 +533,173 @@ def size(ctx: OpContext) -> Any:
 
 
 ELEMENTWISE = {
-    "add", "sub", "rsub", "mul", "truediv", "div", "floordiv", "floor_divide", "true_divide", "maximum", "minimum",
-    "where", "pow", "remainder", "fmod", "mod", "and", "or", "xor", "eq", "ne", "lt", "le", "gt", "ge", "masked_fill",
-    "addcmul", "addcdiv", "lerp", "atan2", "hypot", "copysign", "clamp", "clip", "clamp_min", "clamp_max", "neg",
+    "add",
+    "sub",
+    "rsub",
+    "mul",
+    "truediv",
+    "div",
+    "floordiv",
+    "floor_divide",
+    "true_divide",
+    "maximum",
+    "minimum",
+    "where",
+    "pow",
+    "remainder",
+    "fmod",
+    "mod",
+    "and",
+    "or",
+    "xor",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "masked_fill",
+    "addcmul",
+    "addcdiv",
+    "lerp",
+    "atan2",
+    "hypot",
+    "copysign",
+    "clamp",
+    "clip",
+    "clamp_min",
+    "clamp_max",
+    "neg",
 }
 PASSTHROUGH = {
-    "relu", "relu6", "silu", "gelu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu", "elu",
-    "selu", "celu", "mish", "softplus", "softsign", "tanhshrink", "logsigmoid", "threshold", "glu_", "dropout",
-    "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "native_dropout", "contiguous",
-    "clone", "detach", "float", "half", "double", "bfloat16", "to", "type", "type_as", "abs", "exp", "log", "sqrt",
-    "rsqrt", "sin", "cos", "erf", "reciprocal", "square", "sign", "floor", "ceil", "round", "trunc", "frac",
-    "_to_copy", "alias", "lift_fresh_copy", "requires_grad", "cpu", "cuda", "stochastic_depth", "hardshrink",
-    "softshrink", "silu_", "log1p", "expm1", "sigmoid_", "bitwise_not", "logical_not", "nan_to_num", "positive",
+    "relu",
+    "relu6",
+    "silu",
+    "gelu",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "celu",
+    "mish",
+    "softplus",
+    "softsign",
+    "tanhshrink",
+    "logsigmoid",
+    "threshold",
+    "glu_",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "native_dropout",
+    "contiguous",
+    "clone",
+    "detach",
+    "float",
+    "half",
+    "double",
+    "bfloat16",
+    "to",
+    "type",
+    "type_as",
+    "abs",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "sin",
+    "cos",
+    "erf",
+    "reciprocal",
+    "square",
+    "sign",
+    "floor",
+    "ceil",
+    "round",
+    "trunc",
+    "frac",
+    "_to_copy",
+    "alias",
+    "lift_fresh_copy",
+    "requires_grad",
+    "cpu",
+    "cuda",
+    "stochastic_depth",
+    "hardshrink",
+    "softshrink",
+    "silu_",
+    "log1p",
+    "expm1",
+    "sigmoid_",
+    "bitwise_not",
+    "logical_not",
+    "nan_to_num",
+    "positive",
 }
 SPATIAL = {
-    "max_pool1d": 1, "max_pool2d": 2, "max_pool3d": 3, "avg_pool1d": 1, "avg_pool2d": 2, "avg_pool3d": 3,
-    "adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_avg_pool3d": 3, "adaptive_max_pool1d": 1,
-    "adaptive_max_pool2d": 2, "adaptive_max_pool3d": 3, "lp_pool1d": 1, "lp_pool2d": 2, "lp_pool3d": 3,
-    "max_pool2d_with_indices": 2, "max_pool3d_with_indices": 3, "_adaptive_avg_pool2d": 2, "_adaptive_avg_pool3d": 3,
-    "interpolate": None, "upsample": None, "upsample_nearest1d": 1, "upsample_nearest2d": 2, "upsample_nearest3d": 3,
-    "upsample_bilinear2d": 2, "upsample_bicubic2d": 2, "upsample_linear1d": 1, "upsample_trilinear3d": 3,
-    "roll": None, "flip": None, "adaptive_max_pool2d_with_indices": 2,
+    "max_pool1d": 1,
+    "max_pool2d": 2,
+    "max_pool3d": 3,
+    "avg_pool1d": 1,
+    "avg_pool2d": 2,
+    "avg_pool3d": 3,
+    "adaptive_avg_pool1d": 1,
+    "adaptive_avg_pool2d": 2,
+    "adaptive_avg_pool3d": 3,
+    "adaptive_max_pool1d": 1,
+    "adaptive_max_pool2d": 2,
+    "adaptive_max_pool3d": 3,
+    "lp_pool1d": 1,
+    "lp_pool2d": 2,
+    "lp_pool3d": 3,
+    "max_pool2d_with_indices": 2,
+    "max_pool3d_with_indices": 3,
+    "_adaptive_avg_pool2d": 2,
+    "_adaptive_avg_pool3d": 3,
+    "interpolate": None,
+    "upsample": None,
+    "upsample_nearest1d": 1,
+    "upsample_nearest2d": 2,
+    "upsample_nearest3d": 3,
+    "upsample_bilinear2d": 2,
+    "upsample_bicubic2d": 2,
+    "upsample_linear1d": 1,
+    "upsample_trilinear3d": 3,
+    "roll": None,
+    "flip": None,
+    "adaptive_max_pool2d_with_indices": 2,
 }
 REDUCTIONS = {
-    "mean": False, "sum": False, "amax": False, "amin": False, "max": False, "min": False, "std": False, "var": False,
-    "prod": False, "logsumexp": False, "argmax": False, "argmin": False, "norm": False, "var_mean": False,
-    "std_mean": False, "softmax": True, "log_softmax": True, "_softmax": True, "_log_softmax": True, "cumsum": True,
-    "normalize": True, "all": False, "any": False, "median": False, "linalg_vector_norm": False,
+    "mean": False,
+    "sum": False,
+    "amax": False,
+    "amin": False,
+    "max": False,
+    "min": False,
+    "std": False,
+    "var": False,
+    "prod": False,
+    "logsumexp": False,
+    "argmax": False,
+    "argmin": False,
+    "norm": False,
+    "var_mean": False,
+    "std_mean": False,
+    "softmax": True,
+    "log_softmax": True,
+    "_softmax": True,
+    "_log_softmax": True,
+    "cumsum": True,
+    "normalize": True,
+    "all": False,
+    "any": False,
+    "median": False,
+    "linalg_vector_norm": False,
 }

@@ -50,9 +50,11 @@ class ChannelPropagation(fx.Interpreter):
         with torch.no_grad():
             if kwargs:
                 placeholders = [n.target for n in self.graph.nodes if n.op == "placeholder"]
-                args = tuple(args) + tuple(kwargs[p] for p in placeholders[len(args):] if p in kwargs)
+                args = tuple(args) + tuple(kwargs[p] for p in placeholders[len(args) :] if p in kwargs)
             self.run(*args)
-        return PropagationResult(self.table, self.node_labels, self.unsupported, self.constraints, self.module_io)
+        return PropagationResult(
+            self.table, self.node_labels, self.unsupported, self.constraints, self.module_io
+        )
 
     def placeholder(self, target: Any, args: tuple, kwargs: dict) -> Any:
         if str(target).startswith("**"):
@@ -80,8 +82,20 @@ class ChannelPropagation(fx.Interpreter):
                 self.table.freeze(lab, "model output")
             return None
         module_name = n.target if n.op == "call_module" else _scope_of(n)
-        ctx = OpContext(n, tuple(args), dict(kwargs), tuple(largs), dict(lkwargs), out, self.table, self.module,
-                        module_name, self.graph_is_export, self.unsupported, self.constraints)
+        ctx = OpContext(
+            n,
+            tuple(args),
+            dict(kwargs),
+            tuple(largs),
+            dict(lkwargs),
+            out,
+            self.table,
+            self.module,
+            module_name,
+            self.graph_is_export,
+            self.unsupported,
+            self.constraints,
+        )
         if n.op == "call_module":
             m = self.module.get_submodule(n.target)
             handler = registry.module_handler(m)
@@ -99,8 +113,11 @@ class ChannelPropagation(fx.Interpreter):
         if not isinstance(value, torch.Tensor) or id(value) not in self._attr_names:
             return structure_like(value)
         owner = target.rpartition(".")[0]
-        return {d: self.table.block(owner, ((target, d),), s, passive=True)
-                for d, s in enumerate(value.shape) if s > 1}
+        return {
+            d: self.table.block(owner, ((target, d),), s, passive=True)
+            for d, s in enumerate(value.shape)
+            if s > 1
+        }
 
     def _param_owner(self, n: fx.Node) -> str | None:
         """For an aten layer op in an exported graph, the module owning its weight."""
@@ -112,8 +129,19 @@ class ChannelPropagation(fx.Interpreter):
         return None
 
 
-_LAYER_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "linear", "conv_transpose1d", "conv_transpose2d",
-              "conv_transpose3d", "batch_norm", "_native_batch_norm_legit_no_training", "layer_norm"}
+_LAYER_OPS = {
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "convolution",
+    "linear",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "batch_norm",
+    "_native_batch_norm_legit_no_training",
+    "layer_norm",
+}
 
 
 def _scope_of(n: fx.Node) -> str:

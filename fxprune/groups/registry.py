@@ -87,9 +87,12 @@ def _f_linear(ctx: OpContext) -> Any:
 
 
 def _f_batch_norm(order: str):
-    # F.batch_norm(input, running_mean, running_var, weight, bias, ...); aten: (input, weight, bias, mean, var, ...)
-    idx = {"F": [(3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running_var")],
-           "aten": [(1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var")]}[order]
+    # F.batch_norm(input, running_mean, running_var, weight, bias, ...)
+    # aten.batch_norm(input, weight, bias, running_mean, running_var, ...)
+    idx = {
+        "F": [(3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running_var")],
+        "aten": [(1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var")],
+    }[order]
 
     def handler(ctx: OpContext) -> Any:
         got = _owner_names(ctx, idx)
@@ -136,12 +139,21 @@ def _f_embedding(weight_pos: int):
 
 
 for _name, _h in {
-    "conv1d": _f_conv(False, "conv"), "conv2d": _f_conv(False, "conv"), "conv3d": _f_conv(False, "conv"),
-    "conv_transpose1d": _f_conv(True, "transpose"), "conv_transpose2d": _f_conv(True, "transpose"),
-    "conv_transpose3d": _f_conv(True, "transpose"), "convolution": _f_conv(False, "aten_convolution"),
-    "linear": _f_linear, "batch_norm": None, "layer_norm": _f_layer_norm, "native_layer_norm": _f_layer_norm,
-    "group_norm": _f_group_norm, "_native_batch_norm_legit_no_training": _f_batch_norm("aten"),
-    "_native_batch_norm_legit": _f_batch_norm("aten"), "native_batch_norm": _f_batch_norm("aten"),
+    "conv1d": _f_conv(False, "conv"),
+    "conv2d": _f_conv(False, "conv"),
+    "conv3d": _f_conv(False, "conv"),
+    "conv_transpose1d": _f_conv(True, "transpose"),
+    "conv_transpose2d": _f_conv(True, "transpose"),
+    "conv_transpose3d": _f_conv(True, "transpose"),
+    "convolution": _f_conv(False, "aten_convolution"),
+    "linear": _f_linear,
+    "batch_norm": None,
+    "layer_norm": _f_layer_norm,
+    "native_layer_norm": _f_layer_norm,
+    "group_norm": _f_group_norm,
+    "_native_batch_norm_legit_no_training": _f_batch_norm("aten"),
+    "_native_batch_norm_legit": _f_batch_norm("aten"),
+    "native_batch_norm": _f_batch_norm("aten"),
 }.items():
     if _h is not None:
         _OP_HANDLERS[_name] = _h
@@ -168,22 +180,62 @@ for _name, _n in ops.SPATIAL.items():
     _OP_HANDLERS[_name] = ops.spatial(_n)
 for _name, _keep in ops.REDUCTIONS.items():
     _OP_HANDLERS[_name] = ops.reduction(_keep)
-_OP_HANDLERS.update({
-    "view": ops.reshape, "reshape": ops.reshape, "_unsafe_view": ops.reshape, "flatten": ops.reshape_free,
-    "squeeze": ops.reshape_free, "unsqueeze": ops.reshape_free, "view_as": ops.reshape_free,
-    "reshape_as": ops.reshape_free, "unflatten": ops.unflatten, "permute": ops.permute, "transpose": ops.transpose,
-    "swapaxes": ops.transpose, "swapdims": ops.transpose, "t": ops.transpose, "movedim": ops.movedim,
-    "moveaxis": ops.movedim, "expand": ops.expand, "expand_as": ops.expand, "expand_copy": ops.expand,
-    "cat": ops.cat, "concat": ops.cat, "concatenate": ops.cat, "stack": ops.stack, "chunk": ops.split,
-    "split": ops.split, "split_with_sizes": ops.split, "tensor_split": ops.split, "unbind": ops.unbind,
-    "getitem": ops.getitem, "slice": ops.aten_slice, "select": ops.aten_select, "pad": ops.pad,
-    "constant_pad_nd": ops.pad, "pixel_shuffle": ops.pixel_shuffle, "pixel_unshuffle": ops.pixel_unshuffle,
-    "channel_shuffle": ops.channel_shuffle, "native_channel_shuffle": ops.channel_shuffle, "matmul": ops.matmul,
-    "bmm": ops.matmul, "mm": ops.matmul, "scaled_dot_product_attention": ops.sdpa, "size": ops.size,
-    "dim": ops.non_tensor, "numel": ops.non_tensor, "getattr": ops.size, "sym_size": ops.size,
-    "_assert": ops.non_tensor, "_assert_tensor_metadata": ops.non_tensor, "sym_constrain_range_for_size":
-    ops.non_tensor, "_assert_scalar": ops.non_tensor, "le_int": ops.non_tensor, "zeros_like": ops.non_tensor,
-})
+_OP_HANDLERS.update(
+    {
+        "view": ops.reshape,
+        "reshape": ops.reshape,
+        "_unsafe_view": ops.reshape,
+        "flatten": ops.reshape_free,
+        "squeeze": ops.reshape_free,
+        "unsqueeze": ops.reshape_free,
+        "view_as": ops.reshape_free,
+        "reshape_as": ops.reshape_free,
+        "unflatten": ops.unflatten,
+        "permute": ops.permute,
+        "transpose": ops.transpose,
+        "swapaxes": ops.transpose,
+        "swapdims": ops.transpose,
+        "t": ops.transpose,
+        "movedim": ops.movedim,
+        "moveaxis": ops.movedim,
+        "expand": ops.expand,
+        "expand_as": ops.expand,
+        "expand_copy": ops.expand,
+        "cat": ops.cat,
+        "concat": ops.cat,
+        "concatenate": ops.cat,
+        "stack": ops.stack,
+        "chunk": ops.split,
+        "split": ops.split,
+        "split_with_sizes": ops.split,
+        "tensor_split": ops.split,
+        "unbind": ops.unbind,
+        "getitem": ops.getitem,
+        "slice": ops.aten_slice,
+        "select": ops.aten_select,
+        "pad": ops.pad,
+        "constant_pad_nd": ops.pad,
+        "pixel_shuffle": ops.pixel_shuffle,
+        "pixel_unshuffle": ops.pixel_unshuffle,
+        "channel_shuffle": ops.channel_shuffle,
+        "native_channel_shuffle": ops.channel_shuffle,
+        "matmul": ops.matmul,
+        "bmm": ops.matmul,
+        "mm": ops.matmul,
+        "scaled_dot_product_attention": ops.sdpa,
+        "size": ops.size,
+        "dim": ops.non_tensor,
+        "numel": ops.non_tensor,
+        "getattr": ops.size,
+        "sym_size": ops.size,
+        "_assert": ops.non_tensor,
+        "_assert_tensor_metadata": ops.non_tensor,
+        "sym_constrain_range_for_size": ops.non_tensor,
+        "_assert_scalar": ops.non_tensor,
+        "le_int": ops.non_tensor,
+        "zeros_like": ops.non_tensor,
+    }
+)
 
 
 def function_handler(name: str) -> Handler | None:
@@ -203,7 +255,9 @@ def _m_conv(ctx: OpContext, m: nn.Module) -> Any:
 
 
 def _m_linear(ctx: OpContext, m: nn.Module) -> Any:
-    return layers.linear(ctx, ctx.larg(0), m.weight, ctx.module_name, ("weight", "bias" if m.bias is not None else None))
+    return layers.linear(
+        ctx, ctx.larg(0), m.weight, ctx.module_name, ("weight", "bias" if m.bias is not None else None)
+    )
 
 
 def _m_batch_norm(ctx: OpContext, m: nn.Module) -> Any:
@@ -243,27 +297,55 @@ def _m_softmax(ctx: OpContext, m: nn.Module) -> Any:
     return ops.reduction(True)(_with_args(ctx, dim if dim is not None else 1))
 
 
-_PASS_MODULES: tuple[type, ...] = (nn.Identity,) + tuple(
-    c for c in vars(activation).values()
-    if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == activation.__name__
-    and c not in (activation.MultiheadAttention, activation.Softmax, activation.Softmin, activation.LogSoftmax,
-                  activation.Softmax2d, activation.GLU, activation.PReLU)
-) + tuple(c for c in vars(dropout).values() if isinstance(c, type) and issubclass(c, dropout._DropoutNd))
+_PASS_MODULES: tuple[type, ...] = (
+    (nn.Identity,)
+    + tuple(
+        c
+        for c in vars(activation).values()
+        if isinstance(c, type)
+        and issubclass(c, nn.Module)
+        and c.__module__ == activation.__name__
+        and c
+        not in (
+            activation.MultiheadAttention,
+            activation.Softmax,
+            activation.Softmin,
+            activation.LogSoftmax,
+            activation.Softmax2d,
+            activation.GLU,
+            activation.PReLU,
+        )
+    )
+    + tuple(c for c in vars(dropout).values() if isinstance(c, type) and issubclass(c, dropout._DropoutNd))
+)
 
 _POOL_MODULES = tuple(
-    c for c in vars(pooling).values() if isinstance(c, type) and issubclass(c, nn.Module)
-    and c.__module__ == pooling.__name__ and "Unpool" not in c.__name__
+    c
+    for c in vars(pooling).values()
+    if isinstance(c, type)
+    and issubclass(c, nn.Module)
+    and c.__module__ == pooling.__name__
+    and "Unpool" not in c.__name__
 ) + (nn.Upsample,)
 
-_MODULE_HANDLERS.update({
-    nn.modules.conv._ConvNd: _m_conv, nn.Linear: _m_linear, nn.modules.batchnorm._NormBase: _m_batch_norm,
-    nn.LayerNorm: _m_layer_norm, nn.GroupNorm: _m_group_norm, nn.Embedding: _m_embedding, nn.PReLU: _m_prelu,
-    nn.Flatten: _m_flatten, nn.Softmax: _m_softmax, nn.LogSoftmax: _m_softmax,
-    nn.PixelShuffle: lambda ctx, m: ops.pixel_shuffle(_with_args(ctx, m.upscale_factor)),
-    nn.PixelUnshuffle: lambda ctx, m: ops.pixel_unshuffle(_with_args(ctx, m.downscale_factor)),
-    nn.ChannelShuffle: lambda ctx, m: ops.channel_shuffle(_with_args(ctx, m.groups)),
-    nn.Unflatten: lambda ctx, m: ops.reshape_labels_for_unflatten(ctx, m),
-})
+_MODULE_HANDLERS.update(
+    {
+        nn.modules.conv._ConvNd: _m_conv,
+        nn.Linear: _m_linear,
+        nn.modules.batchnorm._NormBase: _m_batch_norm,
+        nn.LayerNorm: _m_layer_norm,
+        nn.GroupNorm: _m_group_norm,
+        nn.Embedding: _m_embedding,
+        nn.PReLU: _m_prelu,
+        nn.Flatten: _m_flatten,
+        nn.Softmax: _m_softmax,
+        nn.LogSoftmax: _m_softmax,
+        nn.PixelShuffle: lambda ctx, m: ops.pixel_shuffle(_with_args(ctx, m.upscale_factor)),
+        nn.PixelUnshuffle: lambda ctx, m: ops.pixel_unshuffle(_with_args(ctx, m.downscale_factor)),
+        nn.ChannelShuffle: lambda ctx, m: ops.channel_shuffle(_with_args(ctx, m.groups)),
+        nn.Unflatten: lambda ctx, m: ops.reshape_labels_for_unflatten(ctx, m),
+    }
+)
 for _c in _PASS_MODULES:
     _MODULE_HANDLERS[_c] = lambda ctx, m: ops.passthrough(ctx)
 for _c in _POOL_MODULES:

@@ -77,6 +77,9 @@ class SlotTable:
                     raise ValueError(f"{member}: size {size} differs from {len(seen)}")
         elif blk.size != size:
             raise ValueError(f"{members}: size {size} differs from {blk.size}")
+        elif blk.passive and not passive:
+            blk.passive = False
+            blk.module = module
         return blk.slots
 
     def find(self, x: int) -> int:

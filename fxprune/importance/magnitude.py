@@ -10,7 +10,7 @@ from .registry import register_importance
 
 
 def magnitude_scores(model: nn.Module, group, p: int = 2) -> np.ndarray:
-    """Sum over the group's parameter slices of ``|w|^p`` per atom (buffers such as BN statistics excluded)."""
+    """Per atom, the p-norm over all the group's parameter slices (buffers such as BN statistics excluded)."""
     params = dict(model.named_parameters())
     scores = np.zeros(group.width, dtype=np.float64)
     for b in group.blocks:

@@ -1,4 +1,4 @@
-"""Plan channel removal by ratio (per group or global), with round_to, minimum widths and chunk constraints."""
+"""Plan channel removal by ratio (per group or global), with round_to, minimum widths, chunk constraints."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Plan:
 
 
 def group_ratio(group: Group, ratio: float, ratios: dict[str, float] | None) -> float:
-    """The ratio for ``group``: the first pattern of ``ratios`` matching one of its modules, else ``ratio``."""
+    """The ratio for ``group``: the first pattern of ``ratios`` matching one of its modules, or ``ratio``."""
     for pattern, r in (ratios or {}).items():
         if any(fnmatch.fnmatchcase(m, pattern) for m in group.modules):
             return r
@@ -58,7 +58,7 @@ def _choose(group: Group, scores: np.ndarray, n_remove: int) -> np.ndarray:
     chosen = [c[np.argsort(scores[c], kind="stable")][:per_piece] for c in cand]
     rest = n_remove - per_piece * len(pieces)
     if len(free):
-        chosen.append(free[np.argsort(scores[free], kind="stable")][:max(rest, 0)])
+        chosen.append(free[np.argsort(scores[free], kind="stable")][: max(rest, 0)])
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 

@@ -62,7 +62,11 @@ def slim_model(model: nn.Module, groups: list[Group], plan: Plan) -> dict[str, t
                 old = tensors[name]
                 with torch.no_grad():
                     data = old.detach().index_select(dim, keep_t.to(old.device)).clone()
-                new = nn.Parameter(data, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else data
+                new = (
+                    nn.Parameter(data, requires_grad=old.requires_grad)
+                    if isinstance(old, nn.Parameter)
+                    else data
+                )
                 for alias in aliases.get(id(old), [name]):
                     owner = alias.rpartition(".")[0]
                     if owner not in touched:
