@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -51,9 +53,26 @@ def _symbolic(model: nn.Module, leaf_modules: Iterable) -> fx.GraphModule:
         raise
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.export logs whole graphs when it fails; the CaptureError says what matters."""
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("torch")]
+    loggers = [logging.getLogger(n) for n in ["torch", *names]]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _export(model: nn.Module, example_inputs: ExampleInputs) -> fx.GraphModule:
     args, kwargs = as_args_kwargs(example_inputs)
-    ep = torch.export.export(model, args, kwargs, strict=False)
+    with _quiet_torch_logs():
+        ep = torch.export.export(model, args, kwargs, strict=False)
     return ep.module()
 
 

@@ -22,8 +22,8 @@ class Group:
 
     ``atoms[i]`` is a removable unit (a slot class); ``blocks`` are the parameter dimensions it spans;
     ``frozen`` maps atom index -> reason it must stay. ``equal_parts`` lists atom-index pieces that must
-    lose the same number of atoms (``chunk``). ``divisor`` is how many channels of the widest layer an atom
-    stands for (grouped convs, GroupNorm).
+    lose the same number of atoms (``chunk``). ``divisor`` is how many channels of the narrowest layer an
+    atom stands for (grouped convs, GroupNorm).
     """
 
     id: int
