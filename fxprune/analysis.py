@@ -8,7 +8,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .capture import Captured, as_args_kwargs, capture
 from .groups.analysis import Group, build_groups
@@ -137,10 +139,7 @@ def analyze(
     model.eval()
     try:
         captured = capture(model, example_inputs, leaf_modules, use_export)
-        args, kwargs = as_args_kwargs(example_inputs)
-        prop = ChannelPropagation(captured.graph_module, captured.method == "export").propagate(
-            *args, **kwargs
-        )
+        prop = _propagate(captured, example_inputs)
     finally:
         model.train(was_training)
     groups, unsupported = build_groups(prop, model)
@@ -152,6 +151,21 @@ def analyze(
             if m is not None and any(not p.requires_grad for p in m.parameters(recurse=False)):
                 g.freeze_modules([name], "frozen parameters (requires_grad=False)")
     return Analysis(model, captured, prop, groups, unsupported, time.perf_counter() - start, patterns)
+
+
+def _propagate(captured: Captured, example_inputs) -> PropagationResult:
+    """Run channel propagation on fake tensors (shapes only, no arithmetic); fall back to real ones."""
+    args, kwargs = as_args_kwargs(example_inputs)
+    is_export = captured.method == "export"
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    to_fake = lambda v: fake_mode.from_tensor(v) if isinstance(v, torch.Tensor) else v  # noqa: E731
+    try:
+        fake_args = [to_fake(a) for a in args]
+        fake_kwargs = {k: to_fake(v) for k, v in kwargs.items()}
+        with fake_mode:
+            return ChannelPropagation(captured.graph_module, is_export).propagate(*fake_args, **fake_kwargs)
+    except Exception:
+        return ChannelPropagation(captured.graph_module, is_export).propagate(*args, **kwargs)
 
 
 def _maybe_module(model: nn.Module, name: str) -> nn.Module | None:
