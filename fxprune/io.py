@@ -175,7 +175,13 @@ def load(model_or_factory: ModelSource, path: str | os.PathLike[str]) -> nn.Modu
     state = obj["state_dict"]
     _check_keys(path, model, state)
     _reshape(model, obj["shapes"], path)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # tensors disagreeing with the recorded shapes
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ValueError(
+            f"{path} is a damaged fxprune file: its tensors do not match its recorded shapes ({first})"
+        ) from None
     extra = obj.get("buffers") or {}
     if extra:
         current = dict(model.named_buffers(remove_duplicate=False))
