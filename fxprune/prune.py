@@ -78,7 +78,8 @@ def _check(
     example_inputs: Any,
 ) -> tuple[float, list[str]]:
     removed = _removed_roots(analysis.groups, plan, exact_only)
-    masked = masked_copy(reference, analysis.propagation.module_io, analysis.propagation.table, removed)
+    prop = analysis.propagation
+    masked = masked_copy(reference, prop.module_io, prop.table, removed, prop.table.blocks)
     with torch.no_grad():
         ref = run_model(masked.eval(), example_inputs)
         try:

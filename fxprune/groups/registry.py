@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.modules import activation, dropout, pooling
 
-from . import layers, ops
+from . import attention, layers, ops
 from .context import OpContext, structure_like
 
 Handler = Callable[[OpContext], Any]
@@ -337,7 +337,8 @@ _MODULE_HANDLERS.update(
         nn.GroupNorm: _m_group_norm,
         nn.Embedding: _m_embedding,
         nn.PReLU: _m_prelu,
-        nn.Flatten: _m_flatten,
+        nn.MultiheadAttention: attention.multihead_attention,
+    nn.Flatten: _m_flatten,
         nn.Softmax: _m_softmax,
         nn.LogSoftmax: _m_softmax,
         nn.PixelShuffle: lambda ctx, m: ops.pixel_shuffle(_with_args(ctx, m.upscale_factor)),

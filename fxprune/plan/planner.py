@@ -31,13 +31,19 @@ def group_ratio(group: Group, ratio: float, ratios: dict[str, float] | None) -> 
     return ratio
 
 
-def _keep_count(group: Group, ratio: float, round_to: int, min_width: int) -> int:
+def _keep_count(group: Group, n_remove: int, round_to: int, min_width: int) -> int:
+    """Atoms to keep when ``n_remove`` prunable atoms are asked for, after min width and ``round_to``."""
     w = group.width
-    keep = max(min_width, w - int(math.floor(ratio * w + 1e-9)), 1)
+    keep = max(min_width, w - min(n_remove, group.prunable), 1)
     if round_to > 1:
         q = round_to // math.gcd(round_to, group.divisor)
         keep = min(w, int(math.ceil(keep / q) * q))
     return max(keep, len(group.frozen), 1)
+
+
+def _ratio_count(group: Group, ratio: float) -> int:
+    """The ratio applies to the channels that can be removed: frozen ones are not counted."""
+    return int(math.floor(ratio * group.prunable + 1e-9))
 
 
 def _choose(group: Group, scores: np.ndarray, n_remove: int) -> np.ndarray:
@@ -104,7 +110,7 @@ def make_plan(
         pool.sort()
         budget = int(ratio * len(pool))
         quota = {g.id: 0 for g in groups}
-        caps = {g.id: g.width - _keep_count(g, 0.0, 1, min_width) for g in groups}
+        caps = {g.id: g.width - _keep_count(g, g.prunable, 1, min_width) for g in groups}
         for _, gid, _ in pool:
             if budget <= 0:
                 break
@@ -114,14 +120,14 @@ def make_plan(
         by_id = {g.id: g for g in groups}
         for gid, n in quota.items():
             g = by_id[gid]
-            keep = _keep_count(g, n / g.width if g.width else 0.0, round_to, min_width)
+            keep = _keep_count(g, n, round_to, min_width)
             plan.remove[gid] = _keep_one_per_layer(g, scores[gid], _choose(g, scores[gid], g.width - keep))
         return plan
     for g in groups:
         r = group_ratio(g, ratio, ratios)
         if r <= 0 or g.prunable == 0:
             continue
-        keep = _keep_count(g, r, round_to, min_width)
+        keep = _keep_count(g, _ratio_count(g, r), round_to, min_width)
         n = min(g.width - keep, g.prunable)
         chosen = _keep_one_per_layer(g, scores[g.id], _choose(g, scores[g.id], n))
         if len(chosen):

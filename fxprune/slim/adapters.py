@@ -67,6 +67,14 @@ def _group_norm(m: nn.Module, before: dict) -> None:
         m.num_channels = m.weight.shape[0]
 
 
+@register_adapter(nn.MultiheadAttention)
+def _multihead_attention(m: nn.Module, before: dict) -> None:
+    head_dim = before["embed_dim"] // before["num_heads"]
+    m.embed_dim = m.kdim = m.vdim = m.in_proj_weight.shape[1]
+    m.num_heads = m.embed_dim // head_dim
+    m.head_dim = head_dim
+
+
 @register_adapter(nn.Embedding)
 def _embedding(m: nn.Module, before: dict) -> None:
     m.embedding_dim = m.weight.shape[1]
@@ -79,7 +87,16 @@ def _prelu(m: nn.Module, before: dict) -> None:
 
 def snapshot(m: nn.Module) -> dict:
     """The Python attributes an adapter may need after slicing."""
-    keys = ("groups", "in_channels", "out_channels", "in_features", "out_features", "num_features")
+    keys = (
+        "groups",
+        "in_channels",
+        "out_channels",
+        "in_features",
+        "out_features",
+        "num_features",
+        "embed_dim",
+        "num_heads",
+    )
     return {k: getattr(m, k) for k in keys if hasattr(m, k)}
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..groups.slots import SlotTable
+from ..groups.slots import Block, SlotTable
 
 __all__ = ["masked_copy"]
 
@@ -38,10 +38,27 @@ def _apply(value: Any, labels: Any, table: SlotTable, removed: set[int]) -> Any:
 
 
 def masked_copy(
-    model: nn.Module, module_io: dict[str, tuple[Any, Any]], table: SlotTable, removed: set[int]
+    model: nn.Module,
+    module_io: dict[str, list[tuple[Any, Any]]],
+    table: SlotTable,
+    removed: set[int],
+    blocks: list[Block] = (),
 ) -> nn.Module:
-    """A deep copy of ``model`` whose leaf layers zero the removed channels of their inputs and outputs."""
+    """A deep copy of ``model`` in which the removed channels are zero.
+
+    Leaf layers zero the removed channels of their inputs and outputs, and the parameter slices of the
+    removed channels in ``blocks`` are zeroed (channels inside a layer, such as attention heads).
+    """
     masked = copy.deepcopy(model)
+    params = dict(masked.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for b in blocks:
+            gone = np.nonzero(np.isin(table.roots(b.slots), list(removed)))[0]
+            if len(gone) == 0:
+                continue
+            for name, dim in b.members:
+                if name in params:
+                    params[name].index_fill_(dim, torch.as_tensor(gone, device=params[name].device), 0.0)
     for name, calls in module_io.items():
         try:
             m = masked.get_submodule(name)
@@ -63,10 +80,12 @@ class _CallMask:
 
     def pre(self, mod: nn.Module, args: tuple) -> tuple | None:
         in_labels = self.calls[self.i % len(self.calls)][0]
-        first = in_labels[0] if isinstance(in_labels, (list, tuple)) and in_labels else None
-        if args and isinstance(args[0], torch.Tensor):
-            return (_apply(args[0], first, self.table, self.removed), *args[1:])
-        return None
+        if not isinstance(in_labels, (list, tuple)):
+            return None
+        return tuple(
+            _apply(a, lab, self.table, self.removed) if isinstance(a, torch.Tensor) else a
+            for a, lab in zip(args, list(in_labels) + [None] * (len(args) - len(in_labels)))
+        )
 
     def post(self, mod: nn.Module, args: tuple, out: Any) -> Any:
         out_labels = self.calls[self.i % len(self.calls)][1]
