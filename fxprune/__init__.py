@@ -8,6 +8,13 @@ from .prune import PruneReport, VerificationError, apply_plan, prune
 __version__ = "0.1.0"
 
 __all__ = [
-    "Analysis", "CaptureError", "PruneReport", "VerificationError",
-    "analyze", "apply_plan", "load", "prune", "save",
+    "Analysis",
+    "CaptureError",
+    "PruneReport",
+    "VerificationError",
+    "analyze",
+    "apply_plan",
+    "load",
+    "prune",
+    "save",
 ]

@@ -14,6 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .capture import Captured, as_args_kwargs, capture
 from .groups.analysis import Group, build_groups
+from .groups.constants import ChannelConstant
 from .groups.context import Unsupported
 from .groups.propagate import ChannelPropagation, PropagationResult
 from .importance import get_importance
@@ -33,6 +34,7 @@ class Analysis:
     unsupported: list[Unsupported]
     seconds: float
     ignored: list[str] = field(default_factory=list)
+    constants: list[ChannelConstant] = field(default_factory=list)
 
     @property
     def prunable_groups(self) -> list[Group]:
@@ -139,7 +141,7 @@ def analyze(
     model.eval()
     try:
         captured = capture(model, example_inputs, leaf_modules, use_export)
-        prop = _propagate(captured, example_inputs)
+        prop = _propagate(captured, example_inputs, model)
     finally:
         model.train(was_training)
     groups, unsupported = build_groups(prop, model)
@@ -150,10 +152,13 @@ def analyze(
             m = _maybe_module(model, name)
             if m is not None and any(not p.requires_grad for p in m.parameters(recurse=False)):
                 g.freeze_modules([name], "frozen parameters (requires_grad=False)")
-    return Analysis(model, captured, prop, groups, unsupported, time.perf_counter() - start, patterns)
+    constants = [ChannelConstant(m, a, prop.table.roots(lab)) for m, a, lab in prop.constants]
+    return Analysis(
+        model, captured, prop, groups, unsupported, time.perf_counter() - start, patterns, constants
+    )
 
 
-def _propagate(captured: Captured, example_inputs) -> PropagationResult:
+def _propagate(captured: Captured, example_inputs, model: nn.Module) -> PropagationResult:
     """Run channel propagation on fake tensors (shapes only, no arithmetic); fall back to real ones."""
     args, kwargs = as_args_kwargs(example_inputs)
     is_export = captured.method == "export"
@@ -163,9 +168,11 @@ def _propagate(captured: Captured, example_inputs) -> PropagationResult:
         fake_args = [to_fake(a) for a in args]
         fake_kwargs = {k: to_fake(v) for k, v in kwargs.items()}
         with fake_mode:
-            return ChannelPropagation(captured.graph_module, is_export).propagate(*fake_args, **fake_kwargs)
+            return ChannelPropagation(captured.graph_module, is_export, model).propagate(
+                *fake_args, **fake_kwargs
+            )
     except Exception:
-        return ChannelPropagation(captured.graph_module, is_export).propagate(*args, **kwargs)
+        return ChannelPropagation(captured.graph_module, is_export, model).propagate(*args, **kwargs)
 
 
 def _maybe_module(model: nn.Module, name: str) -> nn.Module | None:

@@ -130,15 +130,32 @@ def _positive_int(text: str) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", metavar="SPEC",
-                   help="model: cifar_resnet56, torchvision:resnet50, yolov8n.yaml, package.module:factory")
+    p.add_argument(
+        "spec",
+        metavar="SPEC",
+        help="model: cifar_resnet56, torchvision:resnet50, yolov8n.yaml, package.module:factory",
+    )
     p.add_argument("--weights", metavar="PATH", help="state dict to load into the model first")
-    p.add_argument("--input", metavar="SHAPE", type=_shape,
-                   help="example input shape, e.g. 1,3,224,224 (default: the model's usual input)")
-    p.add_argument("--ignore", metavar="PATTERN", action="append", default=[],
-                   help="module name (glob) or class name whose channels must not change; repeatable")
-    p.add_argument("--leaf", metavar="PATTERN", action="append", default=[],
-                   help="module name (glob) or class name not to trace into (channels freeze); repeatable")
+    p.add_argument(
+        "--input",
+        metavar="SHAPE",
+        type=_shape,
+        help="example input shape, e.g. 1,3,224,224 (default: the model's usual input)",
+    )
+    p.add_argument(
+        "--ignore",
+        metavar="PATTERN",
+        action="append",
+        default=[],
+        help="module name (glob) or class name whose channels must not change; repeatable",
+    )
+    p.add_argument(
+        "--leaf",
+        metavar="PATTERN",
+        action="append",
+        default=[],
+        help="module name (glob) or class name not to trace into (channels freeze); repeatable",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,54 +164,110 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fxprune",
         description="Structured pruning for PyTorch: find coupled channels with torch.fx, slim the model "
-                    "in place and verify the result.",
-        epilog=_MAIN_EPILOG, formatter_class=fmt,
+        "in place and verify the result.",
+        epilog=_MAIN_EPILOG,
+        formatter_class=fmt,
     )
     parser.add_argument("--version", action="version", version=f"fxprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help="prune a CIFAR ResNet-56 by half and compare size, FLOPs and latency",
-                          description="Prune the built-in CIFAR ResNet-56 and print a before/after table.",
-                          epilog=_DEMO_EPILOG, formatter_class=fmt)
-    demo.add_argument("--ratio", type=_fraction(False), default=0.5,
-                      help="fraction of channels removed (default 0.5)")
-    demo.add_argument("--threads", metavar="N", type=_positive_int, default=1,
-                      help="CPU threads for the whole demo, latency included (default 1: stable timings of "
-                           "this small model even on a busy machine)")
+    demo = sub.add_parser(
+        "demo",
+        help="prune a CIFAR ResNet-56 by half and compare size, FLOPs and latency",
+        description="Prune the built-in CIFAR ResNet-56 and print a before/after table.",
+        epilog=_DEMO_EPILOG,
+        formatter_class=fmt,
+    )
+    demo.add_argument(
+        "--ratio", type=_fraction(False), default=0.5, help="fraction of channels removed (default 0.5)"
+    )
+    demo.add_argument(
+        "--threads",
+        metavar="N",
+        type=_positive_int,
+        default=1,
+        help="CPU threads for the whole demo, latency included (default 1: stable timings of "
+        "this small model even on a busy machine)",
+    )
     demo.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
 
-    an = sub.add_parser("analyze", help="list the coupled channel groups and unsupported ops of a model",
-                        description="Capture a model and list its coupled channel groups.",
-                        epilog=_ANALYZE_EPILOG, formatter_class=fmt)
+    an = sub.add_parser(
+        "analyze",
+        help="list the coupled channel groups and unsupported ops of a model",
+        description="Capture a model and list its coupled channel groups.",
+        epilog=_ANALYZE_EPILOG,
+        formatter_class=fmt,
+    )
     _add_model_args(an)
     an.add_argument("--all", action="store_true", help="also list groups whose channels are all frozen")
 
-    pr = sub.add_parser("prune", help="prune a model, verify it, compare it with the dense model and save it",
-                        description="Prune a model in place, verify it and print a before/after table.",
-                        epilog=_PRUNE_EPILOG, formatter_class=fmt)
+    pr = sub.add_parser(
+        "prune",
+        help="prune a model, verify it, compare it with the dense model and save it",
+        description="Prune a model in place, verify it and print a before/after table.",
+        epilog=_PRUNE_EPILOG,
+        formatter_class=fmt,
+    )
     _add_model_args(pr)
     amount = pr.add_mutually_exclusive_group()
-    amount.add_argument("--ratio", type=_fraction(False),
-                        help="fraction of channels removed from every group (default 0.5)")
-    amount.add_argument("--target-flops", metavar="FRACTION", type=_fraction(True),
-                        help="keep this fraction of the dense FLOPs, e.g. 0.5")
-    amount.add_argument("--target-params", metavar="FRACTION", type=_fraction(True),
-                        help="keep this fraction of the dense parameters, e.g. 0.5")
-    pr.add_argument("--importance", choices=("l1", "l2", "random"), default="l2",
-                    help="channel importance criterion (default l2)")
-    pr.add_argument("--global", dest="global_ranking", action="store_true",
-                    help="rank channels across all groups instead of pruning every group by the same ratio")
-    pr.add_argument("--round-to", metavar="N", type=_positive_int, default=1,
-                    help="keep channel counts multiples of N (e.g. 8 for tensor cores)")
-    pr.add_argument("--min-width", metavar="N", type=_positive_int, default=1,
-                    help="keep at least N channels in every group")
-    pr.add_argument("--ratio-for", metavar="PATTERN=RATIO", type=_ratio_for, action="append", default=[],
-                    help="per-module ratio, e.g. 'layer4.*=0.3'; repeatable, the first matching pattern wins")
+    amount.add_argument(
+        "--ratio", type=_fraction(False), help="fraction of channels removed from every group (default 0.5)"
+    )
+    amount.add_argument(
+        "--target-flops",
+        metavar="FRACTION",
+        type=_fraction(True),
+        help="keep this fraction of the dense FLOPs, e.g. 0.5",
+    )
+    amount.add_argument(
+        "--target-params",
+        metavar="FRACTION",
+        type=_fraction(True),
+        help="keep this fraction of the dense parameters, e.g. 0.5",
+    )
+    pr.add_argument(
+        "--importance",
+        choices=("l1", "l2", "random"),
+        default="l2",
+        help="channel importance criterion (default l2)",
+    )
+    pr.add_argument(
+        "--global",
+        dest="global_ranking",
+        action="store_true",
+        help="rank channels across all groups instead of pruning every group by the same ratio",
+    )
+    pr.add_argument(
+        "--round-to",
+        metavar="N",
+        type=_positive_int,
+        default=1,
+        help="keep channel counts multiples of N (e.g. 8 for tensor cores)",
+    )
+    pr.add_argument(
+        "--min-width",
+        metavar="N",
+        type=_positive_int,
+        default=1,
+        help="keep at least N channels in every group",
+    )
+    pr.add_argument(
+        "--ratio-for",
+        metavar="PATTERN=RATIO",
+        type=_ratio_for,
+        action="append",
+        default=[],
+        help="per-module ratio, e.g. 'layer4.*=0.3'; repeatable, the first matching pattern wins",
+    )
     pr.add_argument("--out", metavar="PATH", help="save the pruned model with fxprune.save")
     pr.add_argument("--report", metavar="DIR", help="write DIR/report.md and DIR/group_widths.png")
     pr.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
-    pr.add_argument("--threads", metavar="N", type=_positive_int,
-                    help="CPU threads for the latency runs (default: torch's)")
+    pr.add_argument(
+        "--threads",
+        metavar="N",
+        type=_positive_int,
+        help="CPU threads for the latency runs (default: torch's)",
+    )
     return parser
 
 
@@ -238,22 +311,33 @@ def _load(args: argparse.Namespace, steps: _Steps) -> tuple[nn.Module, torch.Ten
         model, shape = load_model(args.spec, args.weights)
         shape = args.input or shape
         info["detail"] = f"{type(model).__name__}, input {'x'.join(map(str, shape))}" + (
-            f", weights {args.weights}" if args.weights else "")
+            f", weights {args.weights}" if args.weights else ""
+        )
     return model, torch.randn(*shape)
 
 
 def _analyze(model: nn.Module, x: torch.Tensor, args: argparse.Namespace, steps: _Steps) -> Analysis:
     with steps("capture and analysis") as info:
-        analysis = analyze(model, x, ignore=_resolve_patterns(model, args.ignore),
-                           leaf_modules=_resolve_patterns(model, args.leaf))
+        analysis = analyze(
+            model,
+            x,
+            ignore=_resolve_patterns(model, args.ignore),
+            leaf_modules=_resolve_patterns(model, args.leaf),
+        )
         n_prunable = len(analysis.prunable_groups)
-        info["detail"] = (f"captured by {analysis.captured.method}, {len(analysis.groups)} groups, "
-                          f"{n_prunable} prunable")
+        info["detail"] = (
+            f"captured by {analysis.captured.method}, {len(analysis.groups)} groups, {n_prunable} prunable"
+        )
     return analysis
 
 
-def _latency(models: dict[str, nn.Module], x: torch.Tensor, threads: int | None, budget_s: float,
-             limit_s: float | None = None) -> dict[str, float] | None:
+def _latency(
+    models: dict[str, nn.Module],
+    x: torch.Tensor,
+    threads: int | None,
+    budget_s: float,
+    limit_s: float | None = None,
+) -> dict[str, float] | None:
     """Median CPU latency (ms) of each model, timed interleaved in about ``budget_s`` seconds.
 
     Up to 5 rounds of interleaved runs (model order rotated each round); rounds stop early once 3x the
@@ -280,10 +364,11 @@ def _latency(models: dict[str, nn.Module], x: torch.Tensor, threads: int | None,
     samples: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         warmup = (3 if per_call < 0.05 else 1) if r == 0 else 0
-        res = measure_cpu_latency({name: models[name] for name in order}, x, threads=threads, warmup=warmup,
-                                  iters=iters, repeats=1)
+        res = measure_cpu_latency(
+            {name: models[name] for name in order}, x, threads=threads, warmup=warmup, iters=iters, repeats=1
+        )
         for name in names:
             samples[name].append(res[name].median_ms)
         if r >= 1 and time.perf_counter() - start > 3 * budget_s:
@@ -299,11 +384,15 @@ def _modules_cell(modules: Sequence[str]) -> str:
 def _verification_lines(report: PruneReport, tol: float = 1e-4) -> list[str]:
     if report.exact_error is None:
         return ["not verified"]
-    lines = [f"verified: the slim model equals the dense model with the removed channels masked "
-             f"(max relative error {report.exact_error:.1e} <= {tol:g})"]
+    lines = [
+        f"verified: the slim model equals the dense model with the removed channels masked "
+        f"(max relative error {report.exact_error:.1e} <= {tol:g})"
+    ]
     if report.approx_groups:
-        lines.append(f"approximate groups {', '.join(map(str, report.approx_groups))} (normalisation over "
-                     f"pruned channels): max relative error {report.approx_error:.2g}")
+        lines.append(
+            f"approximate groups {', '.join(map(str, report.approx_groups))} (normalisation over "
+            f"pruned channels): max relative error {report.approx_error:.2g}"
+        )
     return lines
 
 
@@ -312,13 +401,17 @@ def _group_summary(analysis: Analysis, report: PruneReport) -> str:
     before = sum(w[2] for w in report.widths)
     after = sum(w[3] for w in report.widths)
     frozen = sum(1 for g in analysis.groups if g.prunable == 0)
-    return (f"groups pruned: {len(pruned)} of {len(report.widths)} ({frozen} frozen); "
-            f"channels {before} -> {after}")
+    return (
+        f"groups pruned: {len(pruned)} of {len(report.widths)} ({frozen} frozen); "
+        f"channels {before} -> {after}"
+    )
 
 
 def _metrics(report: PruneReport, latency: dict[str, tuple[float, float]]) -> list[Metric]:
-    rows = [Metric("parameters", report.params_before, report.params_after, "count"),
-            Metric("FLOPs", report.flops_before, report.flops_after, "flops")]
+    rows = [
+        Metric("parameters", report.params_before, report.params_after, "count"),
+        Metric("FLOPs", report.flops_before, report.flops_after, "flops"),
+    ]
     rows += [Metric(name, dense, slim, "ms") for name, (dense, slim) in latency.items()]
     return rows
 
@@ -330,8 +423,15 @@ def _latency_caption(latency: dict[str, tuple[float, float]], threads: int | Non
     return f"latency: median, interleaved runs, {n} CPU thread{'s' if n > 1 else ''}"
 
 
-def _measure(dense: nn.Module, slim: nn.Module, inputs: dict[str, torch.Tensor], threads: int | None,
-             steps: _Steps, budget_s: float, limit_s: float | None = None) -> dict[str, tuple[float, float]]:
+def _measure(
+    dense: nn.Module,
+    slim: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    threads: int | None,
+    steps: _Steps,
+    budget_s: float,
+    limit_s: float | None = None,
+) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
     skipped = []
     with steps("CPU latency, dense and pruned interleaved") as info:
@@ -343,7 +443,8 @@ def _measure(dense: nn.Module, slim: nn.Module, inputs: dict[str, torch.Tensor],
                 out[label] = (ms["dense"], ms["pruned"])
         n = threads or torch.get_num_threads()
         info["detail"] = f"{n} thread{'s' if n > 1 else ''}" + (
-            f"; too slow here, skipped: {', '.join(skipped)}" if skipped else "")
+            f"; too slow here, skipped: {', '.join(skipped)}" if skipped else ""
+        )
     return out
 
 
@@ -389,8 +490,12 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
         inputs = {"CPU latency, batch 1": x, "CPU latency, batch 32": torch.randn(32, 3, 32, 32)}
         latency = _measure(dense, model, inputs, args.threads, steps, budget_s=2.0, limit_s=8.0)
     console.print()
-    table = before_after_table(_metrics(report, latency), title=f"CIFAR ResNet-56, ratio {args.ratio:g}",
-                               before_label="dense", after_label="pruned")
+    table = before_after_table(
+        _metrics(report, latency),
+        title=f"CIFAR ResNet-56, ratio {args.ratio:g}",
+        before_label="dense",
+        after_label="pruned",
+    )
     table.caption = _latency_caption(latency, args.threads)
     console.print(table)
     for line in _verification_lines(report):
@@ -407,20 +512,35 @@ def _cmd_analyze(args: argparse.Namespace, console: Console) -> int:
     rows = analysis.summary_rows()
     shown = rows if args.all else [r for r in rows if r["prunable"] > 0]
     table = Table(title=f"channel groups of {args.spec}")
-    for col, kw in (("group", {"justify": "right"}), ("modules", {}), ("width", {"justify": "right"}),
-                    ("prunable", {"justify": "right"}), ("constraints", {}), ("exact", {}), ("note", {})):
+    for col, kw in (
+        ("group", {"justify": "right"}),
+        ("modules", {}),
+        ("width", {"justify": "right"}),
+        ("prunable", {"justify": "right"}),
+        ("constraints", {}),
+        ("exact", {}),
+        ("note", {}),
+    ):
         table.add_column(col, **kw)
     for r in shown:
-        table.add_row(str(r["group"]), escape(_modules_cell(r["modules"])), str(r["width"]),
-                      str(r["prunable"]), escape(r["constraints"]),
-                      "exact" if r["exact"] else "[yellow]approx[/]", escape(r["note"]))
+        table.add_row(
+            str(r["group"]),
+            escape(_modules_cell(r["modules"])),
+            str(r["width"]),
+            str(r["prunable"]),
+            escape(r["constraints"]),
+            "exact" if r["exact"] else "[yellow]approx[/]",
+            escape(r["note"]),
+        )
     console.print()
     console.print(table)
     frozen = sum(1 for r in rows if r["prunable"] == 0)
     width = sum(r["width"] for r in rows)
     prunable = sum(r["prunable"] for r in rows)
-    console.print(f"{len(rows)} groups, {prunable} of {width} channels prunable; {frozen} groups fully frozen"
-                  + ("" if args.all or not frozen else " (not listed; --all lists them)"))
+    console.print(
+        f"{len(rows)} groups, {prunable} of {width} channels prunable; {frozen} groups fully frozen"
+        + ("" if args.all or not frozen else " (not listed; --all lists them)")
+    )
     for note in analysis.captured.notes:
         console.print(f"[dim]capture: {escape(note)}[/]")
     if analysis.unsupported:
@@ -435,50 +555,90 @@ def _cmd_analyze(args: argparse.Namespace, console: Console) -> int:
 
 
 def _plan(analysis: Analysis, x: torch.Tensor, args: argparse.Namespace) -> tuple[Plan, str]:
-    kw: dict[str, Any] = dict(importance=args.importance, ratios=dict(args.ratio_for) or None,
-                              round_to=args.round_to, min_width=args.min_width,
-                              global_ranking=args.global_ranking)
+    kw: dict[str, Any] = dict(
+        importance=args.importance,
+        ratios=dict(args.ratio_for) or None,
+        round_to=args.round_to,
+        min_width=args.min_width,
+        global_ranking=args.global_ranking,
+    )
     if args.target_flops is not None:
-        return (_plan_for_target(analysis, x, args.target_flops, "flops", **kw),
-                f"{args.target_flops:g} x FLOPs")
+        return (
+            _plan_for_target(analysis, x, args.target_flops, "flops", **kw),
+            f"{args.target_flops:g} x FLOPs",
+        )
     if args.target_params is not None:
-        return (_plan_for_target(analysis, x, args.target_params, "params", **kw),
-                f"{args.target_params:g} x params")
+        return (
+            _plan_for_target(analysis, x, args.target_params, "params", **kw),
+            f"{args.target_params:g} x params",
+        )
     ratio = 0.5 if args.ratio is None else args.ratio
     return analysis.plan(ratio, **kw), f"ratio {ratio:g}"
 
 
-def _write_report(out_dir: str, args: argparse.Namespace, analysis: Analysis, report: PruneReport,
-                  metrics: list[Metric], target: str, console: Console) -> Path:
+def _write_report(
+    out_dir: str,
+    args: argparse.Namespace,
+    analysis: Analysis,
+    report: PruneReport,
+    metrics: list[Metric],
+    target: str,
+    console: Console,
+) -> Path:
     from .report import write_markdown_report
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    summary = [{"metric": m.name, "dense": format_value(m.before, m.kind),
-                "pruned": format_value(m.after, m.kind), "ratio": format_ratio(m.before, m.after)}
-               for m in metrics]
-    setup = [{"setting": "model", "value": args.spec}, {"setting": "amount", "value": target},
-             {"setting": "importance", "value": args.importance},
-             {"setting": "ranking", "value": "global" if args.global_ranking else "per group"},
-             {"setting": "capture", "value": report.capture_method}]
+    summary = [
+        {
+            "metric": m.name,
+            "dense": format_value(m.before, m.kind),
+            "pruned": format_value(m.after, m.kind),
+            "ratio": format_ratio(m.before, m.after),
+        }
+        for m in metrics
+    ]
+    setup = [
+        {"setting": "model", "value": args.spec},
+        {"setting": "amount", "value": target},
+        {"setting": "importance", "value": args.importance},
+        {"setting": "ranking", "value": "global" if args.global_ranking else "per group"},
+        {"setting": "capture", "value": report.capture_method},
+    ]
     checks = [{"check": line} for line in _verification_lines(report)] + [
-        {"check": _group_summary(analysis, report)}]
+        {"check": _group_summary(analysis, report)}
+    ]
     prunable = {g.id for g in analysis.prunable_groups}
     widths = [w for w in report.widths if w[0] in prunable]
-    groups = [{"group": gid, "first module": first, "before": b, "after": a}
-              for gid, first, b, a in report.widths]
+    groups = [
+        {"group": gid, "first module": first, "before": b, "after": a} for gid, first, b, a in report.widths
+    ]
     images = []
     try:
         from .report import plot_group_widths
 
-        images.append(plot_group_widths([w[2] for w in widths], [w[3] for w in widths],
-                                        [f"{w[0]} {w[1]}" for w in widths], folder / "group_widths.png",
-                                        title=f"Channel group widths of {args.spec}"))
+        images.append(
+            plot_group_widths(
+                [w[2] for w in widths],
+                [w[3] for w in widths],
+                [f"{w[0]} {w[1]}" for w in widths],
+                folder / "group_widths.png",
+                title=f"Channel group widths of {args.spec}",
+            )
+        )
     except ImportError:
         console.print("[yellow]matplotlib is not installed: report written without the width plot[/]")
-    return write_markdown_report(folder / "report.md", f"fxprune report: {args.spec}",
-                                 [("Settings", setup), ("Before and after", summary),
-                                  ("Verification", checks), ("Group widths", groups)], images)
+    return write_markdown_report(
+        folder / "report.md",
+        f"fxprune report: {args.spec}",
+        [
+            ("Settings", setup),
+            ("Before and after", summary),
+            ("Verification", checks),
+            ("Group widths", groups),
+        ],
+        images,
+    )
 
 
 def _cmd_prune(args: argparse.Namespace, console: Console) -> int:
@@ -495,13 +655,15 @@ def _cmd_prune(args: argparse.Namespace, console: Console) -> int:
         info["detail"] = f"slimmed in {report.slim_seconds:.2f} s"
     latency: dict[str, tuple[float, float]] = {}
     if dense is not None:
-        latency = _measure(dense, model, {f"CPU latency, batch {x.shape[0]}": x}, args.threads, steps,
-                           budget_s=3.0)
+        latency = _measure(
+            dense, model, {f"CPU latency, batch {x.shape[0]}": x}, args.threads, steps, budget_s=3.0
+        )
         del dense
     metrics = _metrics(report, latency)
     console.print()
-    table = before_after_table(metrics, title=f"{args.spec}, {target}", before_label="dense",
-                               after_label="pruned")
+    table = before_after_table(
+        metrics, title=f"{args.spec}, {target}", before_label="dense", after_label="pruned"
+    )
     table.caption = _latency_caption(latency, args.threads)
     console.print(table)
     for line in _verification_lines(report):
@@ -531,8 +693,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args, console)
     except _ERRORS as exc:
         err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
-        label = {CaptureError: "capture failed", VerificationError: "verification failed",
-                 FileNotFoundError: "file not found"}.get(type(exc), "error")
+        label = {
+            CaptureError: "capture failed",
+            VerificationError: "verification failed",
+            FileNotFoundError: "file not found",
+        }.get(type(exc), "error")
         err.print(Text(f"fxprune {args.command}: {label}: {exc}", style="red"))
         return 2
 

@@ -103,7 +103,7 @@ def apply_plan(
     params_before, flops_before = count_params(model), count_flops(model, example_inputs)
     reference = copy.deepcopy(model) if verify else None
     start = time.perf_counter()
-    changes = slim_model(model, analysis.groups, plan)
+    changes = slim_model(model, analysis.groups, plan, analysis.constants)
     slim_seconds = time.perf_counter() - start
     exact_error = approx_error = None
     approx_groups = [g.id for g in analysis.groups if not g.exact and len(plan.remove.get(g.id, ())) > 0]
@@ -111,7 +111,7 @@ def apply_plan(
         if approx_groups:
             exact_plan = _exact_plan(analysis.groups, plan)
             exact_model = copy.deepcopy(reference)
-            slim_model(exact_model, analysis.groups, exact_plan)
+            slim_model(exact_model, analysis.groups, exact_plan, analysis.constants)
             exact_error, problems = _check(analysis, reference, exact_model, exact_plan, True, example_inputs)
             approx_error, more = _check(analysis, reference, model, plan, False, example_inputs)
             problems += more
@@ -172,7 +172,7 @@ def _plan_for_target(analysis: Analysis, example_inputs: Any, target: float, met
         mid = (lo + hi) / 2
         plan = analysis.plan(mid, **plan_kw)
         trial = copy.deepcopy(analysis.model)
-        slim_model(trial, analysis.groups, plan)
+        slim_model(trial, analysis.groups, plan, analysis.constants)
         frac = measure(trial) / dense
         if frac > target:
             lo = mid

@@ -604,8 +604,8 @@ def test_apply_plan_raises_on_a_corrupted_slim_model(monkeypatch):
     prune_module = importlib.import_module("fxprune.prune")
     original = prune_module.slim_model
 
-    def slim_and_corrupt(m, groups, plan):
-        changes = original(m, groups, plan)
+    def slim_and_corrupt(m, groups, plan, *args):
+        changes = original(m, groups, plan, *args)
         with torch.no_grad():
             m.cv2[0].weight[0, 0, 0, 0] += 1.0
         return changes

@@ -229,3 +229,41 @@ def test_cifar_resnet56_ratio_applies_to_prunable_channels():
     check_pruned(model, torch.randn(1, 3, 32, 32), 0.3, min_flops_ratio=1.3)
     for conv in (model.conv1, model.layer1[0].conv2, model.layer1[8].conv2):
         assert 10 <= conv.out_channels <= 13, conv
+
+
+def test_vit_prunes_heads_and_hidden_dim():
+    """torchvision ViT: whole attention heads go with their embedding channels; ``hidden_dim`` follows."""
+    model = tvm.vit_b_16(image_size=64).eval()
+    randomize_(model, 0)
+    x = torch.randn(1, 3, 64, 64)
+    report = fxprune.prune(model, x, 0.5)
+    attn = model.encoder.layers[0].self_attention
+    assert (attn.num_heads, attn.embed_dim, attn.head_dim) == (6, 384, 64)
+    assert model.hidden_dim == 384 and model.conv_proj.out_channels == 384
+    assert model.class_token.shape[-1] == 384 and model.encoder.pos_embedding.shape[-1] == 384
+    assert report.exact_error <= 1e-4 and report.approx_groups  # the stream meets LayerNorms
+    assert report.flops_ratio > 3.5
+    assert model(x).shape == (1, 1000)
+
+
+def test_multihead_attention_heads_are_exact_without_layernorm():
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = torch.nn.Linear(16, 32)
+            self.attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+            self.head = torch.nn.Linear(32, 5)
+
+        def forward(self, x):
+            x = self.inp(x)
+            a, _ = self.attn(x, x, x, need_weights=False)
+            return self.head((x + a)[:, 0])
+
+    model = Block().eval()
+    randomize_(model, 1)
+    x = torch.randn(2, 7, 16)
+    dense = model(x)
+    report = fxprune.prune(model, x, 0.5)
+    assert model.attn.num_heads == 2 and model.attn.embed_dim == 16
+    assert report.exact_error <= 1e-4 and not report.approx_groups
+    assert not torch.allclose(model(x), dense)

@@ -89,10 +89,10 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     correct = 0
     try:
         for start in range(0, len(x), batch_size):
-            out = model(x[start:start + batch_size].to(device))
+            out = model(x[start : start + batch_size].to(device))
             if isinstance(out, (tuple, list)):
                 out = out[0]
-            correct += (out.argmax(1).cpu() == y[start:start + batch_size]).sum().item()
+            correct += (out.argmax(1).cpu() == y[start : start + batch_size]).sum().item()
     finally:
         model.train(was_training)
     return correct / len(x)

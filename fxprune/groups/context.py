@@ -39,6 +39,8 @@ class OpContext:
     graph_is_export: bool = False
     unsupported: list[Unsupported] = field(default_factory=list)
     constraints: list = field(default_factory=list)
+    constants: list = field(default_factory=list)  # (module, attribute, labels) of channel constants
+    model: nn.Module | None = None  # the user's model (attributes the graph module does not copy)
 
     def arg(self, i: int, name: str, default: Any = None) -> Any:
         """Argument by position or keyword."""

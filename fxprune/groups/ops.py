@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .constants import find_constant
 from .context import OpContext, iter_labels, structure_like
 from .labels import Labels, broadcast_labels, permute_labels, reshape_labels
 from .sizes import IntInfo, SizeInfo, merge, size_of
@@ -118,8 +119,18 @@ def _shape_args(ctx: OpContext) -> tuple[list, list[bool] | None]:
 def reshape(ctx: OpContext) -> Labels:
     x = ctx.arg(0, "input")
     lab = ctx.larg(0, "input") or {}
-    _, adaptive = _shape_args(ctx)
+    sizes, adaptive = _shape_args(ctx)
+    known = {}
+    if adaptive is not None and lab:
+        for j, (size, free) in enumerate(zip(sizes, adaptive)):
+            found = None if free else find_constant(ctx.model, ctx.module_name, size)
+            if found is not None:
+                known[j] = found
+                adaptive[j] = True
     out = reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, adaptive, ctx.where) if lab else {}
+    for j, (module, attr) in known.items():
+        if j in out:
+            ctx.constants.append((module, attr, out[j]))
     _check_size_sources(ctx, lab, out)
     return out
 

@@ -23,6 +23,7 @@ class PropagationResult:
     unsupported: list[Unsupported]
     constraints: list
     module_io: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict)  # per call, in order
+    constants: list = field(default_factory=list)  # (module, attribute, labels) of channel constants
 
 
 class ChannelPropagation(fx.Interpreter):
@@ -35,9 +36,11 @@ class ChannelPropagation(fx.Interpreter):
         result.table  # the union-find of parameter channel slots
     """
 
-    def __init__(self, gm: fx.GraphModule, graph_is_export: bool = False):
+    def __init__(self, gm: fx.GraphModule, graph_is_export: bool = False, model: nn.Module | None = None):
         super().__init__(gm, garbage_collect_values=True)
         self.graph_is_export = graph_is_export
+        self.model = model
+        self.constants: list = []
         self.table = SlotTable()
         self.node_labels: dict[fx.Node, Any] = {}
         self.unsupported: list[Unsupported] = []
@@ -53,7 +56,7 @@ class ChannelPropagation(fx.Interpreter):
                 args = tuple(args) + tuple(kwargs[p] for p in placeholders[len(args) :] if p in kwargs)
             self.run(*args)
         return PropagationResult(
-            self.table, self.node_labels, self.unsupported, self.constraints, self.module_io
+            self.table, self.node_labels, self.unsupported, self.constraints, self.module_io, self.constants
         )
 
     def placeholder(self, target: Any, args: tuple, kwargs: dict) -> Any:
@@ -95,6 +98,8 @@ class ChannelPropagation(fx.Interpreter):
             self.graph_is_export,
             self.unsupported,
             self.constraints,
+            self.constants,
+            self.model,
         )
         if n.op == "call_module":
             m = self.module.get_submodule(n.target)

@@ -338,7 +338,7 @@ _MODULE_HANDLERS.update(
         nn.Embedding: _m_embedding,
         nn.PReLU: _m_prelu,
         nn.MultiheadAttention: attention.multihead_attention,
-    nn.Flatten: _m_flatten,
+        nn.Flatten: _m_flatten,
         nn.Softmax: _m_softmax,
         nn.LogSoftmax: _m_softmax,
         nn.PixelShuffle: lambda ctx, m: ops.pixel_shuffle(_with_args(ctx, m.upscale_factor)),

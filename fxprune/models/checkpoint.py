@@ -77,7 +77,7 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
 
 
 def _strip_prefix(key: str, prefix: str = "module.") -> str:
-    return key[len(prefix):] if key.startswith(prefix) else key
+    return key[len(prefix) :] if key.startswith(prefix) else key
 
 
 def _listing(title: str, items: list[str]) -> str:

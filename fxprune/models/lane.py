@@ -97,8 +97,9 @@ class ParsingNet(nn.Module):
         self._init_head_weights()
 
     def _init_head_weights(self) -> None:
-        heads = [self.cls] + ([self.aux_header2, self.aux_header3, self.aux_header4, self.aux_combine]
-                              if self.use_aux else [])
+        heads = [self.cls] + (
+            [self.aux_header2, self.aux_header3, self.aux_header4, self.aux_combine] if self.use_aux else []
+        )
         for head in heads:
             for m in head.modules():
                 if isinstance(m, nn.Conv2d):

@@ -171,6 +171,6 @@ def _ultralytics(spec: str) -> nn.Module:
         from ultralytics import YOLO
     except ImportError as exc:
         raise ImportError(
-            f"model spec {spec!r} needs the ultralytics package: pip install -e \".[ultralytics]\""
+            f'model spec {spec!r} needs the ultralytics package: pip install -e ".[ultralytics]"'
         ) from exc
     return YOLO(spec).model

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..groups.analysis import Group
+from ..groups.constants import ChannelConstant
 from ..plan.planner import Plan
 from .adapters import fix_attributes, snapshot
 
@@ -33,7 +34,9 @@ def _set_tensor(model: nn.Module, name: str, old: torch.Tensor, new: torch.Tenso
         setattr(owner, attr, new)
 
 
-def slim_model(model: nn.Module, groups: list[Group], plan: Plan) -> dict[str, tuple[int, int]]:
+def slim_model(
+    model: nn.Module, groups: list[Group], plan: Plan, constants: list[ChannelConstant] = ()
+) -> dict[str, tuple[int, int]]:
     """Slice every parameter dimension of the planned atoms out of ``model`` (in place).
 
     Returns ``{"module.param[dim]": (before, after)}``. The model keeps its class and module tree;
@@ -77,4 +80,8 @@ def slim_model(model: nn.Module, groups: list[Group], plan: Plan) -> dict[str, t
                 changes[f"{name}[{dim}]"] = (old.shape[dim], new.shape[dim])
     for owner, before in touched.items():
         fix_attributes(model.get_submodule(owner), before)
+    removed_roots = {int(r) for g in groups for r in g.atoms[plan.remove.get(g.id, [])].tolist()}
+    for c in constants:
+        kept = int(sum(1 for r in c.roots.tolist() if r not in removed_roots))
+        setattr(model.get_submodule(c.module), c.attr, kept)
     return changes
