@@ -11,14 +11,7 @@ import fxprune
 from fxprune.cli import main
 from fxprune.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: extra intra-op threads only add contention on a busy machine."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_demo_prints_before_after_table(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,14 +14,7 @@ import fxprune
 from fxprune.models import create_model
 from fxprune.verify.compare import flatten_outputs
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: extra intra-op threads only add contention on a busy machine."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _pruned(factory, shape: tuple[int, ...], ratio: float = 0.5) -> tuple[nn.Module, torch.Tensor]:
