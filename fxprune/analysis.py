@@ -19,6 +19,7 @@ from .groups.context import Unsupported
 from .groups.propagate import ChannelPropagation, PropagationResult
 from .importance import get_importance
 from .plan import Plan, make_plan
+from .threads import one_thread
 
 __all__ = ["Analysis", "analyze"]
 
@@ -43,7 +44,8 @@ class Analysis:
     def scores(self, importance="l2") -> dict[int, np.ndarray]:
         """Importance of every atom of every group (``"l1"``, ``"l2"``, ``"random"`` or a callable)."""
         fn = get_importance(importance)
-        return {g.id: np.asarray(fn(self.model, g), dtype=np.float64) for g in self.groups}
+        with one_thread():
+            return {g.id: np.asarray(fn(self.model, g), dtype=np.float64) for g in self.groups}
 
     def plan(
         self,
@@ -140,8 +142,9 @@ def analyze(
     was_training = model.training
     model.eval()
     try:
-        captured = capture(model, example_inputs, leaf_modules, use_export)
-        prop = _propagate(captured, example_inputs, model)
+        with one_thread():
+            captured = capture(model, example_inputs, leaf_modules, use_export)
+            prop = _propagate(captured, example_inputs, model)
     finally:
         model.train(was_training)
     groups, unsupported = build_groups(prop, model)
@@ -168,7 +171,7 @@ def _propagate(captured: Captured, example_inputs, model: nn.Module) -> Propagat
         fake_args = [to_fake(a) for a in args]
         fake_kwargs = {k: to_fake(v) for k, v in kwargs.items()}
         with fake_mode:
-            return ChannelPropagation(captured.graph_module, is_export, model).propagate(
+            return ChannelPropagation(captured.graph_module, is_export, model, shapes_only=True).propagate(
                 *fake_args, **fake_kwargs
             )
     except Exception:

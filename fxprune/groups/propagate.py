@@ -36,8 +36,15 @@ class ChannelPropagation(fx.Interpreter):
         result.table  # the union-find of parameter channel slots
     """
 
-    def __init__(self, gm: fx.GraphModule, graph_is_export: bool = False, model: nn.Module | None = None):
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        graph_is_export: bool = False,
+        model: nn.Module | None = None,
+        shapes_only: bool = False,
+    ):
         super().__init__(gm, garbage_collect_values=True)
+        self.shapes_only = shapes_only
         self.graph_is_export = graph_is_export
         self.model = model
         self.constants: list = []
@@ -58,6 +65,12 @@ class ChannelPropagation(fx.Interpreter):
         return PropagationResult(
             self.table, self.node_labels, self.unsupported, self.constraints, self.module_io, self.constants
         )
+
+    def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
+        if self.shapes_only and args and isinstance(args[0], torch.Tensor):
+            if isinstance(self.fetch_attr(target), _SHAPE_PRESERVING):
+                return torch.empty_like(args[0])  # only shapes matter on fake tensors
+        return super().call_module(target, args, kwargs)
 
     def placeholder(self, target: Any, args: tuple, kwargs: dict) -> Any:
         if str(target).startswith("**"):
@@ -133,6 +146,24 @@ class ChannelPropagation(fx.Interpreter):
             return w.target.rpartition(".")[0]
         return None
 
+
+_SHAPE_PRESERVING = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Identity,
+    nn.modules.dropout._DropoutNd,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Mish,
+)
 
 _LAYER_OPS = {
     "conv1d",

@@ -9,19 +9,27 @@ from torch import nn
 from .registry import register_importance
 
 
+def _parameter(model: nn.Module, name: str) -> torch.Tensor | None:
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        return None  # a buffer (BN running statistics): not a weight
+
+
 def magnitude_scores(model: nn.Module, group, p: int = 2) -> np.ndarray:
     """Per atom, the p-norm over all the group's parameter slices (buffers such as BN statistics excluded)."""
-    params = dict(model.named_parameters())
     scores = np.zeros(group.width, dtype=np.float64)
     for b in group.blocks:
         idx = group.block_atom_index[b.base]
         for name, dim in b.members:
-            t = params.get(name)
+            t = _parameter(model, name)
             if t is None:
                 continue
             with torch.no_grad():
                 t = t.detach().float()
-                per = t.abs().pow(p).transpose(0, dim).reshape(t.shape[dim], -1).sum(1).double().numpy()
+                dims = [d for d in range(t.dim()) if d != dim]
+                per = t.abs().pow(p)
+                per = (per.sum(dims) if dims else per).double().numpy()
             ok = idx >= 0
             np.add.at(scores, idx[ok], per[ok])
     return scores ** (1.0 / p)

@@ -9,6 +9,7 @@ from torch import nn
 from ..groups.analysis import Group
 from ..groups.constants import ChannelConstant
 from ..plan.planner import Plan
+from ..threads import one_thread
 from .adapters import fix_attributes, snapshot
 
 __all__ = ["slim_model"]
@@ -42,6 +43,13 @@ def slim_model(
     Returns ``{"module.param[dim]": (before, after)}``. The model keeps its class and module tree;
     parameters are replaced by new ``nn.Parameter`` objects (re-create optimizers afterwards).
     """
+    with one_thread():
+        return _slim(model, groups, plan, constants)
+
+
+def _slim(
+    model: nn.Module, groups: list[Group], plan: Plan, constants: list[ChannelConstant]
+) -> dict[str, tuple[int, int]]:
     aliases = _aliases(model)
     tensors = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(dict(model.named_buffers(remove_duplicate=False)))
