@@ -76,61 +76,76 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name.startswith(p + ".") for p in patterns)
 
 
+def _pointer_jump(parent: np.ndarray) -> np.ndarray:
+    """Roots of a union-find forest given as a parent array, in a few vectorized steps."""
+    while True:
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
+            return parent
+        parent = nxt
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of nodes ``0..n-1`` joined by edges ``a[i]-b[i]`` (label = smallest node)."""
+    label = np.arange(n)
+    while True:
+        la, lb = label[a], label[b]
+        low = np.minimum(la, lb)
+        new = label.copy()
+        np.minimum.at(new, la, low)
+        np.minimum.at(new, lb, low)
+        new = _pointer_jump(new)
+        if np.array_equal(new, label):
+            return label
+        label = new
+
+
 def build_groups(result: PropagationResult, model: nn.Module) -> tuple[list[Group], list[Unsupported]]:
-    """Turn the slot union-find into groups of atoms."""
+    """Turn the slot union-find into groups of atoms (vectorized: ResNet-152 has 200k slots)."""
     table = result.table
-    roots_of = {b.base: table.roots(b.slots) for b in table.blocks}
-    anchored = set()
+    roots = _pointer_jump(np.asarray(table.parent, dtype=np.int64))
+    roots_of = {b.base: roots[b.base : b.base + b.size] for b in table.blocks}
+    anchored = np.zeros(len(roots), dtype=bool)
     for b in table.blocks:
         if not b.passive:
-            anchored.update(roots_of[b.base].tolist())
-    # connect atoms that share a parameter dimension
-    parent = {r: r for r in anchored}
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    block_group_root = {}
+            anchored[roots_of[b.base]] = True
+    # atoms that share a parameter dimension belong to one group
+    firsts, ends, seq = {}, [], []
     for b in table.blocks:
-        rs = [r for r in dict.fromkeys(roots_of[b.base].tolist()) if r in anchored]
-        if not rs:
-            continue
-        base = find(rs[0])
-        for r in rs[1:]:
-            rr = find(r)
-            if rr != base:
-                parent[rr] = base
-        block_group_root[b.base] = base
+        r = roots_of[b.base]
+        r = r[anchored[r]]
+        if len(r):
+            firsts[b.base] = r[0]
+            ends.append(np.full(len(r), r[0]))
+            seq.append(r)
+    if not seq:
+        return [], result.unsupported
+    seq_all = np.concatenate(seq)
+    comp = _components(len(roots), np.concatenate(ends), seq_all)
     by_group: dict[int, list[Block]] = {}
     for b in table.blocks:
-        if b.base in block_group_root:
-            by_group.setdefault(find(block_group_root[b.base]), []).append(b)
-    atoms_of: dict[int, list[int]] = {}
-    for b in table.blocks:
-        for r in roots_of[b.base].tolist():
-            if r in anchored:
-                g = find(r)
-                lst = atoms_of.setdefault(g, [])
-                lst.append(r)
+        if b.base in firsts:
+            by_group.setdefault(int(comp[firsts[b.base]]), []).append(b)
+    uniq, first_at = np.unique(seq_all, return_index=True)
+    ordered = uniq[np.argsort(first_at, kind="stable")]  # atoms in order of first appearance
+    atoms_of: dict[int, np.ndarray] = {}
+    order = np.argsort(comp[ordered], kind="stable")
+    labels_sorted = comp[ordered][order]
+    cuts = np.nonzero(np.diff(labels_sorted))[0] + 1
+    for chunk in np.split(order, cuts):
+        atoms_of[int(comp[ordered[chunk[0]]])] = ordered[chunk]
+    position = np.full(len(roots), -1, dtype=np.int64)
+    frozen_roots = np.fromiter(table.frozen.keys(), dtype=np.int64, count=len(table.frozen))
+    approx_roots = np.fromiter(table.approx.keys(), dtype=np.int64, count=len(table.approx))
     groups: list[Group] = []
     for gid, (g, blocks) in enumerate(sorted(by_group.items(), key=lambda kv: min(b.base for b in kv[1]))):
-        atoms = np.array(list(dict.fromkeys(atoms_of[g])), dtype=np.int64)
-        index = {int(r): i for i, r in enumerate(atoms)}
-        frozen = {}
-        approx = None
-        for i, r in enumerate(atoms.tolist()):
-            reason = table.frozen.get(r)
-            if reason is not None:
-                frozen[i] = reason
-            if approx is None and r in table.approx:
-                approx = table.approx[r]
+        atoms = atoms_of[g]
+        position[atoms] = np.arange(len(atoms))
+        frozen = {int(i): table.frozen[int(atoms[i])] for i in np.nonzero(np.isin(atoms, frozen_roots))[0]}
+        approx_hits = np.nonzero(np.isin(atoms, approx_roots))[0]
+        approx = table.approx[int(atoms[approx_hits[0]])] if len(approx_hits) else None
         grp = Group(gid, atoms, blocks, frozen, approx)
-        grp.block_atom_index = {
-            b.base: np.array([index.get(int(r), -1) for r in roots_of[b.base].tolist()]) for b in blocks
-        }
+        grp.block_atom_index = {b.base: position[roots_of[b.base]] for b in blocks}
         # channels per atom of the narrowest layer: > 1 for grouped convs and GroupNorm
         grp.divisor = min(
             (b.size // max(len(np.unique(grp.block_atom_index[b.base])), 1) for b in blocks if not b.passive),
