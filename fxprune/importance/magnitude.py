@@ -16,9 +16,14 @@ def _parameter(model: nn.Module, name: str) -> torch.Tensor | None:
         return None  # a buffer (BN running statistics): not a weight
 
 
-def magnitude_scores(model: nn.Module, group, p: int = 2) -> np.ndarray:
-    """Per atom, the p-norm over all the group's parameter slices (buffers such as BN statistics excluded)."""
+def magnitude_scores(model: nn.Module, group, p: int = 2, mean: bool = False) -> np.ndarray:
+    """Per atom, the p-norm over all the group's parameter slices (buffers such as BN statistics excluded).
+
+    With ``mean``, each atom's sum is divided by the number of slices it has, so a channel read by many
+    layers (DenseNet's early features) does not outrank one read by a few just for being read more.
+    """
     scores = np.zeros(group.width, dtype=np.float64)
+    counts = np.zeros(group.width, dtype=np.float64)
     for b in group.blocks:
         idx = group.block_atom_index[b.base]
         for name, dim in b.members:
@@ -32,17 +37,20 @@ def magnitude_scores(model: nn.Module, group, p: int = 2) -> np.ndarray:
                 per = (per.sum(dims) if dims else per).double().numpy()
             ok = idx >= 0
             np.add.at(scores, idx[ok], per[ok])
+            np.add.at(counts, idx[ok], 1.0)
+    if mean:
+        scores = scores / np.maximum(counts, 1.0)
     return scores ** (1.0 / p)
 
 
 @register_importance("l1")
 def l1(model: nn.Module, group) -> np.ndarray:
-    return magnitude_scores(model, group, 1)
+    return magnitude_scores(model, group, 1, mean=True)
 
 
 @register_importance("l2")
 def l2(model: nn.Module, group) -> np.ndarray:
-    return magnitude_scores(model, group, 2)
+    return magnitude_scores(model, group, 2, mean=True)
 
 
 @register_importance("random")
