@@ -186,10 +186,3 @@ def _scope_of(n: fx.Node) -> str:
         path = list(stack.values())[-1]
         return path[0] if isinstance(path, tuple) else str(path)
     return ""
-
-
-def module_of(root: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return root.get_submodule(name)
-    except AttributeError:
-        return None

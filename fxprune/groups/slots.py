@@ -138,9 +138,3 @@ class SlotTable:
         for s in np.asarray(slots).ravel().tolist():
             r = self.find(s)
             self.approx.setdefault(r, reason)
-
-    def frozen_reason(self, root: int) -> str | None:
-        return self.frozen.get(self.find(root))
-
-    def approx_reason(self, root: int) -> str | None:
-        return self.approx.get(self.find(root))
