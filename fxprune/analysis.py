@@ -13,7 +13,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .capture import Captured, as_args_kwargs, capture
-from .groups.analysis import Group, build_groups
+from .groups.analysis import Group, build_groups, matches_module
 from .groups.constants import ChannelConstant
 from .groups.context import Unsupported
 from .groups.propagate import ChannelPropagation, PropagationResult
@@ -114,7 +114,7 @@ def _check_ignore(model: nn.Module, ignore: Iterable) -> tuple[list[str], list[t
                 raise ValueError("an ignored module object is not part of the model")
             patterns.append(found[0])
             continue
-        if not any(fnmatch.fnmatchcase(n, item) or n.startswith(item + ".") for n in names):
+        if not any(matches_module(n, [item]) for n in names):
             raise ValueError(f"ignored module pattern {item!r} matches no module of the model")
         patterns.append(item)
     return patterns, types

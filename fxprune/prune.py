@@ -130,12 +130,8 @@ def apply_plan(
     for g in analysis.groups:
         n = len(plan.remove.get(g.id, ()))
         widths.append((g.id, g.modules[0] if g.modules else "", g.width, g.width - n))
-    spec = {
-        name: list(model.get_parameter(name).shape)
-        if _is_param(model, name)
-        else list(model.get_buffer(name).shape)
-        for name in {c.rpartition("[")[0] for c in changes}
-    }
+    shapes = {n: list(t.shape) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    spec = {name: shapes[name] for name in {c.rpartition("[")[0] for c in changes}}
     return PruneReport(
         params_before,
         params_after,
@@ -151,14 +147,6 @@ def apply_plan(
         changes,
         spec,
     )
-
-
-def _is_param(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_parameter(name)
-        return True
-    except AttributeError:
-        return False
 
 
 def _plan_for_target(analysis: Analysis, example_inputs: Any, target: float, metric: str, **plan_kw) -> Plan:

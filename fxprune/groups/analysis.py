@@ -61,7 +61,7 @@ class Group:
     def freeze_modules(self, patterns: Iterable[str], reason: str) -> None:
         """Freeze every atom that touches a module matching one of ``patterns``."""
         pats = list(patterns)
-        hit = {i for b, idx in self._block_atoms() for i in idx if _matches(b.module, pats)}
+        hit = {i for b, idx in self._block_atoms() for i in idx if matches_module(b.module, pats)}
         for i in hit:
             self.frozen.setdefault(i, reason)
 
@@ -72,7 +72,8 @@ class Group:
     block_atom_index: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
 
-def _matches(name: str, patterns: list[str]) -> bool:
+def matches_module(name: str, patterns: list[str]) -> bool:
+    """``name`` matches a glob pattern, or lies inside a module a pattern names."""
     return any(fnmatch.fnmatchcase(name, p) or name.startswith(p + ".") for p in patterns)
 
 

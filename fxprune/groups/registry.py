@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.modules import activation, dropout, pooling
 
 from . import attention, layers, ops
-from .context import OpContext, structure_like
+from .context import OpContext
 
 Handler = Callable[[OpContext], Any]
 ModuleHandler = Callable[[OpContext, nn.Module], Any]
@@ -363,12 +363,5 @@ def module_handler(m: nn.Module) -> ModuleHandler | None:
 
 
 def unknown(ctx: OpContext) -> Any:
-    if not any(True for _ in _labels_in(ctx)):
-        return structure_like(ctx.out)
+    """Ops without a handler: the channels they touch freeze (ops on sizes alone go unreported)."""
     return ctx.unsupported_op("op not understood by the channel analysis")
-
-
-def _labels_in(ctx: OpContext):
-    from .context import iter_labels
-
-    return iter_labels((ctx.largs, ctx.lkwargs))
