@@ -4,6 +4,7 @@ from .analysis import Analysis, analyze
 from .capture import CaptureError
 from .io import load, save
 from .prune import PruneReport, VerificationError, apply_plan, prune
+from .regularize import Pruner
 
 __version__ = "0.1.0"
 
@@ -11,6 +12,7 @@ __all__ = [
     "Analysis",
     "CaptureError",
     "PruneReport",
+    "Pruner",
     "VerificationError",
     "analyze",
     "apply_plan",

@@ -1,0 +1,383 @@
+"""Regularize-then-prune: schedules, penalties, channel choice, lossless removal, resume, AMP, compile."""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from small_task import SmallResNet, Task, train
+
+import fxprune
+from fxprune.models import create_model
+from fxprune.regularize import method_names
+from fxprune.regularize.tpp import masked_gram_loss
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+X = torch.randn(1, 3, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[SmallResNet, Task]:
+    """A SmallResNet trained to ~95 % on the synthetic task (copied by each test)."""
+    torch.manual_seed(0)
+    task, model = Task(), SmallResNet()
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(model, task, 80)
+    finally:
+        torch.set_num_threads(prev)
+    assert task.accuracy(model) > 0.9
+    return model, task
+
+
+def _pruned_kept_norms(pruner: fxprune.Pruner) -> list[tuple[float, float]]:
+    out = []
+    for ch in pruner.channels:
+        if ch.pruned.any():
+            s = torch.as_tensor(ch.norm_scores(pruner.model))
+            out.append((s[ch.pruned].mean().item(), s[~ch.pruned].mean().item()))
+    return out
+
+
+def test_methods_registered() -> None:
+    assert set(method_names()) >= {"l1", "l2", "bn_scale", "taylor", "greg1", "greg2", "tpp"}
+    assert fxprune.Pruner.options_of("greg1") == {
+        "update_every": 10,
+        "delta": 1e-4,
+        "ceiling": 1.0,
+        "mag_ratio_limit": 1000.0,
+        "stabilize": 10_000,
+    }
+    tpp = fxprune.Pruner.options_of("tpp")
+    assert tpp["gram_weight"] == 1000.0 and tpp["zero_every"] == 100 and tpp["stabilize"] == 10_000
+    greg2 = fxprune.Pruner.options_of("greg2")
+    assert (greg2["pick_delta"], greg2["pick_ceiling"], greg2["kept_penalty"]) == (1e-5, 1e-2, -1e-4)
+
+
+def test_scopes_choose_groups() -> None:
+    model = SmallResNet()
+    group = fxprune.Pruner(model, X, "greg1", 0.5)
+    restricted = fxprune.Pruner(model, X, "greg1", 0.5, scope="restricted")
+    internal = {f"layer{s}.{b}.conv1" for s in (1, 2) for b in (0, 1)}
+    assert {ch.group.modules[0] for ch in restricted.channels} == internal
+    assert all(
+        {s.param for s in ch.slices} == {ch.group.modules[0] + ".weight"} for ch in restricted.channels
+    )
+    # group scope also regularizes the residual streams (stem + every conv2 + shortcut), all slices
+    assert len(group.channels) == len(restricted.channels) + 2
+    stream = [ch for ch in group.channels if "stem.0" in ch.group.modules][0]
+    assert {s.role for s in stream.slices} == {"out", "norm", "in"}
+    # ResNet-56 (option A): the first conv of each of its 27 blocks
+    r56 = fxprune.Pruner(
+        create_model("cifar_resnet56"), torch.randn(1, 3, 32, 32), "tpp", 0.5, scope="restricted"
+    )
+    assert len(r56.channels) == 27
+    assert {s.role for ch in r56.channels for s in ch.slices} == {"out", "norm"}
+
+
+def test_greg_schedule_growth_ceiling_and_stabilization(caplog) -> None:
+    model = SmallResNet()
+    with caplog.at_level(logging.DEBUG, logger="fxprune.regularize"):
+        pruner = fxprune.Pruner(model, X, "greg1", 0.5, update_every=3, delta=0.1, stabilize=5)
+        method = pruner.method
+        seen = []
+        while not pruner.done:
+            seen.append((pruner.iteration, max(method.lambdas().values()), pruner.phase))
+            pruner.step()
+            assert pruner.iteration < 100
+    lam = dict((t, v) for t, v, _ in seen)
+    assert lam[0] == pytest.approx(0.1)  # first update at iteration 0
+    assert lam[2] == pytest.approx(0.1) and lam[3] == pytest.approx(0.2) and lam[29] == pytest.approx(1.0)
+    finish = next(t for t, _, phase in seen if phase == "stabilizing")
+    assert lam[finish] > 1.0 and lam[finish] == pytest.approx(1.1)  # growth stops once past the ceiling
+    assert all(v == lam[finish] for t, v, _ in seen if t >= finish)
+    assert pruner.iteration == finish + 5  # held for K_s iterations
+    kept = [method.coefficients(i)[~ch.pruned] for i, ch in enumerate(pruner.channels)]
+    assert all(bool((k == 0).all()) for k in kept)
+    assert "channels to prune" in caplog.text and "passed the ceiling" in caplog.text
+
+
+def test_greg_magnitude_ratio_early_stop() -> None:
+    model = SmallResNet()
+    pruner = fxprune.Pruner(
+        model, X, "greg1", 0.5, update_every=2, delta=0.1, stabilize=4, mag_ratio_limit=1e3
+    )
+    with torch.no_grad():  # make every pruned channel tiny: the ratio passes 1000 everywhere
+        for ch in pruner.channels:
+            ch.zero_pruned(model)
+            for s in ch.slices:
+                t = s.tensor(model)
+                t.add_(1e-7 * s.broadcast(s.per_position(ch.pruned.double()), t))
+    for _ in range(2):
+        pruner.step()
+    assert (
+        pruner.phase == "stabilizing"
+    )  # stopped at the first update after the change, far below the ceiling
+    assert max(pruner.method.lambdas().values()) == pytest.approx(0.2)
+    for _ in range(4):
+        pruner.step()
+    assert pruner.done
+
+
+def test_greg1_drives_pruned_channels_to_zero(trained) -> None:
+    base, task = trained
+    model = copy.deepcopy(base)
+    pruner = fxprune.Pruner(model, X, "greg1", 0.5, update_every=1, delta=0.05, stabilize=40)
+    before = _pruned_kept_norms(pruner)
+    train(model, task, 200, start=1000, lr=0.02, pruner=pruner, until_done=True)
+    finish = pruner.method.all_finished_at
+    assert pruner.done and finish in (19, 20) and pruner.iteration == finish + 40  # lambda 0.05 -> 1.0+
+    after = _pruned_kept_norms(pruner)
+    for (p0, k0), (p1, k1) in zip(before, after):
+        assert p1 < 0.1 * p0  # pruned norms collapse (BN makes the task push back as they shrink)
+        assert k1 > 0.4 * k0 and k1 > 10 * p1  # kept ones stay
+    acc = task.accuracy(model)
+    report = pruner.prune()
+    assert report.flops_ratio > 2.0 and report.exact_error < 1e-4
+    assert abs(task.accuracy(model) - acc) <= 0.01  # removal is (nearly) lossless after regularization
+    # whereas removing the same number of channels by L1 from the trained net costs accuracy
+    l1_model = copy.deepcopy(base)
+    fxprune.Pruner(l1_model, X, "l1", 0.5).prune()
+    assert task.accuracy(l1_model) < task.accuracy(base) - 0.05
+
+
+def test_greg2_picks_by_magnitude_after_picking() -> None:
+    model = SmallResNet()
+    pruner = fxprune.Pruner(
+        model, X, "greg2", 0.5, update_every=1, pick_delta=0.01, pick_ceiling=0.035, delta=0.1, stabilize=3
+    )
+    method = pruner.method
+    target = pruner.channels[1]
+    provisional = target.pruned.clone()
+    assert method.phase == "picking"
+    coef = method.coefficients(1)
+    assert bool((coef == coef[0]).all()) and coef[0] == pytest.approx(0.01)  # uniform on every channel
+    # shrink channels the L1 choice keeps: picking must choose by the magnitudes at its end
+    with torch.no_grad():
+        for s in target.slices:
+            t = s.tensor(model)
+            flip = (~provisional).double()
+            t.mul_(s.broadcast(1 - 0.99 * s.per_position(flip), t))
+    for _ in range(3):
+        pruner.step()
+    assert method.phase == "growing"
+    scores = torch.as_tensor(target.norm_scores(model))
+    lowest = set(torch.argsort(scores)[: int(provisional.sum())].tolist())
+    assert set(torch.nonzero(target.pruned).flatten().tolist()) == lowest
+    assert not torch.equal(target.pruned, provisional)
+    coef = method.coefficients(1)
+    assert coef[~target.pruned].unique().tolist() == [pytest.approx(-1e-4)]  # kept get a slight push up
+    assert coef[target.pruned][0] == pytest.approx(0.04)  # continues from the picking level
+
+
+def test_tpp_gram_loss_hand_computed() -> None:
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    kept = torch.tensor([True, True, False])
+    gram = (w @ w.t()).requires_grad_(True)
+    loss = masked_gram_loss(gram, kept)
+    # entries touching row/col 2: (0,2)=1 (1,2)=1 (2,0)=1 (2,1)=1 (2,2)=2 -> (1+1+1+1+4)/9
+    assert loss.item() == pytest.approx(8 / 9)
+    loss.backward()
+    assert bool((gram.grad[:2, :2] == 0).all())  # kept-kept entries untouched
+    assert bool((gram.grad[2] != 0).all()) and bool((gram.grad[:, 2] != 0).all())
+    # through W: with the pruned filter at zero, kept filters get no gradient at all
+    w2 = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.0, 0.0]], requires_grad=True)
+    masked_gram_loss(w2 @ w2.t(), kept).backward()
+    assert bool((w2.grad == 0).all())
+
+
+def test_tpp_penalty_equals_formula_and_loop_conventions() -> None:
+    model = SmallResNet()
+    pruner = fxprune.Pruner(model, X, "tpp", 0.5, scope="restricted", update_every=1, delta=0.25)
+    for _ in range(2):
+        pruner.step()
+    assert pruner.method.lam == pytest.approx(0.5)
+    expected = 0.0
+    for ch in pruner.channels:
+        w = model.get_parameter(ch.group.modules[0] + ".weight").flatten(1)
+        keep = ~ch.pruned
+        g = w @ w.t()
+        mask = 1.0 - keep[:, None].double() * keep[None, :].double()
+        expected = expected + ((g.double() * mask) ** 2).mean()
+    assert pruner.penalty().item() == pytest.approx(1000 * 0.5 * expected.item(), rel=1e-5)
+    # penalty() in the loss or not: after_backward gives the same gradients
+    grads = []
+    for in_loss in (True, False):
+        m = copy.deepcopy(model)
+        p = fxprune.Pruner(m, X, "tpp", 0.5, scope="restricted", update_every=1, delta=0.25)
+        p.method.lam = 0.5
+        x, y = Task().batch(0)
+        loss = F.cross_entropy(m(x), y) + (p.penalty() if in_loss else 0)
+        loss.backward()
+        p.after_backward()
+        grads.append([t.grad.clone() for t in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_tpp_zeroes_layer_by_layer_and_prunes_losslessly(trained) -> None:
+    base, task = trained
+    model = copy.deepcopy(base)
+    pruner = fxprune.Pruner(model, X, "tpp", 0.5, update_every=1, delta=0.1, stabilize=20, zero_every=3)
+    zeroed_counts = []
+    train(
+        model,
+        task,
+        100,
+        start=2000,
+        lr=0.01,
+        pruner=pruner,
+        until_done=True,
+        hook=lambda i: zeroed_counts.append(pruner.method.zeroed),
+    )
+    assert pruner.done and pruner.iteration == 30
+    n = len(pruner.method.active)
+    assert zeroed_counts[10] == 1 and zeroed_counts[13] == 2 and zeroed_counts[-1] == n  # one group every 3
+    for ch in pruner.channels:
+        for s in ch.slices:
+            t = s.tensor(model).detach()
+            mask = s.broadcast(s.per_position(ch.pruned.double()), t)
+            assert float((t * mask).abs().max()) == 0.0  # exactly zero after the hard zeroing
+    model.eval()
+    with torch.no_grad():
+        x, _ = task.test_set()
+        before = model(x)
+        pruner.prune()
+        torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-4)
+
+
+def test_resume_is_bit_exact(trained) -> None:
+    base, task = trained
+    for method, opts in [
+        ("greg2", dict(update_every=2, pick_delta=0.01, pick_ceiling=0.03, delta=0.05, stabilize=10)),
+        ("tpp", dict(update_every=2, delta=0.1, stabilize=10, zero_every=2)),
+    ]:
+        full = copy.deepcopy(base)
+        p_full = fxprune.Pruner(full, X, method, 0.5, **opts)
+        train(full, task, 24, start=3000, lr=0.01, pruner=p_full)
+
+        part = copy.deepcopy(base)
+        p_part = fxprune.Pruner(part, X, method, 0.5, **opts)
+        opt = train(part, task, 11, start=3000, lr=0.01, pruner=p_part)
+        buf = io.BytesIO()
+        torch.save({"model": part.state_dict(), "opt": opt.state_dict(), "pruner": p_part.state_dict()}, buf)
+        buf.seek(0)
+        state = torch.load(buf, weights_only=True)
+
+        resumed = copy.deepcopy(base)
+        p_res = fxprune.Pruner(resumed, X, method, 0.5, **opts)
+        resumed.load_state_dict(state["model"])
+        opt2 = torch.optim.SGD(resumed.parameters(), lr=0.01, momentum=0.9)
+        opt2.load_state_dict(state["opt"])
+        p_res.load_state_dict(state["pruner"])
+        train(resumed, task, 13, start=3011, optimizer=opt2, pruner=p_res)
+        assert p_res.iteration == p_full.iteration == 24 and p_res.phase == p_full.phase
+        assert p_res.pruned_channels() == p_full.pruned_channels()
+        for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+            assert torch.equal(a, b), f"{method}: {name} differs after resume"
+
+
+def test_amp_grad_scaler_and_accumulation(trained) -> None:
+    base, task = trained
+    x, y = task.batch(0)
+
+    def grads(scaled: bool, micro: int):
+        m = copy.deepcopy(base)
+        p = fxprune.Pruner(m, X, "greg1", 0.5, update_every=1, delta=0.5)
+        m.eval()  # BN on running statistics, so micro-batches add up to the full batch
+        opt = torch.optim.SGD(m.parameters(), lr=0.01)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=scaled)
+        opt.zero_grad()
+        for xs, ys in zip(x.chunk(micro), y.chunk(micro)):
+            scaler.scale(F.cross_entropy(m(xs), ys) / micro).backward()
+        p.after_backward(scaler)
+        scaler.unscale_(opt)
+        return [t.grad.clone() for t in m.parameters()]
+
+    ref = grads(False, 1)
+    for scaled, micro in [(True, 1), (False, 2)]:
+        for a, b in zip(ref, grads(scaled, micro)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_torch_compiled_model(trained) -> None:
+    base, task = trained
+    runs = []
+    for compiled in (False, True):
+        m = copy.deepcopy(base)
+        p = fxprune.Pruner(m, X, "greg1", 0.5, update_every=1, delta=0.1, stabilize=2)
+        step_model = torch.compile(m, backend="eager") if compiled else m
+        train(step_model, task, 6, start=4000, lr=0.01, pruner=p)
+        runs.append(_pruned_kept_norms(p))
+        report = p.prune()
+        assert report.exact_error < 1e-4
+    for a, b in zip(*runs):
+        assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_per_module_ratios_and_target_flops() -> None:
+    model = SmallResNet()
+    pruner = fxprune.Pruner(model, X, "greg1", 0.25, scope="restricted", ratios={"layer2.*": 0.75})
+    counts = {ch.group.modules[0]: int(ch.pruned.sum()) for ch in pruner.channels}
+    assert counts == {"layer1.0.conv1": 4, "layer1.1.conv1": 4, "layer2.0.conv1": 24, "layer2.1.conv1": 24}
+    target = fxprune.Pruner(SmallResNet(), X, "l1", scope="restricted", target_flops=0.6)
+    report = target.prune()
+    assert 0.55 < 1 / report.flops_ratio <= 0.6
+
+
+def test_baselines_rank_by_their_scores(trained) -> None:
+    base, task = trained
+    # BN scale: channels with the smallest |gamma| go; the L1 penalty on gamma is applied
+    model = copy.deepcopy(base)
+    pruner = fxprune.Pruner(model, X, "bn_scale", 0.25, scope="restricted", iterations=2, sparsity=1e-2)
+    ch = pruner.channels[0]
+    assert ch.group.modules[0] == "layer1.0.conv1"
+    gamma = model.layer1[0].bn1.weight
+    with torch.no_grad():
+        gamma[:4] = 1e-3
+    pruner.after_backward()  # on empty gradients: exactly s * sign(gamma), on BN gammas only
+    torch.testing.assert_close(gamma.grad, 1e-2 * gamma.detach().sign(), rtol=0, atol=0)
+    assert model.layer1[0].conv1.weight.grad is None
+    train(model, task, 2, start=5000, lr=0.0, pruner=pruner)
+    assert pruner.done
+    pruner.prune()
+    gamma = model.layer1[0].bn1.weight
+    assert gamma.shape[0] == 12 and bool((gamma.abs() > 1e-2).all())
+    # Taylor: a channel whose filters are zero contributes no weight*grad and goes first
+    model = copy.deepcopy(base)
+    pruner = fxprune.Pruner(model, X, "taylor", 0.25, scope="restricted", iterations=3)
+    conv = model.layer1[0].conv1
+    with torch.no_grad():
+        conv.weight[[1, 5, 9, 13]] = 0.0
+    train(model, task, 3, start=6000, lr=0.0, pruner=pruner)
+    assert pruner.done
+    pruner.prune()
+    assert pruner.pruned_channels()[pruner.channels[0].id] == [1, 5, 9, 13]
+
+
+def test_bad_input_is_refused() -> None:
+    model = SmallResNet()
+    with pytest.raises(ValueError, match="unknown pruning method 'greg3'.*greg1"):
+        fxprune.Pruner(model, X, "greg3")
+    with pytest.raises(TypeError, match="no option 'lambda_max'.*ceiling"):
+        fxprune.Pruner(model, X, "greg1", lambda_max=1.0)
+    with pytest.raises(ValueError, match="scope"):
+        fxprune.Pruner(model, X, "greg1", scope="layer")
+    with pytest.raises(ValueError, match="ratio"):
+        fxprune.Pruner(model, X, "greg1", 1.0)
+    with pytest.raises(ValueError, match="must not be negative"):
+        fxprune.Pruner(model, X, "tpp", delta=-1.0)
+    with pytest.raises(ValueError, match="matches no module"):
+        fxprune.Pruner(model, X, "greg1", ratios={"nothing.*": 0.5})
+    pruner = fxprune.Pruner(model, X, "greg1", 0.5)
+    with pytest.raises(ValueError, match="method is 'tpp' in the state"):
+        pruner.load_state_dict(fxprune.Pruner(SmallResNet(), X, "tpp", 0.5).state_dict())
+    pruner.prune()
+    with pytest.raises(RuntimeError, match="already pruned"):
+        pruner.step()
