@@ -381,3 +381,45 @@ def test_bad_input_is_refused() -> None:
     pruner.prune()
     with pytest.raises(RuntimeError, match="already pruned"):
         pruner.step()
+
+
+@pytest.mark.shared_data
+def test_pretrained_resnet20_greg_then_prune_is_lossless() -> None:
+    """On the real CIFAR-10 ResNet-20: after a (shortened) GReg-1 run, removing the channels costs nothing."""
+    from fxprune.data import evaluate_accuracy, load_cifar10, shared_data_dir
+    from fxprune.models import load_cifar_checkpoint
+
+    data = shared_data_dir()
+    weights = sorted((data / "weights").glob("resnet20-*.th")) if data else []
+    if not weights or not (data / "cifar10.npz").is_file():
+        pytest.skip("shared CIFAR-10 data or ResNet-20 checkpoint not found")
+    x_train, y_train = load_cifar10("train", 64 * 60)
+    x_test, y_test = load_cifar10("test", 1000)
+    dense = load_cifar_checkpoint(create_model("cifar_resnet20"), weights[0])
+    base = evaluate_accuracy(dense, x_test, y_test)
+    model = copy.deepcopy(dense)
+    x = torch.randn(1, 3, 32, 32)
+    pruner = fxprune.Pruner(model, x, "greg1", 0.5, update_every=1, delta=0.05, stabilize=40)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    for i in range(100):
+        xb, yb = x_train[64 * i : 64 * (i + 1)], y_train[64 * i : 64 * (i + 1)]
+        loss = F.cross_entropy(model(xb), yb) + pruner.penalty()
+        opt.zero_grad()
+        loss.backward()
+        pruner.after_backward()
+        opt.step()
+        pruner.step()
+        if pruner.done:
+            break
+    assert pruner.done
+    regularized = evaluate_accuracy(model, x_test, y_test)
+    report = pruner.prune()
+    pruned = evaluate_accuracy(model, x_test, y_test)
+    assert report.flops_ratio > 2.5
+    assert abs(pruned - regularized) <= 0.005, (regularized, pruned)
+    assert regularized > 0.5, (base, regularized)  # the short, strong schedule costs accuracy, not all of it
+    one_shot = copy.deepcopy(dense)
+    fxprune.Pruner(one_shot, x, "l1", 0.5).prune()
+    l1 = evaluate_accuracy(one_shot, x_test, y_test)
+    assert l1 < pruned - 0.1, f"one-shot L1 should lose far more: {l1} vs {pruned} (dense {base})"
