@@ -39,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,7 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import fxprune  # noqa: E402
-from fxprune.data import evaluate_accuracy, load_cifar10, shared_data_dir  # noqa: E402
+from fxprune.data import evaluate_accuracy, load_cifar10, normalize_images, shared_data_dir  # noqa: E402
 from fxprune.measure import count_flops, count_params, measure_cpu_latency  # noqa: E402
 from fxprune.models import create_model, load_cifar_checkpoint  # noqa: E402
 
@@ -113,6 +114,36 @@ def _budgets(args: argparse.Namespace) -> dict[str, Budget]:
             True,
         ),
     }
+
+
+def split_dataset(source: Path, out_dir: Path, parts: int) -> list[Path]:
+    """Write ``cifar10.npz`` as ``parts`` smaller files (each carried to a device machine separately)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with np.load(source) as data:
+        arrays = {k: data[k] for k in data.files}
+    paths = []
+    for i in range(parts):
+        chunk = {k: np.array_split(v, parts)[i] for k, v in arrays.items()}
+        path = out_dir / f"cifar10-part{i}.npz"
+        np.savez(path, **chunk)
+        paths.append(path)
+    return paths
+
+
+def load_split(split: str, data: str | None, limit: int | None):
+    """A CIFAR-10 split from the shared file, another ``.npz`` or a folder of ``split_dataset`` parts."""
+    if data is None or Path(data).is_file():
+        return load_cifar10(split, limit, path=data)
+    parts = sorted(Path(data).glob("cifar10-part*.npz"))
+    if not parts:
+        raise FileNotFoundError(f"no cifar10-part*.npz files in {data}")
+    images, labels = [], []
+    for part in parts:
+        with np.load(part) as d:
+            images.append(d[f"x_{split}"])
+            labels.append(d[f"y_{split}"])
+    x, y = np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
+    return normalize_images(x), torch.from_numpy(y.astype(np.int64))
 
 
 class Loader:
@@ -299,6 +330,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--weights", default=None, help="ResNet-56 checkpoint (default: the shared one)")
+    p.add_argument("--data", default=None, help="cifar10.npz or a folder of parts (default: the shared file)")
+    p.add_argument(
+        "--split-data", metavar="DIR", help="write the data as 4 parts under DIR (< 64 MiB each) and exit"
+    )
     p.add_argument("--out", default=None, help="JSON file to write (appends to an existing list)")
     args = p.parse_args(argv)
     if args.threads:
@@ -315,7 +350,13 @@ def main(argv=None) -> int:
         args.weights = str(found[0])
     torch.manual_seed(args.seed)
     budget = _budgets(args)[args.budget]
-    data = (load_cifar10("train", args.train_limit), load_cifar10("test", args.test_limit))
+    if args.split_data:
+        for path in split_dataset(
+            Path(args.data or shared_data_dir() / "cifar10.npz"), Path(args.split_data), 4
+        ):
+            print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+        return 0
+    data = (load_split("train", args.data, args.train_limit), load_split("test", args.data, args.test_limit))
     dense = load_cifar_checkpoint(create_model("cifar_resnet56"), args.weights).to(args.device)
     base_acc = evaluate_accuracy(dense, *data[1])
     flops = count_flops(dense.cpu(), torch.randn(1, 3, 32, 32))
