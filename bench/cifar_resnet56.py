@@ -335,7 +335,14 @@ def main(argv=None) -> int:
         "--split-data", metavar="DIR", help="write the data as 4 parts under DIR (< 64 MiB each) and exit"
     )
     p.add_argument("--out", default=None, help="JSON file to write (appends to an existing list)")
+    p.add_argument(
+        "--markdown-from", nargs="+", metavar="JSON", help="print the table of earlier runs and exit"
+    )
     args = p.parse_args(argv)
+    if args.markdown_from:
+        rows = [r for f in args.markdown_from for r in json.loads(Path(f).read_text())]
+        print(markdown(rows, rows[0]["base_acc"] if rows else math.nan))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
