@@ -286,22 +286,27 @@ def run(name: str, exp: Experiment, budget: Budget, data, args) -> dict:
 
 
 def markdown(rows: list[dict], base_acc: float) -> str:
+    limit = rows[0]["acc_eval_limit"] if rows else 0
     lines = [
-        f"Dense ResNet-56: {base_acc * 100:.2f} % ({rows[0]['test_images'] if rows else 0} test images).",
+        f"Dense ResNet-56: {base_acc * 100:.2f} % ({rows[0]['test_images'] if rows else 0} test images). "
+        f"Accuracies after regularization and right after pruning are on the first {limit} test images; "
+        "after fine-tuning (FT) on all of them.",
         "",
-        "| experiment | budget | acc after prune | acc after FT | paper (base) | FLOPs speed-up | paper | "
-        "CPU latency speed-up | params | reg its | time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| experiment | budget | reg its | acc after reg | acc after prune | acc after FT | paper (base) | "
+        "FLOPs speed-up | paper | CPU latency speed-up | params | time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    pct = lambda v: "-" if v is None else f"{v * 100:.2f}"  # noqa: E731
     for r in rows:
         paper = f"{r['paper_acc']:.2f} ({r['paper_base']:.2f})" if r["paper_acc"] else "-"
         budget = r["budget"] + (" (shortened)" if r["shortened"] else "")
         minutes = (r["reg_seconds"] + r["ft_seconds"]) / 60
         lines.append(
-            f"| {r['experiment']} | {budget} | {r['acc_after_prune'] * 100:.2f} | "
-            f"{r['acc_final'] * 100:.2f} | "
-            f"{paper} | {r['flops_speedup']:.2f}x | {r['paper_speedup']} | {r['cpu_latency_speedup']:.2f}x | "
-            f"{r['params'] / 1e3:.0f} K | {r['reg_iterations']} | {minutes:.0f} min |"
+            f"| {r['experiment']} | {budget} | {r['reg_iterations']} | "
+            f"{pct(r['acc_after_regularization'])} | {pct(r['acc_after_prune'])} | "
+            f"**{pct(r['acc_final'])}** | {paper} | {r['flops_speedup']:.2f}x | "
+            f"{r['paper_speedup']} | {r['cpu_latency_speedup']:.2f}x | {r['params'] / 1e3:.0f} K | "
+            f"{minutes:.0f} min |"
         )
     return "\n".join(lines)
 
