@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +23,19 @@ from fxprune.groups.analysis import Group
 from fxprune.plan import Plan, plan_from_counts
 from fxprune.slim import slim_model
 
+from .alignment import default_round_to
 from .latency import measure_latency, speedup
 from .latency_model import LatencyModel
+from .lut import LatencyTable
 
-__all__ = ["BudgetResult", "greedy_counts", "kept_importance", "parse_latency_target", "plan_for_latency"]
+__all__ = [
+    "BudgetResult",
+    "greedy_counts",
+    "kept_importance",
+    "parse_latency_target",
+    "plan_for_latency",
+    "slim_copy",
+]
 
 
 def parse_latency_target(text: str | float) -> tuple[float, str]:
@@ -145,6 +155,8 @@ class BudgetResult:
     kept_importance: float
     rounds: list[dict[str, Any]] = field(default_factory=list)
     dense_ms: float | None = None
+    backend: str = "ort"
+    round_to: int = 1
 
     @property
     def within(self) -> float | None:
@@ -158,26 +170,39 @@ def plan_for_latency(
     analysis: Analysis,
     example_inputs: Any,
     target: str | float,
-    model: LatencyModel,
+    backend: str = "ort",
     *,
+    latency_model: LatencyModel | None = None,
+    table: LatencyTable | None = None,
     importance: Any = "l2",
-    round_to: int = 1,
+    round_to: int | None = None,
     min_width: int = 1,
+    precision: str = "fp32",
+    threads: int = 1,
     validate: bool = True,
     tolerance: float = 0.1,
     max_rounds: int = 4,
     measure_kw: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BudgetResult:
-    """Plan channel removal for a latency ``target`` (``"0.5x"`` of dense or ``"12ms"``) on a backend.
+    """Plan channel removal for a latency ``target`` (``"0.5x"`` of dense or ``"12ms"``) on ``backend``.
 
-    With ``validate``, each candidate is slimmed and timed against the dense model on the backend
-    (interleaved); when the measured ratio misses the target by more than ``tolerance``, the internal
-    target is corrected by the miss and the plan rebuilt (at most ``max_rounds`` times). The plan whose
-    measured ratio is closest to the target without exceeding it by more than ``tolerance`` is returned.
+    The latency model is built from ``table`` (default: the on-disk table of the backend, precision and
+    thread count; missing layer shapes are measured first). ``round_to`` defaults to the backend's
+    alignment (:func:`deploy.alignment.default_round_to`). With ``validate``, each candidate is slimmed
+    and timed against the dense model on the backend (interleaved); when the measured ratio misses the
+    target by more than ``tolerance``, the internal target is corrected by the miss and the plan rebuilt
+    (at most ``max_rounds`` times). The plan whose measured ratio is closest to the target without
+    exceeding it by more than ``tolerance`` is returned.
     """
+    if round_to is None:
+        round_to = default_round_to(backend, precision)
+    if latency_model is None:
+        table = table or LatencyTable(backend, precision, threads)
+        latency_model = LatencyModel.build(analysis, example_inputs, table, round_to, progress)
+    model = latency_model
+    measure_kw = {"precision": precision, "threads": threads, **(measure_kw or {})}
     value, unit = parse_latency_target(target)
-    measure_kw = dict(measure_kw or {})
-    backend = measure_kw.pop("backend", "ort")
     scores = analysis.scores(importance)
     dense_ms = None
     if unit == "ms" or validate:
@@ -204,7 +229,7 @@ def plan_for_latency(
         internal = min(0.999, max(0.02, internal * ratio / measured))
     plan, est, measured = best
     kept = kept_importance(analysis.groups, scores, plan)
-    return BudgetResult(plan, ratio, est, measured, kept, rounds, dense_ms)
+    return BudgetResult(plan, ratio, est, measured, kept, rounds, dense_ms, backend, round_to)
 
 
 def _better(new: float, old: float, target: float, tol: float) -> bool:

@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Real latency of pruned models: dense and pruned side by side on onnxruntime / OpenVINO CPU.
+
+Parts (``--parts``, default all):
+
+* ``flops``: ResNet-50 pruned to 1/4 of its FLOPs and YOLOv8n to 1/2, timed against dense (interleaved,
+  median of repetitions) on every ``--backends`` entry. Target: speed-up >= 0.8 x the FLOPs ratio.
+* ``sweep``: ResNet-50 and YOLOv8n pruned at ratios 0.05 .. 0.9 with the backend's default alignment
+  (and ``--sweep-unaligned`` adds round_to=1 for contrast), all timed in one run. Target: never slower.
+* ``budget``: the latency-budget planner at ``--budgets`` (fractions of dense latency) against uniform
+  per-group pruning whose estimated latency is the same, all three timed in one run. Targets: measured
+  latency within 10 % of the budget; more kept importance than uniform at the same latency.
+
+    python bench/latency.py --out bench/RESULTS_latency.json
+    python bench/latency.py --parts sweep --models resnet50 --backends ort --threads 1
+
+Random weights (no downloads), batch 1, ``--threads`` intra-op threads (1 by default: the timing machine
+is shared); absolute times from different runs are not comparable, ratios within one run are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fxprune  # noqa: E402
+from deploy import measure_latency, speedup  # noqa: E402
+from deploy.alignment import default_round_to  # noqa: E402
+from deploy.backends.base import cpu_name  # noqa: E402
+from deploy.budget import kept_importance, plan_for_latency, slim_copy  # noqa: E402
+from deploy.latency_model import LatencyModel  # noqa: E402
+from deploy.lut import LatencyTable  # noqa: E402
+from deploy.sweep import latency_sweep, slower_points  # noqa: E402
+from fxprune.measure import count_flops  # noqa: E402
+from fxprune.models.spec import load_model  # noqa: E402
+
+MODELS = {
+    "resnet50": ("torchvision:resnet50", (1, 3, 224, 224), 0.25, 3.2),
+    "yolov8n": ("yolov8n.yaml", (1, 3, 640, 640), 0.5, 1.6),
+    "lane_resnet18": ("lane_resnet18", (1, 3, 288, 800), 0.5, None),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    spec, shape, _, _ = MODELS[name]
+    model, _ = load_model(spec)
+    return model.eval(), torch.randn(*shape)
+
+
+def part_flops(name: str, args) -> dict[str, Any]:
+    model, x = build(name)
+    _, _, target, expected = MODELS[name]
+    out: dict[str, Any] = {
+        "model": name,
+        "target_flops": target,
+        "expected_speedup": expected,
+        "backends": {},
+    }
+    for backend in args.backends:
+        rt = default_round_to(backend)
+        pruned = copy.deepcopy(model)
+        report = fxprune.prune(pruned, x, target_flops=target, round_to=rt)
+        res = measure_latency(
+            {"dense": model, "pruned": pruned},
+            x,
+            backend,
+            threads=args.threads,
+            repeats=args.repeats,
+            budget_s=args.budget_s,
+        )
+        s = speedup(res["dense"], res["pruned"])
+        row = {
+            "round_to": rt,
+            "flops_ratio": report.flops_ratio,
+            "params_ratio": report.params_ratio,
+            "speedup": s,
+            "speedup_over_flops": s / report.flops_ratio,
+            "dense": res["dense"].as_dict(),
+            "pruned": res["pruned"].as_dict(),
+            "conditions": res["dense"].conditions(),
+        }
+        out["backends"][backend] = row
+        log(f"{name} {backend}: FLOPs {report.flops_ratio:.2f}x, latency {s:.2f}x ({row['conditions']})")
+    return out
+
+
+def part_sweep(name: str, args) -> dict[str, Any]:
+    model, x = build(name)
+    out: dict[str, Any] = {"model": name, "runs": []}
+    for backend in args.backends[:1]:
+        for rt in [None] + ([1] if args.sweep_unaligned else []):
+            points, dense = latency_sweep(
+                model,
+                x,
+                tuple(args.ratios),
+                backend,
+                round_to=rt,
+                threads=args.threads,
+                repeats=args.repeats,
+                budget_s=args.budget_s * 2,
+            )
+            slow = slower_points(points)
+            out["runs"].append(
+                {
+                    "backend": backend,
+                    "round_to": points[0].round_to,
+                    "points": [p.as_dict() for p in points],
+                    "slower": [p.ratio for p in slow],
+                    "conditions": dense.conditions(),
+                }
+            )
+            text = ", ".join(f"{p.ratio:g}:{p.speedup:.2f}x" for p in points)
+            log(
+                f"{name} sweep {backend} round_to={points[0].round_to}: {text}; "
+                f"slower: {[q.ratio for q in slow]}"
+            )
+    return out
+
+
+def _uniform_like(analysis, lm: LatencyModel, est: float, rt: int):
+    lo, hi = 0.0, 0.95
+    plan = None
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        plan = analysis.plan(mid, round_to=rt)
+        r = lm.ratio({g: len(i) for g, i in plan.remove.items()})
+        if r > est:
+            lo = mid
+        else:
+            hi = mid
+    return analysis.plan(hi, round_to=rt), hi
+
+
+def part_budget(name: str, args) -> dict[str, Any]:
+    model, x = build(name)
+    backend = args.backends[0]
+    rt = default_round_to(backend)
+    analysis = fxprune.analyze(copy.deepcopy(model), x)
+    table = LatencyTable(backend, "fp32", args.threads)
+    start = time.perf_counter()
+    lm = LatencyModel.build(analysis, x, table, rt)
+    lut_s = time.perf_counter() - start
+    log(
+        f"{name}: latency model of {len(lm.layers)} layer calls, "
+        f"{table.measured} shapes measured in {lut_s:.0f} s"
+    )
+    out: dict[str, Any] = {
+        "model": name,
+        "backend": backend,
+        "round_to": rt,
+        "lut_seconds": lut_s,
+        "budgets": [],
+    }
+    scores = analysis.scores("l2")
+    dense_flops = count_flops(analysis.model, x)
+    for budget in args.budgets:
+        mkw = {"repeats": args.repeats, "budget_s": args.budget_s}
+        res = plan_for_latency(
+            analysis, x, budget, backend, latency_model=lm, round_to=rt, threads=args.threads, measure_kw=mkw
+        )
+        uni_plan, uni_ratio = _uniform_like(analysis, lm, res.estimated_ratio, rt)
+        hal, uni = slim_copy(analysis, res.plan), slim_copy(analysis, uni_plan)
+        m = measure_latency(
+            {"dense": analysis.model, "budget": hal, "uniform": uni},
+            x,
+            backend,
+            threads=args.threads,
+            repeats=args.repeats,
+            budget_s=args.budget_s * 1.5,
+        )
+        row = {
+            "budget": budget,
+            "planner_rounds": res.rounds,
+            "planner_measured_ratio": res.measured_ratio,
+            "within": res.within,
+            "final_budget_ratio": 1 / speedup(m["dense"], m["budget"]),
+            "final_uniform_ratio": 1 / speedup(m["dense"], m["uniform"]),
+            "uniform_ratio_param": uni_ratio,
+            "budget_kept_importance": res.kept_importance,
+            "uniform_kept_importance": kept_importance(analysis.groups, scores, uni_plan),
+            "budget_flops_kept": count_flops(hal, x) / dense_flops,
+            "uniform_flops_kept": count_flops(uni, x) / dense_flops,
+            "conditions": m["dense"].conditions(),
+        }
+        out["budgets"].append(row)
+        log(
+            f"{name} budget {budget}: planner measured {res.measured_ratio:.3f} (within {res.within:.1%}); "
+            f"re-measured budget {row['final_budget_ratio']:.3f} "
+            f"vs uniform {row['final_uniform_ratio']:.3f}; "
+            f"kept importance {row['budget_kept_importance']:.3f} vs {row['uniform_kept_importance']:.3f}; "
+            f"FLOPs kept {row['budget_flops_kept']:.3f} vs {row['uniform_flops_kept']:.3f}"
+        )
+    return out
+
+
+PARTS = {"flops": part_flops, "sweep": part_sweep, "budget": part_budget}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", default="flops,sweep,budget")
+    p.add_argument("--models", default="resnet50,yolov8n")
+    p.add_argument("--backends", default="ort,openvino")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--budget-s", type=float, default=8.0, help="seconds of timing per measurement")
+    p.add_argument("--ratios", default="0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
+    p.add_argument("--budgets", default="0.5,0.3")
+    p.add_argument("--sweep-unaligned", action="store_true", help="also sweep with round_to=1")
+    p.add_argument("--out", default="bench/RESULTS_latency.json")
+    args = p.parse_args()
+    args.backends = args.backends.split(",")
+    args.ratios = [float(r) for r in args.ratios.split(",")]
+    args.budgets = [float(b) for b in args.budgets.split(",")]
+    torch.set_num_threads(args.threads)
+    record: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "machine": {"cpu": cpu_name(), "python": platform.python_version(), "torch": torch.__version__},
+        "threads": args.threads,
+        "results": {},
+    }
+    out = Path(args.out)
+    if out.exists():
+        record["results"] = json.loads(out.read_text()).get("results", {})
+    for part in args.parts.split(","):
+        for name in args.models.split(","):
+            log(f"{part} {name}")
+            record["results"][f"{part}/{name}"] = PARTS[part](name, args)
+            out.write_text(json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
