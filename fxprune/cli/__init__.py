@@ -9,14 +9,16 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.text import Text
 
+from deploy.backends.base import BackendUnavailable
+
 from .. import __version__
 from ..capture import CaptureError
 from ..prune import VerificationError
-from . import analyze, demo, prune
+from . import analyze, bench, demo, prune
 
 __all__ = ["build_parser", "main"]
 
-_ERRORS = (CaptureError, ValueError, VerificationError, FileNotFoundError, ImportError)
+_ERRORS = (CaptureError, ValueError, VerificationError, FileNotFoundError, ImportError, BackendUnavailable)
 
 _MAIN_EPILOG = """\
 examples:
@@ -34,7 +36,7 @@ Add --weights PATH to load a state dict into the model before analysing or pruni
 
 Run 'fxprune COMMAND --help' for the options of a command."""
 
-_COMMANDS = {"demo": demo, "analyze": analyze, "prune": prune}
+_COMMANDS = {"demo": demo, "analyze": analyze, "prune": prune, "bench": bench}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             CaptureError: "capture failed",
             VerificationError: "verification failed",
             FileNotFoundError: "file not found",
+            BackendUnavailable: "backend unavailable",
         }.get(type(exc), "error")
         err.print(Text(f"fxprune {args.command}: {label}: {exc}", style="red"))
         return 2

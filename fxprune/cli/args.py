@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["add_model_args", "fraction", "positive_int", "ratio_for", "shape_arg"]
+__all__ = [
+    "add_model_args",
+    "backend_list",
+    "fraction",
+    "positive_int",
+    "ratio_for",
+    "ratio_list",
+    "shape_arg",
+]
 
 
 def fraction(low_open: bool) -> Callable[[str], float]:
@@ -77,3 +85,34 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default=[],
         help="module name (glob) or class name not to trace into (channels freeze); repeatable",
     )
+
+
+def backend_list(text: str) -> list[str]:
+    """``ort,openvino`` -> ``["ort", "openvino"]``, each a registered latency backend."""
+    from deploy.backends import list_backends
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    known = list_backends()
+    for n in names:
+        if n not in known:
+            raise argparse.ArgumentTypeError(f"unknown backend {n!r}; known backends: {', '.join(known)}")
+    if not names:
+        raise argparse.ArgumentTypeError("expected backend names like ort,openvino")
+    return names
+
+
+def ratio_list(text: str) -> list[float]:
+    """``0.1,0.3,0.5`` -> fractions in (0, 1)."""
+    parse = fraction(True)
+    return [parse(t) for t in text.split(",") if t.strip()]
+
+
+def latency_target(text: str) -> str:
+    """A latency budget: ``0.5x`` (fraction of dense) or ``12ms``."""
+    from deploy.budget import parse_latency_target
+
+    try:
+        parse_latency_target(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text

@@ -16,7 +16,7 @@ from ..io import save
 from ..plan import Plan
 from ..prune import PruneReport, _plan_for_target, apply_plan
 from ..report import Metric, before_after_table, format_ratio, format_value
-from .args import add_model_args, fraction, positive_int, ratio_for
+from .args import add_model_args, backend_list, fraction, latency_target, positive_int, ratio_for
 from .common import (
     Steps,
     analyze_model,
@@ -27,6 +27,7 @@ from .common import (
     metric_rows,
     verification_lines,
 )
+from .deploy_steps import backend_latency, deploy_sections, plan_latency_budget, sweep_report
 
 _PRUNE_EPILOG = """\
 The amount to prune is given by one of --ratio (fraction of channels removed per group),
@@ -69,6 +70,22 @@ def add_parser(sub, fmt) -> None:
         type=fraction(True),
         help="keep this fraction of the dense parameters, e.g. 0.5",
     )
+    amount.add_argument(
+        "--target-latency",
+        metavar="BUDGET",
+        type=latency_target,
+        help="latency budget on the first --backend (default ort): 0.5x of dense, or 12ms",
+    )
+    pr.add_argument(
+        "--backend",
+        type=backend_list,
+        help="latency columns on these backends, e.g. ort,openvino (default: torch CPU eager)",
+    )
+    pr.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also time dense against ratios 0.05..0.9 on the first backend (plotted with --report)",
+    )
     pr.add_argument(
         "--importance",
         choices=("l1", "l2", "random"),
@@ -85,8 +102,7 @@ def add_parser(sub, fmt) -> None:
         "--round-to",
         metavar="N",
         type=positive_int,
-        default=1,
-        help="keep channel counts multiples of N (e.g. 8 for tensor cores)",
+        help="keep channel counts multiples of N (default 1; with --target-latency the backend's alignment)",
     )
     pr.add_argument(
         "--min-width",
@@ -114,11 +130,13 @@ def add_parser(sub, fmt) -> None:
     )
 
 
-def _plan(analysis: Analysis, x: torch.Tensor, args: argparse.Namespace) -> tuple[Plan, str]:
+def _plan(analysis: Analysis, x: torch.Tensor, args: argparse.Namespace, steps: Steps) -> tuple[Plan, str]:
+    if args.target_latency is not None:
+        return _plan_latency(analysis, x, args, steps)
     kw: dict[str, Any] = dict(
         importance=args.importance,
         ratios=dict(args.ratio_for) or None,
-        round_to=args.round_to,
+        round_to=args.round_to or 1,
         min_width=args.min_width,
         global_ranking=args.global_ranking,
     )
@@ -134,6 +152,12 @@ def _plan(analysis: Analysis, x: torch.Tensor, args: argparse.Namespace) -> tupl
         )
     ratio = 0.5 if args.ratio is None else args.ratio
     return analysis.plan(ratio, **kw), f"ratio {ratio:g}"
+
+
+def _plan_latency(analysis: Analysis, x: torch.Tensor, args: argparse.Namespace, steps: Steps):
+    backend = (args.backend or ["ort"])[0]
+    plan = plan_latency_budget(analysis, x, args, backend, steps)
+    return plan, f"latency {args.target_latency} on {backend}"
 
 
 def _write_report(
@@ -188,16 +212,18 @@ def _write_report(
         )
     except ImportError:
         console.print("[yellow]matplotlib is not installed: report written without the width plot[/]")
+    sections, more_images = deploy_sections(args, folder)
     return write_markdown_report(
         folder / "report.md",
         f"fxprune report: {args.spec}",
         [
             ("Settings", setup),
             ("Before and after", summary),
+            *sections,
             ("Verification", checks),
             ("Group widths", groups),
         ],
-        images,
+        images + more_images,
     )
 
 
@@ -207,25 +233,33 @@ def run(args: argparse.Namespace, console: Console) -> int:
     model, x = load_input(args, steps)
     analysis = analyze_model(model, x, args, steps)
     with steps("planning") as info:
-        plan, target = _plan(analysis, x, args)
+        plan, target = _plan(analysis, x, args, steps)
         info["detail"] = f"{target}, {args.importance} importance: {plan.removed_count()} channels to remove"
     dense = None if args.no_latency else copy.deepcopy(model)
     with steps("slimming and verification") as info:
         report = apply_plan(analysis, plan, x)
         info["detail"] = f"slimmed in {report.slim_seconds:.2f} s"
     latency: dict[str, tuple[float, float]] = {}
-    if dense is not None:
+    if dense is not None and args.backend:
+        latency = backend_latency(dense, model, x, args, steps)
+    elif dense is not None:
         latency = measure(
             dense, model, {f"CPU latency, batch {x.shape[0]}": x}, args.threads, steps, budget_s=3.0
         )
-        del dense
+    if dense is not None and args.sweep:
+        sweep_report(dense, x, args, steps, console)
+    del dense
     metrics = metric_rows(report, latency)
     console.print()
     table = before_after_table(
         metrics, title=f"{args.spec}, {target}", before_label="dense", after_label="pruned"
     )
-    table.caption = latency_caption(latency, args.threads)
+    table.caption = (
+        latency_caption(latency, args.threads) if not args.backend else "latency: median, interleaved"
+    )
     console.print(table)
+    for line in getattr(args, "conditions", []):
+        console.print(escape(line), style="dim")
     for line in verification_lines(report):
         console.print(escape(line))
     console.print(escape(group_summary(analysis, report)))
