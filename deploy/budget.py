@@ -30,6 +30,7 @@ from .lut import LatencyTable
 
 __all__ = [
     "BudgetResult",
+    "budget_plan",
     "greedy_counts",
     "kept_importance",
     "parse_latency_target",
@@ -78,12 +79,18 @@ def greedy_counts(
     target_ratio: float,
     round_to: int = 1,
     min_width: int = 1,
+    caps: dict[int, int] | None = None,
 ) -> dict[int, int]:
-    """Atoms to remove per group so that ``model.ratio(counts) <= target_ratio`` (or as close as possible)."""
+    """Atoms to remove per group so that ``model.ratio(counts) <= target_ratio`` (or as close as possible).
+
+    ``caps`` lowers the most atoms a group may lose (by default its prunable atoms above the minimum width).
+    """
     counts: dict[int, int] = {}
     by_id = {g.id: g for g in groups}
     chunks = {g.id: _chunk(g, round_to) for g in groups}
-    caps = {g.id: _max_removable(g, chunks[g.id], min_width) for g in groups}
+    caps = {
+        g.id: min(_max_removable(g, chunks[g.id], min_width), (caps or {}).get(g.id, g.width)) for g in groups
+    }
     costs = {g.id: _sorted_norm(g, scores[g.id]) for g in groups if caps[g.id] > 0}
     active = [gid for gid in costs if model.by_group.get(gid)]
     target = target_ratio * model.dense
@@ -127,6 +134,29 @@ def greedy_counts(
             if other in cache:
                 cache[other] = value(other)
     return {gid: n for gid, n in counts.items() if n > 0}
+
+
+def budget_plan(
+    groups: list[Group],
+    scores: dict[int, np.ndarray],
+    model: LatencyModel,
+    target_ratio: float,
+    round_to: int = 1,
+    min_width: int = 1,
+) -> Plan:
+    """:func:`greedy_counts` turned into a plan; groups the plan cannot shrink as far (a layer keeps one
+    channel, chunk constraints) are capped and the search rerun so the estimate still meets the target."""
+    caps: dict[int, int] = {}
+    plan = Plan()
+    for _ in range(6):
+        counts = greedy_counts(groups, scores, model, target_ratio, round_to, min_width, caps)
+        plan = plan_from_counts(groups, scores, counts, round_to, min_width)
+        actual = {gid: len(idx) for gid, idx in plan.remove.items()}
+        short = {gid: actual.get(gid, 0) for gid, n in counts.items() if actual.get(gid, 0) < n}
+        if not short:
+            break
+        caps.update(short)
+    return plan
 
 
 def kept_importance(groups: list[Group], scores: dict[int, np.ndarray], plan: Plan) -> float:
@@ -197,13 +227,13 @@ def plan_for_latency(
     """
     if round_to is None:
         round_to = default_round_to(backend, precision)
+    table = table or LatencyTable(backend, precision, threads)
+    scores = analysis.scores(importance)
     if latency_model is None:
-        table = table or LatencyTable(backend, precision, threads)
-        latency_model = LatencyModel.build(analysis, example_inputs, table, round_to, progress)
+        latency_model = LatencyModel.build(analysis, example_inputs, table, round_to, progress, scores)
     model = latency_model
     measure_kw = {"precision": precision, "threads": threads, **(measure_kw or {})}
     value, unit = parse_latency_target(target)
-    scores = analysis.scores(importance)
     dense_ms = None
     if unit == "ms" or validate:
         dense_ms = _dense_ms(analysis, example_inputs, backend, measure_kw)
@@ -212,8 +242,7 @@ def plan_for_latency(
         raise ValueError(f"latency target {target} is {ratio:.2f}x of the dense {dense_ms:.3g} ms; need < 1x")
     internal, rounds, best = ratio, [], None
     for _ in range(max_rounds if validate else 1):
-        counts = greedy_counts(analysis.groups, scores, model, internal, round_to, min_width)
-        plan = plan_from_counts(analysis.groups, scores, counts, round_to, min_width)
+        plan = budget_plan(analysis.groups, scores, model, internal, round_to, min_width)
         est = model.ratio({gid: len(idx) for gid, idx in plan.remove.items()})
         row = {"internal_target": internal, "estimated_ratio": est, "measured_ratio": None}
         rounds.append(row)

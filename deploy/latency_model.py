@@ -28,12 +28,19 @@ def _pair(v: Any) -> tuple[int, int]:
 
 @dataclass
 class LayerUse:
-    """One call of a conv/linear layer: its dense shape and the groups its input/output channels belong to."""
+    """One call of a conv/linear layer: its dense shape and the groups its input/output channels belong to.
+
+    ``in_ranks``/``out_ranks``: sorted removal ranks of the atoms behind the layer's channels (the group's
+    prunable atoms in increasing importance), so ``n`` atoms removed from the group take
+    ``searchsorted(ranks, n)`` channels from the layer.
+    """
 
     name: str
     shape: LayerShape
     in_group: int | None = None
     out_group: int | None = None
+    in_ranks: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    out_ranks: np.ndarray = field(default_factory=lambda: np.zeros(0))
     grid_in: np.ndarray = field(default_factory=lambda: np.zeros(0))
     grid_out: np.ndarray = field(default_factory=lambda: np.zeros(0))
     costs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # [len(grid_out), len(grid_in)]
@@ -121,13 +128,23 @@ class LatencyModel:
         table: LatencyTable,
         round_to: int = 1,
         progress: Callable[[int, int], None] | None = None,
+        scores: dict[int, np.ndarray] | None = None,
     ) -> LatencyModel:
-        """Find every conv/linear call of the model; measure missing grid points into ``table``."""
+        """Find every conv/linear call of the model; measure missing grid points into ``table``.
+
+        ``scores`` (default: ``analysis.scores()``) give the order in which each group loses atoms.
+        """
+        scores = analysis.scores() if scores is None else scores
         owner: dict[tuple[str, int], tuple[int, bool]] = {}
+        ranks: dict[tuple[str, int], np.ndarray] = {}
         for g in analysis.groups:
+            rank = _removal_rank(g, scores[g.id])
             for b in g.blocks:
+                atoms = np.asarray(g.block_atom_index[b.base])
+                block_ranks = np.sort(rank[atoms[atoms >= 0]])
                 for pname, dim in b.members:
                     owner[(pname, dim)] = (g.id, g.prunable > 0)
+                    ranks[(pname, dim)] = block_ranks
         layers = []
         for name, module, in_shape in _record_calls(analysis.model, example_inputs):
             shape = _shape_of(module, tuple(in_shape))
@@ -143,8 +160,18 @@ class LatencyModel:
             q = max(round_to, 1)
             grid_out = _grid(shape.cout, q, out_p)
             grid_in = grid_out if shape.depthwise else _grid(shape.cin, q, in_p)
+            empty = np.zeros(0)
             layers.append(
-                LayerUse(name, shape, in_g if in_p else None, out_g if out_p else None, grid_in, grid_out)
+                LayerUse(
+                    name,
+                    shape,
+                    in_g if in_p else None,
+                    out_g if out_p else None,
+                    ranks.get((f"{name}.weight", 1), empty),
+                    ranks.get((f"{name}.weight", 0), empty),
+                    grid_in,
+                    grid_out,
+                )
             )
         todo = [
             s
@@ -158,10 +185,10 @@ class LatencyModel:
 
     def channels(self, layer: LayerUse, counts: dict[int, int]) -> tuple[int, int]:
         """Input and output channels of ``layer`` once ``counts`` atoms are removed from each group."""
-        cout = _left(layer.shape.cout, self.widths.get(layer.out_group, 1), counts.get(layer.out_group, 0))
+        cout = _left(layer.shape.cout, layer.out_ranks, counts.get(layer.out_group, 0))
         if layer.shape.depthwise:
             return cout, cout
-        cin = _left(layer.shape.cin, self.widths.get(layer.in_group, 1), counts.get(layer.in_group, 0))
+        cin = _left(layer.shape.cin, layer.in_ranks, counts.get(layer.in_group, 0))
         return cin, cout
 
     def layer_cost(self, index: int, counts: dict[int, int]) -> float:
@@ -188,8 +215,20 @@ class LatencyModel:
         return sum(self.layer_cost(i, counts) for i in self.by_group.get(gid, ()))
 
 
-def _left(size: int, width: int, removed: int) -> int:
-    return size - int(round(size * removed / max(width, 1)))
+def _left(size: int, ranks: np.ndarray, removed: int) -> int:
+    if removed <= 0 or not len(ranks):
+        return size
+    return max(1, size - int(np.searchsorted(ranks, removed, side="left")))  # a layer keeps one channel
+
+
+def _removal_rank(group, scores: np.ndarray) -> np.ndarray:
+    """Rank of every atom in the order the planner removes them (lowest score first; frozen never)."""
+    rank = np.full(group.width, np.iinfo(np.int64).max, dtype=np.int64)
+    free = np.array([i for i in range(group.width) if i not in group.frozen], dtype=np.int64)
+    if len(free):
+        order = free[np.argsort(np.asarray(scores)[free], kind="stable")]
+        rank[order] = np.arange(len(order))
+    return rank
 
 
 def _diagonal(layer: LayerUse) -> list[LayerShape]:
