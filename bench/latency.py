@@ -252,7 +252,10 @@ def main() -> int:
     for part in args.parts.split(","):
         for name in args.models.split(","):
             log(f"{part} {name}")
-            record["results"][f"{part}/{name}"] = PARTS[part](name, args)
+            result = PARTS[part](name, args)
+            result["command"] = record["command"]
+            result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            record["results"][f"{part}/{name}"] = result
             out.write_text(json.dumps(record, indent=1))
     return 0
 
