@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fxprune.report.markdown import new_axes, save_png
+
 from .latency import Measurement, speedup
 from .sweep import SweepPoint
 
@@ -58,22 +60,11 @@ def plot_sweep(
     title: str = "Latency against pruning ratio",
 ) -> Path:
     """PNG of measured speed-up and FLOPs reduction against the pruning ratio (1x line = dense)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_axes((6.5, 4.2))
     xs = [p.ratio for p in points]
     ax.plot(xs, [p.speedup for p in points], "o-", color="#1f5f99", label="measured speed-up")
     ax.plot(xs, [p.flops_ratio for p in points], "s--", color="#9bb7d4", label="FLOPs reduction")
     ax.axhline(1.0, color="#b22222", linewidth=1, label="dense")
     ax.set_xlabel("fraction of channels removed per group")
     ax.set_ylabel("dense / pruned")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    return save_png(fig, ax, path, title)

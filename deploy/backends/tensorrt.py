@@ -45,9 +45,16 @@ def timing_cache_path() -> Path:
 
 
 def build_engine(
-    onnx_path: Path, precision: str, workspace_gib: float = 4.0, strongly_typed: bool | None = None
+    onnx_path: Path,
+    precision: str,
+    workspace_gib: float = 4.0,
+    strongly_typed: bool | None = None,
+    input_shapes: list[tuple[int, ...]] | None = None,
 ):
-    """Parse ``onnx_path`` and build a serialized engine; returns ``(engine bytes, strongly_typed)``."""
+    """Parse ``onnx_path`` and build a serialized engine; returns ``(engine bytes, strongly_typed)``.
+
+    Inputs with dynamic dimensions get an optimisation profile fixed at ``input_shapes`` (in input order).
+    """
     trt = _trt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -64,6 +71,7 @@ def build_engine(
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    _fix_dynamic_shapes(builder, network, config, input_shapes or [])
     if precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
     cache_file = timing_cache_path()
@@ -75,6 +83,17 @@ def build_engine(
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     cache_file.write_bytes(memoryview(config.get_timing_cache().serialize()))
     return engine, strongly_typed
+
+
+def _fix_dynamic_shapes(builder, network, config, shapes: list[tuple[int, ...]]) -> None:
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    dynamic = [(t, s) for t, s in zip(inputs, shapes) if any(d < 0 for d in tuple(t.shape))]
+    if not dynamic:
+        return
+    profile = builder.create_optimization_profile()
+    for tensor, shape in dynamic:
+        profile.set_shape(tensor.name, shape, shape, shape)
+    config.add_optimization_profile(profile)
 
 
 def _torch_dtype(trt, dtype) -> torch.dtype:
@@ -107,7 +126,8 @@ class TensorRT(Backend):
 
     def load(self, source: Path, inputs: tuple[torch.Tensor, ...], settings: Settings) -> CudaEventRunner:
         trt = _trt()
-        serialized, _ = build_engine(Path(source), settings.precision)
+        shapes = [tuple(t.shape) for t in inputs]
+        serialized, _ = build_engine(Path(source), settings.precision, input_shapes=shapes)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(serialized)
         context = engine.create_execution_context()
