@@ -75,7 +75,7 @@ def part_flops(name: str, args) -> dict[str, Any]:
         "backends": {},
     }
     for backend in args.backends:
-        rt = default_round_to(backend)
+        rt = args.round_to or default_round_to(backend)
         pruned = copy.deepcopy(model)
         report = fxprune.prune(pruned, x, target_flops=target, round_to=rt)
         res = measure_latency(
@@ -228,6 +228,7 @@ def main() -> int:
     p.add_argument("--models", default="resnet50,yolov8n", help=f"from {', '.join(MODELS)}")
     p.add_argument("--backends", default="ort,openvino")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--round-to", type=int, help="flops part: alignment (default: the backend's)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--budget-s", type=float, default=8.0, help="seconds of timing per measurement")
     p.add_argument("--ratios", default="0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
@@ -255,7 +256,8 @@ def main() -> int:
             result = PARTS[part](name, args)
             result["command"] = record["command"]
             result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            record["results"][f"{part}/{name}"] = result
+            suffix = f"/round_to={args.round_to}" if args.round_to and part == "flops" else ""
+            record["results"][f"{part}/{name}{suffix}"] = result
             out.write_text(json.dumps(record, indent=1))
     return 0
 
