@@ -260,6 +260,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     for line in getattr(args, "conditions", []):
         console.print(escape(line), style="dim")
+    for label, (dense_ms, pruned_ms) in latency.items():
+        if pruned_ms > 1.03 * dense_ms:
+            console.print(
+                f"[yellow]warning: the pruned model is slower than dense ({escape(label)}); unaligned "
+                "channel counts cost more than they save: try --round-to 8 or 16, or fxprune bench --sweep[/]"
+            )
     for line in verification_lines(report):
         console.print(escape(line))
     console.print(escape(group_summary(analysis, report)))
