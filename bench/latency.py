@@ -13,6 +13,8 @@ Parts (``--parts``, default all):
 
     python bench/latency.py --out bench/RESULTS_latency.json
     python bench/latency.py --parts sweep --models resnet50 --backends ort --threads 1
+    python bench/latency.py --parts flops --models resnet50,yolov8n,lane_resnet18 \
+        --backends torch,torch-compile,ort-cuda,trt --precision fp16      # on a GPU machine
 
 Random weights (no downloads), batch 1, ``--threads`` intra-op threads (1 by default: the timing machine
 is shared); absolute times from different runs are not comparable, ratios within one run are.
@@ -75,13 +77,14 @@ def part_flops(name: str, args) -> dict[str, Any]:
         "backends": {},
     }
     for backend in args.backends:
-        rt = args.round_to or default_round_to(backend)
+        rt = args.round_to or default_round_to(backend, args.precision)
         pruned = copy.deepcopy(model)
         report = fxprune.prune(pruned, x, target_flops=target, round_to=rt)
         res = measure_latency(
             {"dense": model, "pruned": pruned},
             x,
             backend,
+            precision=args.precision,
             threads=args.threads,
             repeats=args.repeats,
             budget_s=args.budget_s,
@@ -229,6 +232,7 @@ def main() -> int:
     p.add_argument("--backends", default="ort,openvino")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--round-to", type=int, help="flops part: alignment (default: the backend's)")
+    p.add_argument("--precision", default="fp32", help="flops part: fp32, fp16 (GPU backends), bf16")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--budget-s", type=float, default=8.0, help="seconds of timing per measurement")
     p.add_argument("--ratios", default="0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
