@@ -261,6 +261,8 @@ def main() -> int:
             result["command"] = record["command"]
             result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             suffix = f"/round_to={args.round_to}" if args.round_to and part == "flops" else ""
+            if part != "flops" and args.backends[0] != "ort":
+                suffix += f"/{args.backends[0]}"
             record["results"][f"{part}/{name}{suffix}"] = result
             out.write_text(json.dumps(record, indent=1))
     return 0
