@@ -225,6 +225,117 @@ def part_budget(name: str, args) -> dict[str, Any]:
 PARTS = {"flops": part_flops, "sweep": part_sweep, "budget": part_budget}
 
 
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(record: dict[str, Any]) -> str:
+    """The tables of ``RESULTS.md`` from a results JSON."""
+    res = record["results"]
+    out = []
+    rows = []
+    for key, r in res.items():
+        if not key.startswith("flops/"):
+            continue
+        for backend, b in r["backends"].items():
+            rows.append(
+                [
+                    r["model"],
+                    backend,
+                    b["round_to"],
+                    f"{1 / r['target_flops']:.0f}x" if r["target_flops"] else "",
+                    f"{b['flops_ratio']:.2f}x",
+                    f"{b['params_ratio']:.2f}x",
+                    f"{b['dense']['median_ms']:.1f}",
+                    f"{b['pruned']['median_ms']:.1f}",
+                    f"**{b['speedup']:.2f}x**",
+                    f"{b['speedup_over_flops']:.2f}",
+                    f"{b['dense']['repeats']}x{b['dense']['iters']}",
+                ]
+            )
+    if rows:
+        out.append(
+            _md_table(
+                [
+                    "model",
+                    "backend",
+                    "round_to",
+                    "FLOPs target",
+                    "FLOPs x",
+                    "params x",
+                    "dense ms",
+                    "pruned ms",
+                    "speed-up",
+                    "speed-up / FLOPs x",
+                    "rounds x calls",
+                ],
+                rows,
+            )
+        )
+    for key, r in res.items():
+        if not key.startswith("sweep/"):
+            continue
+        for run in r["runs"]:
+            pts = run["points"]
+            out.append(
+                f"{r['model']}, {run['backend']}, round_to={run['round_to']}; slower than dense at: "
+                f"{run['slower'] or 'none'}\n"
+            )
+            out.append(
+                _md_table(
+                    ["ratio"] + [f"{p['ratio']:g}" for p in pts],
+                    [
+                        ["FLOPs x"] + [f"{p['flops_ratio']:.2f}" for p in pts],
+                        ["speed-up"] + [f"{p['speedup']:.2f}" for p in pts],
+                    ],
+                )
+            )
+    rows = []
+    for key, r in res.items():
+        if not key.startswith("budget/"):
+            continue
+        for b in r["budgets"]:
+            rows.append(
+                [
+                    r["model"],
+                    r["backend"],
+                    r["round_to"],
+                    f"{b['budget']:g}x",
+                    f"{b['planner_measured_ratio']:.3f}",
+                    f"{b['within']:.1%}",
+                    f"{b['final_budget_ratio']:.3f}",
+                    f"{b['final_uniform_ratio']:.3f}",
+                    f"{b['budget_kept_importance']:.3f}",
+                    f"{b['uniform_kept_importance']:.3f}",
+                    f"{b['budget_flops_kept']:.3f}",
+                    f"{b['uniform_flops_kept']:.3f}",
+                ]
+            )
+    if rows:
+        out.append(
+            _md_table(
+                [
+                    "model",
+                    "backend",
+                    "round_to",
+                    "budget",
+                    "planner measured",
+                    "off by",
+                    "re-measured: budget plan",
+                    "uniform",
+                    "kept importance: budget plan",
+                    "uniform",
+                    "FLOPs kept: budget plan",
+                    "uniform",
+                ],
+                rows,
+            )
+        )
+    return "\n".join(out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", default="flops,sweep,budget")
@@ -239,7 +350,11 @@ def main() -> int:
     p.add_argument("--budgets", default="0.5,0.3")
     p.add_argument("--sweep-unaligned", action="store_true", help="also sweep with round_to=1")
     p.add_argument("--out", default="bench/RESULTS_latency.json")
+    p.add_argument("--markdown", action="store_true", help="print the tables of the --out JSON and stop")
     args = p.parse_args()
+    if args.markdown:
+        print(render_markdown(json.loads(Path(args.out).read_text())))
+        return 0
     args.backends = args.backends.split(",")
     args.ratios = [float(r) for r in args.ratios.split(",")]
     args.budgets = [float(b) for b in args.budgets.split(",")]
