@@ -138,18 +138,17 @@ def part_sweep(name: str, args) -> dict[str, Any]:
     return out
 
 
-def _uniform_like(analysis, lm: LatencyModel, est: float, rt: int):
+def _uniform_bracket(analysis, lm: LatencyModel, est: float, rt: int):
+    """Uniform ratios whose estimated latency lies just above and just below ``est`` (bisection)."""
     lo, hi = 0.0, 0.95
-    plan = None
     for _ in range(14):
         mid = (lo + hi) / 2
         plan = analysis.plan(mid, round_to=rt)
-        r = lm.ratio({g: len(i) for g, i in plan.remove.items()})
-        if r > est:
+        if lm.ratio({g: len(i) for g, i in plan.remove.items()}) > est:
             lo = mid
         else:
             hi = mid
-    return analysis.plan(hi, round_to=rt), hi
+    return (lo, analysis.plan(lo, round_to=rt)), (hi, analysis.plan(hi, round_to=rt))
 
 
 def part_budget(name: str, args) -> dict[str, Any]:
@@ -180,37 +179,51 @@ def part_budget(name: str, args) -> dict[str, Any]:
             analysis, x, budget, backend, latency_model=lm, round_to=rt, threads=args.threads, measure_kw=mkw
         )
         hal = slim_copy(analysis, res.plan)
-        est_target = res.estimated_ratio
-        for attempt in range(3):  # match the uniform model's measured latency to the planner's
-            uni_plan, uni_ratio = _uniform_like(analysis, lm, est_target, rt)
-            uni = slim_copy(analysis, uni_plan)
-            m = measure_latency(
-                {"dense": analysis.model, "budget": hal, "uniform": uni},
-                x,
-                backend,
-                threads=args.threads,
-                repeats=args.repeats,
-                budget_s=args.budget_s * 1.5,
-            )
-            rb, ru = 1 / speedup(m["dense"], m["budget"]), 1 / speedup(m["dense"], m["uniform"])
-            if abs(ru - rb) <= 0.03 * rb or attempt == 2:
-                break
-            est_target = lm.ratio({g: len(i) for g, i in uni_plan.remove.items()}) * rb / ru
+        (r_slow, p_slow), (r_fast, p_fast) = _uniform_bracket(analysis, lm, res.estimated_ratio, rt)
+        slow, fast = slim_copy(analysis, p_slow), slim_copy(analysis, p_fast)
+        m = measure_latency(
+            {"dense": analysis.model, "budget": hal, "uniform_slower": slow, "uniform_faster": fast},
+            x,
+            backend,
+            threads=args.threads,
+            repeats=args.repeats,
+            budget_s=args.budget_s * 2,
+        )
+        ratio = {k: 1 / speedup(m["dense"], m[k]) for k in ("budget", "uniform_slower", "uniform_faster")}
         row = {
             "budget": budget,
             "planner_rounds": res.rounds,
             "planner_measured_ratio": res.measured_ratio,
             "within": res.within,
-            "final_budget_ratio": rb,
-            "final_uniform_ratio": ru,
-            "uniform_matching_attempts": attempt + 1,
-            "uniform_ratio_param": uni_ratio,
+            "final_budget_ratio": ratio["budget"],
+            "uniform": {
+                "slower": {
+                    "ratio_param": r_slow,
+                    "measured_ratio": ratio["uniform_slower"],
+                    "kept_importance": kept_importance(analysis.groups, scores, p_slow),
+                    "flops_kept": count_flops(slow, x) / dense_flops,
+                },
+                "faster": {
+                    "ratio_param": r_fast,
+                    "measured_ratio": ratio["uniform_faster"],
+                    "kept_importance": kept_importance(analysis.groups, scores, p_fast),
+                    "flops_kept": count_flops(fast, x) / dense_flops,
+                },
+            },
             "budget_kept_importance": res.kept_importance,
-            "uniform_kept_importance": kept_importance(analysis.groups, scores, uni_plan),
             "budget_flops_kept": count_flops(hal, x) / dense_flops,
-            "uniform_flops_kept": count_flops(uni, x) / dense_flops,
             "conditions": m["dense"].conditions(),
         }
+        u = row["uniform"]
+        log(
+            f"{name} budget {budget}: planner measured {res.measured_ratio:.3f} (within {res.within:.1%}); "
+            f"re-measured: budget plan {ratio['budget']:.3f} keeps importance {res.kept_importance:.3f}, "
+            f"FLOPs {row['budget_flops_kept']:.3f}; "
+            f"uniform r={r_slow:.3f}: {u['slower']['measured_ratio']:.3f}, "
+            f"{u['slower']['kept_importance']:.3f}, {u['slower']['flops_kept']:.3f}; uniform r={r_fast:.3f}: "
+            f"{u['faster']['measured_ratio']:.3f}, {u['faster']['kept_importance']:.3f}, "
+            f"{u['faster']['flops_kept']:.3f}"
+        )
         out["budgets"].append(row)
         log(
             f"{name} budget {budget}: planner measured {res.measured_ratio:.3f} (within {res.within:.1%}); "
@@ -305,14 +318,28 @@ def render_markdown(record: dict[str, Any]) -> str:
                     f"{b['budget']:g}x",
                     f"{b['planner_measured_ratio']:.3f}",
                     f"{b['within']:.1%}",
+                    "budget planner",
                     f"{b['final_budget_ratio']:.3f}",
-                    f"{b['final_uniform_ratio']:.3f}",
-                    f"{b['budget_kept_importance']:.3f}",
-                    f"{b['uniform_kept_importance']:.3f}",
+                    f"**{b['budget_kept_importance']:.3f}**",
                     f"{b['budget_flops_kept']:.3f}",
-                    f"{b['uniform_flops_kept']:.3f}",
                 ]
             )
+            for side in ("slower", "faster"):
+                u = b["uniform"][side]
+                rows.append(
+                    [
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        f"uniform ratio {u['ratio_param']:.3f}",
+                        f"{u['measured_ratio']:.3f}",
+                        f"{u['kept_importance']:.3f}",
+                        f"{u['flops_kept']:.3f}",
+                    ]
+                )
     if rows:
         out.append(
             _md_table(
@@ -323,12 +350,10 @@ def render_markdown(record: dict[str, Any]) -> str:
                     "budget",
                     "planner measured",
                     "off by",
-                    "re-measured: budget plan",
-                    "uniform",
-                    "kept importance: budget plan",
-                    "uniform",
-                    "FLOPs kept: budget plan",
-                    "uniform",
+                    "plan",
+                    "latency / dense",
+                    "kept importance",
+                    "FLOPs kept",
                 ],
                 rows,
             )
