@@ -26,6 +26,8 @@ examples:
   fxprune analyze torchvision:resnet50               show the coupled channel groups of a model
   fxprune prune torchvision:resnet50 --target-flops 0.5 --out resnet50-slim.pt --report report/
   fxprune prune yolov8n.yaml --ratio 0.3 --input 1,3,640,640
+  fxprune prune torchvision:resnet50 --target-latency 0.5x --backend ort,openvino
+  fxprune bench torchvision:resnet50 --backend ort,openvino --target-flops 0.25 --sweep --report out/
 
 model SPEC forms:
   cifar_resnet56 | fxprune:cifar_resnet56   a built-in model (fxprune.models.list_models())

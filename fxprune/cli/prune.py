@@ -32,14 +32,18 @@ from .deploy_steps import backend_latency, deploy_sections, plan_latency_budget,
 _PRUNE_EPILOG = """\
 The amount to prune is given by one of --ratio (fraction of channels removed per group),
 --target-flops or --target-params (fraction of the dense model's FLOPs/parameters to keep; the ratio is
-found by bisection). Default: --ratio 0.5. The slim model is verified against the dense model with the
-removed channels masked; a mismatch exits with status 2.
+found by bisection) or --target-latency (0.5x of the dense latency, or 12ms, on the first --backend,
+default ort: planned with a per-layer latency table cached in ~/.cache/fxprune/lut and checked by
+measurement). Default: --ratio 0.5. The slim model is verified against the dense model with the
+removed channels masked; a mismatch exits with status 2. --backend ort,openvino adds latency rows
+measured on those runtimes (default: torch CPU eager).
 
 examples:
   fxprune prune cifar_resnet56 --ratio 0.5
   fxprune prune torchvision:resnet50 --target-flops 0.5 --round-to 8 --out resnet50-slim.pt
   fxprune prune torchvision:resnet18 --ratio 0.4 --ratio-for 'layer4.*=0.2' --ignore fc --report out/
   fxprune prune yolov8n.yaml --ratio 0.3 --global --no-latency
+  fxprune prune torchvision:resnet50 --target-latency 0.5x --backend ort,openvino --sweep --report out/
 
 Load a saved model back with fxprune.load(SPEC, "resnet50-slim.pt") in Python."""
 
