@@ -219,19 +219,12 @@ def part_budget(name: str, args) -> dict[str, Any]:
             f"{name} budget {budget}: planner measured {res.measured_ratio:.3f} (within {res.within:.1%}); "
             f"re-measured: budget plan {ratio['budget']:.3f} keeps importance {res.kept_importance:.3f}, "
             f"FLOPs {row['budget_flops_kept']:.3f}; "
-            f"uniform r={r_slow:.3f}: {u['slower']['measured_ratio']:.3f}, "
-            f"{u['slower']['kept_importance']:.3f}, {u['slower']['flops_kept']:.3f}; uniform r={r_fast:.3f}: "
+            f"uniform r={r_slow:.4f}: {u['slower']['measured_ratio']:.3f}, "
+            f"{u['slower']['kept_importance']:.3f}, {u['slower']['flops_kept']:.3f}; uniform r={r_fast:.4f}: "
             f"{u['faster']['measured_ratio']:.3f}, {u['faster']['kept_importance']:.3f}, "
             f"{u['faster']['flops_kept']:.3f}"
         )
         out["budgets"].append(row)
-        log(
-            f"{name} budget {budget}: planner measured {res.measured_ratio:.3f} (within {res.within:.1%}); "
-            f"re-measured budget {row['final_budget_ratio']:.3f} "
-            f"vs uniform {row['final_uniform_ratio']:.3f}; "
-            f"kept importance {row['budget_kept_importance']:.3f} vs {row['uniform_kept_importance']:.3f}; "
-            f"FLOPs kept {row['budget_flops_kept']:.3f} vs {row['uniform_flops_kept']:.3f}"
-        )
     return out
 
 
@@ -334,7 +327,7 @@ def render_markdown(record: dict[str, Any]) -> str:
                         "",
                         "",
                         "",
-                        f"uniform ratio {u['ratio_param']:.3f}",
+                        f"uniform ratio {u['ratio_param']:.4f}",
                         f"{u['measured_ratio']:.3f}",
                         f"{u['kept_importance']:.3f}",
                         f"{u['flops_kept']:.3f}",
