@@ -7,6 +7,7 @@ Parts (``--parts``, default all):
   median of repetitions) on every ``--backends`` entry. Target: speed-up >= 0.8 x the FLOPs ratio.
 * ``sweep``: ResNet-50 and YOLOv8n pruned at ratios 0.05 .. 0.9 with the backend's default alignment
   (and ``--sweep-unaligned`` adds round_to=1 for contrast), all timed in one run. Target: never slower.
+* ``export``: dense and pruned models exported to ONNX, checked, compared with torch on onnxruntime.
 * ``budget``: the latency-budget planner at ``--budgets`` (fractions of dense latency) against uniform
   per-group pruning whose estimated latency is the same, all three timed in one run. Targets: measured
   latency within 10 % of the budget; more kept importance than uniform at the same latency.
@@ -228,7 +229,27 @@ def part_budget(name: str, args) -> dict[str, Any]:
     return out
 
 
-PARTS = {"flops": part_flops, "sweep": part_sweep, "budget": part_budget}
+def part_export(name: str, args) -> dict[str, Any]:
+    import tempfile
+
+    from deploy import export_onnx
+
+    model, x = build(name)
+    pruned = copy.deepcopy(model)
+    fxprune.prune(pruned, x, 0.4, round_to=default_round_to(args.backends[0]))
+    out: dict[str, Any] = {"model": name, "input": list(x.shape), "exports": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, m in (("dense", model), ("pruned 0.4", pruned)):
+            res = export_onnx(m, x, Path(tmp) / "m.onnx")
+            out["exports"][label] = {k: v for k, v in res.as_dict().items() if k != "path"}
+            log(
+                f"{name} {label}: checker ok, {res.outputs} outputs, max abs {res.max_abs_error:.2e}, "
+                f"max rel {res.max_rel_error:.2e}"
+            )
+    return out
+
+
+PARTS = {"flops": part_flops, "sweep": part_sweep, "budget": part_budget, "export": part_export}
 
 
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -241,6 +262,22 @@ def render_markdown(record: dict[str, Any]) -> str:
     """The tables of ``RESULTS.md`` from a results JSON."""
     res = record["results"]
     out = []
+    rows = []
+    for key, r in res.items():
+        if key.startswith("export/"):
+            for label, e in r["exports"].items():
+                rows.append(
+                    [
+                        r["model"],
+                        "x".join(map(str, r["input"])),
+                        label,
+                        e["outputs"],
+                        f"{e['max_abs_error']:.1e}",
+                        f"{e['max_rel_error']:.1e}",
+                    ]
+                )
+    if rows:
+        out.append(_md_table(["model", "input", "model", "outputs", "max abs error", "max rel error"], rows))
     rows = []
     for key, r in res.items():
         if not key.startswith("flops/"):
