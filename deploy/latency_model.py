@@ -112,8 +112,8 @@ class LatencyModel:
     (activations, additions, pooling) are assumed to scale like the layers around them.
     """
 
-    def __init__(self, layers: list[LayerUse], widths: dict[int, int]) -> None:
-        self.layers, self.widths = layers, widths
+    def __init__(self, layers: list[LayerUse]) -> None:
+        self.layers = layers
         self.by_group: dict[int, list[int]] = {}
         for i, layer in enumerate(layers):
             for gid in {layer.in_group, layer.out_group} - {None}:
@@ -181,7 +181,7 @@ class LatencyModel:
         table.ensure(todo, progress=progress)
         for layer in layers:
             layer.costs = _costs(layer, table)
-        return cls(layers, {g.id: g.width for g in analysis.groups})
+        return cls(layers)
 
     def channels(self, layer: LayerUse, counts: dict[int, int]) -> tuple[int, int]:
         """Input and output channels of ``layer`` once ``counts`` atoms are removed from each group."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -160,7 +160,3 @@ class LatencyTable:
     def as_dict(self) -> dict:
         return {"conditions": self.conditions, "path": str(self.path), "entries": len(self.entries)}
 
-
-def shape_dict(shape: LayerShape) -> dict:
-    """Plain dict of a shape (for reports)."""
-    return asdict(shape)
