@@ -80,7 +80,9 @@ def part_flops(name: str, args) -> dict[str, Any]:
     for backend in args.backends:
         rt = args.round_to or default_round_to(backend, args.precision)
         pruned = copy.deepcopy(model)
-        report = fxprune.prune(pruned, x, target_flops=target, round_to=rt)
+        report = fxprune.prune(
+            pruned, x, target_flops=target, round_to=rt, global_ranking=args.global_ranking
+        )
         res = measure_latency(
             {"dense": model, "pruned": pruned},
             x,
@@ -285,7 +287,7 @@ def render_markdown(record: dict[str, Any]) -> str:
         for backend, b in r["backends"].items():
             rows.append(
                 [
-                    r["model"],
+                    r["model"] + (" (global ranking)" if r.get("global_ranking") else ""),
                     backend,
                     b["round_to"],
                     f"{1 / r['target_flops']:.0f}x" if r["target_flops"] else "",
@@ -398,6 +400,7 @@ def main() -> int:
     p.add_argument("--backends", default="ort,openvino")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--round-to", type=int, help="flops part: alignment (default: the backend's)")
+    p.add_argument("--global-ranking", action="store_true", help="flops part: rank channels across groups")
     p.add_argument("--precision", default="fp32", help="flops part: fp32, fp16 (GPU backends), bf16")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--budget-s", type=float, default=8.0, help="seconds of timing per measurement")
@@ -431,6 +434,8 @@ def main() -> int:
             result["command"] = record["command"]
             result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             suffix = f"/round_to={args.round_to}" if args.round_to and part == "flops" else ""
+            if args.global_ranking and part == "flops":
+                suffix += "/global"
             if part != "flops" and args.backends[0] != "ort":
                 suffix += f"/{args.backends[0]}"
             record["results"][f"{part}/{name}{suffix}"] = result
