@@ -75,6 +75,7 @@ def part_flops(name: str, args) -> dict[str, Any]:
         "model": name,
         "target_flops": target,
         "expected_speedup": expected,
+        "global_ranking": args.global_ranking,
         "backends": {},
     }
     for backend in args.backends:
