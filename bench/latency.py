@@ -280,7 +280,9 @@ def render_markdown(record: dict[str, Any]) -> str:
                     ]
                 )
     if rows:
-        out.append(_md_table(["model", "input", "model", "outputs", "max abs error", "max rel error"], rows))
+        out.append(
+            _md_table(["model", "input", "variant", "outputs", "max abs error", "max rel error"], rows)
+        )
     rows = []
     for key, r in res.items():
         if not key.startswith("flops/"):
@@ -359,6 +361,7 @@ def render_markdown(record: dict[str, Any]) -> str:
             )
             for side in ("slower", "faster"):
                 u = b["uniform"][side]
+                label = f"uniform {u['ratio_param']:.4f} (next {side} step)"
                 rows.append(
                     [
                         "",
@@ -367,7 +370,7 @@ def render_markdown(record: dict[str, Any]) -> str:
                         "",
                         "",
                         "",
-                        f"uniform ratio {u['ratio_param']:.4f}",
+                        label,
                         f"{u['measured_ratio']:.3f}",
                         f"{u['kept_importance']:.3f}",
                         f"{u['flops_kept']:.3f}",
