@@ -255,6 +255,15 @@ def part_export(name: str, args) -> dict[str, Any]:
 PARTS = {"flops": part_flops, "sweep": part_sweep, "budget": part_budget, "export": part_export}
 
 
+FLOPS_COLUMNS = (
+    "model|backend|round_to|FLOPs target|FLOPs x|params x|dense ms|pruned ms|speed-up|"
+    "speed-up / FLOPs x|rounds x calls"
+).split("|")
+BUDGET_COLUMNS = (
+    "model|backend|round_to|budget|planner measured|off by|plan|latency / dense|kept importance|FLOPs kept"
+).split("|")
+
+
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -304,24 +313,7 @@ def render_markdown(record: dict[str, Any]) -> str:
                 ]
             )
     if rows:
-        out.append(
-            _md_table(
-                [
-                    "model",
-                    "backend",
-                    "round_to",
-                    "FLOPs target",
-                    "FLOPs x",
-                    "params x",
-                    "dense ms",
-                    "pruned ms",
-                    "speed-up",
-                    "speed-up / FLOPs x",
-                    "rounds x calls",
-                ],
-                rows,
-            )
-        )
+        out.append(_md_table(FLOPS_COLUMNS, rows))
     for key, r in res.items():
         if not key.startswith("sweep/"):
             continue
@@ -377,23 +369,7 @@ def render_markdown(record: dict[str, Any]) -> str:
                     ]
                 )
     if rows:
-        out.append(
-            _md_table(
-                [
-                    "model",
-                    "backend",
-                    "round_to",
-                    "budget",
-                    "planner measured",
-                    "off by",
-                    "plan",
-                    "latency / dense",
-                    "kept importance",
-                    "FLOPs kept",
-                ],
-                rows,
-            )
-        )
+        out.append(_md_table(BUDGET_COLUMNS, rows))
     return "\n".join(out)
 
 

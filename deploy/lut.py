@@ -159,4 +159,3 @@ class LatencyTable:
 
     def as_dict(self) -> dict:
         return {"conditions": self.conditions, "path": str(self.path), "entries": len(self.entries)}
-
