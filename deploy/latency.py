@@ -124,6 +124,7 @@ def measure_latency(
     device_index: int = 0,
     cuda_graphs: bool = True,
     workdir: str | Path | None = None,
+    inputs_of: Mapping[str, Any] | None = None,
 ) -> dict[str, Measurement]:
     """Time every source (``nn.Module`` or ONNX path) on ``backend``, interleaved.
 
@@ -131,6 +132,7 @@ def measure_latency(
     round) after ``warmup`` calls each, so all models see the same machine noise; compare them with
     :func:`speedup`. ``iters=None`` picks a count that fits about ``budget_s`` seconds of timing.
     ``threads`` is the CPU runtime's intra-op thread count (reported with every result).
+    ``inputs_of`` gives some sources their own inputs (e.g. layers of different shapes timed together).
     """
     if not sources:
         raise ValueError("measure_latency needs at least one model")
@@ -146,8 +148,9 @@ def measure_latency(
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         try:
             for name, source in sources.items():
-                loaded = _prepare(be, name, source, inputs, settings, Path(tmp))
-                runners[name] = be.load(loaded, inputs, settings)
+                own = _inputs(inputs_of[name]) if inputs_of and name in inputs_of else inputs
+                loaded = _prepare(be, name, source, own, settings, Path(tmp))
+                runners[name] = be.load(loaded, own, settings)
             for r in runners.values():
                 for _ in range(warmup):
                     r()

@@ -60,7 +60,7 @@ def _grid(size: int, q: int, prunable: bool) -> np.ndarray:
     if not prunable:
         return np.array([0, size])
     pts = {min(size, max(q, int(math.ceil(f * size / q)) * q)) for f in FRACTIONS}
-    return np.array([0, *sorted(pts | {size})])
+    return np.array([0, *sorted(pts | {size, min(q, size)})])  # the narrowest aligned width is measured
 
 
 def _record_calls(model: nn.Module, example_inputs: Any) -> list[tuple[str, nn.Module, tuple[int, ...]]]:

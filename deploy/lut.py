@@ -1,8 +1,10 @@
 """Per-layer latency lookup table for one backend, cached on disk.
 
 A key describes one conv or linear layer completely (channels, kernel, stride, padding, dilation, groups,
-input size, batch); its value is the layer's median latency in ms when run alone on the backend, minus
-the backend's per-call overhead (the latency of a trivial layer).
+input size, batch); its value is the layer's latency in ms on the backend, minus the backend's per-call
+overhead (the latency of a trivial layer). Each layer is timed interleaved with a fixed reference layer
+and stored as ratio x the reference's latency, so a burst of load on a shared machine during one
+measurement does not distort the table.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class LayerShape:
 
 
 _OVERHEAD = LayerShape("conv", 8, 8, 1, 1)
+_REFERENCE = LayerShape("conv", 32, 32, 28, 28, kernel=(3, 3), padding=(1, 1))
 
 
 def default_table_path(backend: str, precision: str, threads: int) -> Path:
@@ -124,37 +127,50 @@ class LatencyTable:
 
     def overhead(self) -> float:
         """Latency of a trivial layer: the per-call cost every standalone measurement includes."""
-        self.ensure([_OVERHEAD], subtract=False)
+        if _OVERHEAD.key not in self.entries:
+            self.entries[_OVERHEAD.key] = self._alone(_OVERHEAD)
         return self.entries[_OVERHEAD.key]
 
     def __getitem__(self, shape: LayerShape) -> float:
         return max(self.entries[shape.key] - self.entries.get(_OVERHEAD.key, 0.0), 0.0)
 
-    def ensure(self, shapes: Iterable[LayerShape], *, subtract: bool = True, progress=None) -> int:
-        """Measure every shape not in the table yet (then save); returns how many were measured."""
+    def _measure(self, sources: dict, x, inputs_of=None, repeats: int | None = None):
         from .latency import measure_latency
 
-        if subtract and _OVERHEAD.key not in self.entries:
-            self.overhead()
+        return measure_latency(
+            sources,
+            x,
+            self.backend,
+            precision=self.precision,
+            threads=self.threads,
+            warmup=2,
+            repeats=repeats or self.repeats,
+            budget_s=self.budget_s,
+            inputs_of=inputs_of,
+        )
+
+    def _alone(self, shape: LayerShape) -> float:
+        """Fastest of three separate measurements (the least disturbed by other load)."""
+        module, x = shape.build()
+        return min(self._measure({"layer": module}, x)["layer"].median_ms for _ in range(3))
+
+    def ensure(self, shapes: Iterable[LayerShape], *, progress=None) -> int:
+        """Measure every shape not in the table yet (then save); returns how many were measured."""
+        from .latency import speedup
+
+        self.overhead()
+        if _REFERENCE.key not in self.entries:
+            self.entries[_REFERENCE.key] = self._alone(_REFERENCE)
+        ref_module, ref_x = _REFERENCE.build()
         todo = list({s.key: s for s in shapes if s.key not in self.entries}.values())
         for i, shape in enumerate(todo):
             module, x = shape.build()
-            res = measure_latency(
-                {"layer": module},
-                x,
-                self.backend,
-                precision=self.precision,
-                threads=self.threads,
-                warmup=2,
-                repeats=self.repeats,
-                budget_s=self.budget_s,
-            )["layer"]
-            self.entries[shape.key] = res.median_ms
+            res = self._measure({"layer": module, "ref": ref_module}, x, {"ref": ref_x})
+            self.entries[shape.key] = self.entries[_REFERENCE.key] / speedup(res["ref"], res["layer"])
             self.measured += 1
             if progress is not None:
                 progress(i + 1, len(todo))
-        if todo:
-            self.save()
+        self.save()
         return len(todo)
 
     def as_dict(self) -> dict:

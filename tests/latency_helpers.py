@@ -25,7 +25,7 @@ def analytic_ms(shape: LayerShape) -> float:
 class AnalyticTable(LatencyTable):
     """``LatencyTable`` whose missing entries come from :func:`analytic_ms`."""
 
-    def ensure(self, shapes, *, subtract=True, progress=None) -> int:
+    def ensure(self, shapes, *, progress=None) -> int:
         todo = [s for s in shapes if s.key not in self.entries]
         for s in todo:
             self.entries[s.key] = analytic_ms(s)
