@@ -180,21 +180,39 @@ def prune(
     ratios: dict[str, float] | None = None,
     ignore=(),
     leaf_modules=(),
-    round_to: int = 1,
+    round_to: int | None = None,
     min_width: int = 1,
     global_ranking: bool = False,
     target_flops: float | None = None,
     target_params: float | None = None,
+    target_latency: float | str | None = None,
+    backend: str = "ort",
     verify: bool = True,
     tol: float = 1e-4,
 ) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport`.
 
     ``ratio`` is the fraction of channels removed from every group; ``target_flops``/``target_params``
-    (fractions of the dense model, e.g. 0.5) choose the ratio instead. The slim model is checked against
+    (fractions of the dense model, e.g. 0.5) choose the ratio instead. ``target_latency`` (``"0.5x"`` of the
+    dense latency or ``"12ms"``) plans for a latency budget on ``backend`` (``deploy.plan_for_latency``;
+    ``round_to`` then defaults to the backend's alignment, else to 1). The slim model is checked against
     the original with the removed channels masked out (``verify``; relative tolerance ``tol``).
     """
     analysis = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules)
+    if target_latency is not None:
+        from deploy.budget import plan_for_latency
+
+        plan = plan_for_latency(
+            analysis,
+            example_inputs,
+            target_latency,
+            backend,
+            importance=importance,
+            round_to=round_to,
+            min_width=min_width,
+        ).plan
+        return apply_plan(analysis, plan, example_inputs, verify=verify, tol=tol)
+    round_to = 1 if round_to is None else round_to
     plan_kw = dict(
         importance=importance,
         ratios=ratios,

@@ -1,5 +1,5 @@
 """Pruning plans: which atoms of which groups to remove."""
 
-from .planner import Plan, make_plan
+from .planner import Plan, make_plan, plan_from_counts
 
-__all__ = ["Plan", "make_plan"]
+__all__ = ["Plan", "make_plan", "plan_from_counts"]

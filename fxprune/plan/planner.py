@@ -10,7 +10,7 @@ import numpy as np
 
 from ..groups.analysis import Group
 
-__all__ = ["Plan", "make_plan", "group_ratio"]
+__all__ = ["Plan", "group_ratio", "make_plan", "plan_from_counts"]
 
 
 @dataclass
@@ -130,6 +130,32 @@ def make_plan(
         keep = _keep_count(g, _ratio_count(g, r), round_to, min_width)
         n = min(g.width - keep, g.prunable)
         chosen = _keep_one_per_layer(g, scores[g.id], _choose(g, scores[g.id], n))
+        if len(chosen):
+            plan.remove[g.id] = chosen
+    return plan
+
+
+def plan_from_counts(
+    groups: list[Group],
+    scores: dict[int, np.ndarray],
+    counts: dict[int, int],
+    round_to: int = 1,
+    min_width: int = 1,
+) -> Plan:
+    """A plan removing ``counts[group id]`` atoms (lowest scores first) from each group.
+
+    Minimum width, ``round_to`` and chunk constraints are honoured as in :func:`make_plan`; a layer
+    never loses all its channels.
+    """
+    plan = Plan()
+    for g in groups:
+        n = counts.get(g.id, 0)
+        if n <= 0 or g.prunable == 0:
+            continue
+        keep = _keep_count(g, n, round_to, min_width)
+        chosen = _keep_one_per_layer(
+            g, scores[g.id], _choose(g, scores[g.id], min(g.width - keep, g.prunable))
+        )
         if len(chosen):
             plan.remove[g.id] = chosen
     return plan

@@ -54,6 +54,27 @@ def write_markdown_report(
     return out
 
 
+def new_axes(figsize: tuple[float, float]):
+    """A matplotlib figure (Agg canvas, no display needed) with one axes: ``(fig, ax)``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def save_png(fig, ax, path: str | os.PathLike[str], title: str) -> Path:
+    """Title, legend and tight layout, then save ``fig`` as a PNG at ``path`` (folders created)."""
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
 def plot_group_widths(
     widths_before: Sequence[int],
     widths_after: Sequence[int],
@@ -63,25 +84,14 @@ def plot_group_widths(
     title: str = "Channel group widths",
 ) -> Path:
     """Save a PNG bar chart comparing each channel group's width before and after pruning."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if not len(widths_before) == len(widths_after) == len(labels):
         raise ValueError("widths_before, widths_after and labels must have the same length")
     n = len(labels)
-    fig = Figure(figsize=(min(max(6.0, 0.35 * n + 2.0), 40.0), 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_axes((min(max(6.0, 0.35 * n + 2.0), 40.0), 4.5))
     xs = list(range(n))
     ax.bar([x - 0.2 for x in xs], widths_before, width=0.4, label="before", color="#9bb7d4")
     ax.bar([x + 0.2 for x in xs], widths_after, width=0.4, label="after", color="#1f5f99")
     ax.set_xticks(xs)
     ax.set_xticklabels(list(labels), rotation=90, fontsize=7 if n > 20 else 9)
     ax.set_ylabel("channels")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    return save_png(fig, ax, path, title)

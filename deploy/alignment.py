@@ -1,0 +1,51 @@
+"""Channel alignment: the ``round_to`` each backend wants, and a check that pruning never slows a model down.
+
+Runtimes pad channel counts to their vector or tensor-core width (NCHWc blocks of 8 floats on AVX2 and
+16 on AVX-512 CPUs, multiples of 8 for FP16 and 32 for INT8 tensor cores), so a layer whose width is just
+above a multiple costs as much as the next multiple; removing a few channels can even be slower than
+dense when it breaks an aligned layout.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+__all__ = ["cpu_vector_width", "default_round_to"]
+
+_GPU_ROUND_TO = {"fp32": 8, "tf32": 8, "fp16": 8, "bf16": 8, "int8": 32}
+_CPU_BACKENDS = ("ort", "openvino")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_vector_width() -> int:
+    """fp32 lanes of the widest SIMD unit: 16 with AVX-512, 8 with AVX2, else 4 (SSE, NEON)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 8
+    if " avx512f" in flags:
+        return 16
+    if " avx2" in flags:
+        return 8
+    return 4
+
+
+def default_round_to(backend: str, precision: str = "fp32", device: str | None = None) -> int:
+    """Default ``round_to`` for ``backend`` and ``precision``.
+
+    GPU backends (``trt``, ``trtexec``, ``ort-cuda``, torch on CUDA): 8 for fp32/fp16/bf16, 32 for int8.
+    CPU backends: the fp32 vector width (16 with AVX-512, 8 with AVX2), 2x that for bf16, 4x for int8.
+    """
+    from .backends import get_backend
+
+    be = get_backend(backend)
+    dev = device or be.device
+    if dev == "cuda":
+        if precision not in _GPU_ROUND_TO:
+            raise ValueError(
+                f"no alignment rule for precision {precision!r}; known: {', '.join(_GPU_ROUND_TO)}"
+            )
+        return _GPU_ROUND_TO[precision]
+    lanes = cpu_vector_width()
+    return {"fp32": lanes, "bf16": 2 * lanes, "fp16": 2 * lanes, "int8": 4 * lanes}.get(precision, lanes)

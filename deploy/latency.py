@@ -1,0 +1,204 @@
+"""Measure several models on one backend, interleaved, and report latency with its conditions."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fxprune.capture import as_args_kwargs
+from fxprune.measure.latency import _percentile
+
+from .backends import Backend, Settings, get_backend
+from .backends.base import Runner
+from .onnx_export import export_onnx
+
+__all__ = ["Measurement", "measure_latency", "speedup"]
+
+Source = nn.Module | str | Path
+
+
+@dataclass
+class Measurement:
+    """Latency of one model on one backend (milliseconds per call) and the conditions it was taken in."""
+
+    name: str
+    backend: str
+    precision: str
+    batch: int
+    threads: int
+    warmup: int
+    iters: int
+    repeats: int
+    device: str
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    repeat_medians: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        """Items (batch elements) per second at the median latency."""
+        return self.batch * 1000.0 / self.median_ms
+
+    def conditions(self) -> str:
+        """One line: backend, precision, batch, threads, warm-up, iterations, device."""
+        return (
+            f"{self.backend} {self.precision}, batch {self.batch}, {self.threads} thread(s), warm-up "
+            f"{self.warmup}, {self.repeats}x{self.iters} timed calls interleaved, {self.device}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["throughput"] = self.throughput
+        return d
+
+
+def speedup(dense: Measurement, pruned: Measurement) -> float:
+    """``dense / pruned`` latency: the median of the per-repetition ratios (robust to drifting load)."""
+    pairs = list(zip(dense.repeat_medians, pruned.repeat_medians))
+    if not pairs:
+        return dense.median_ms / pruned.median_ms
+    return statistics.median(a / b for a, b in pairs)
+
+
+def _inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    args, kwargs = as_args_kwargs(example_inputs)
+    if kwargs:
+        raise ValueError("latency backends need positional example inputs (a tensor or a tuple of tensors)")
+    return tuple(args)
+
+
+def _prepare(backend: Backend, name: str, source: Source, inputs: tuple, settings: Settings, tmp: Path):
+    """What the backend loads: the module itself, or an ONNX file (exported here when given a module)."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}")
+        if backend.needs_onnx and path.suffix != ".onnx":
+            raise ValueError(f"backend {backend.name!r} needs an ONNX file or a PyTorch model, got {path}")
+        return path
+    if not backend.needs_onnx:
+        return source
+    dtype = backend.export_dtype(settings.precision)
+    model, xs = source, inputs
+    if dtype != torch.float32:
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        model = copy.deepcopy(source).to(dev, dtype)
+        xs = tuple(t.to(dev, dtype) if t.is_floating_point() else t.to(dev) for t in inputs)
+    path = tmp / f"{name.replace('/', '_')}.onnx"
+    export_onnx(model, xs, path, parity=False)
+    return path
+
+
+def _auto_iters(runners: dict[str, Runner], repeats: int, budget_s: float) -> int:
+    per_call = 0.0
+    for r in runners.values():
+        start = time.perf_counter()
+        r()
+        per_call += time.perf_counter() - start
+    return max(3, min(100, int(budget_s / (repeats * max(per_call, 1e-6)))))
+
+
+def measure_latency(
+    sources: Mapping[str, Source],
+    example_inputs: Any,
+    backend: str | Backend = "ort",
+    *,
+    precision: str = "fp32",
+    threads: int = 1,
+    warmup: int = 5,
+    iters: int | None = None,
+    repeats: int = 5,
+    budget_s: float = 10.0,
+    device_index: int = 0,
+    cuda_graphs: bool = True,
+    workdir: str | Path | None = None,
+    inputs_of: Mapping[str, Any] | None = None,
+) -> dict[str, Measurement]:
+    """Time every source (``nn.Module`` or ONNX path) on ``backend``, interleaved.
+
+    Each of ``repeats`` rounds runs ``iters`` timed calls of every model in turn (order rotated per
+    round) after ``warmup`` calls each, so all models see the same machine noise; compare them with
+    :func:`speedup`. ``iters=None`` picks a count that fits about ``budget_s`` seconds of timing.
+    ``threads`` is the CPU runtime's intra-op thread count (reported with every result).
+    ``inputs_of`` gives some sources their own inputs (e.g. layers of different shapes timed together).
+    """
+    if not sources:
+        raise ValueError("measure_latency needs at least one model")
+    if repeats < 1 or warmup < 0 or (iters is not None and iters < 1):
+        raise ValueError("repeats and iters must be >= 1 and warmup >= 0")
+    be = get_backend(backend)
+    settings = Settings(precision, threads, device_index, cuda_graphs)
+    be.validate(settings)
+    be.check()
+    inputs = _inputs(example_inputs)
+    batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1
+    runners: dict[str, Runner] = {}
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        try:
+            for name, source in sources.items():
+                own = _inputs(inputs_of[name]) if inputs_of and name in inputs_of else inputs
+                loaded = _prepare(be, name, source, own, settings, Path(tmp))
+                runners[name] = be.load(loaded, own, settings)
+            for r in runners.values():
+                for _ in range(warmup):
+                    r()
+            n = iters if iters is not None else _auto_iters(runners, repeats, budget_s)
+            samples, medians = _timed_rounds(runners, n, repeats)
+        finally:
+            for r in runners.values():
+                r.close()
+    out = {}
+    for name, r in runners.items():
+        values = sorted(samples[name])
+        notes = [f"CUDA graph capture failed: {r.graph_error}"] if getattr(r, "graph_error", None) else []
+        if getattr(r, "graph", None) is not None:
+            notes.append("CUDA graph replay")
+        out[name] = Measurement(
+            name,
+            be.name,
+            precision,
+            batch,
+            threads,
+            warmup,
+            n,
+            repeats,
+            r.device_name,
+            statistics.median(values),
+            _percentile(values, 90.0),
+            statistics.fmean(values),
+            medians[name],
+            notes,
+        )
+    return out
+
+
+def _timed_rounds(runners: dict[str, Runner], iters: int, repeats: int):
+    names = list(runners)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    medians: dict[str, list[float]] = {n: [] for n in names}
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for rep in range(repeats):
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
+                t = runners[name].time(iters)
+                samples[name] += t
+                medians[name].append(statistics.median(t))
+    finally:
+        if was_enabled:
+            gc.enable()
+    return samples, medians

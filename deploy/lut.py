@@ -1,0 +1,177 @@
+"""Per-layer latency lookup table for one backend, cached on disk.
+
+A key describes one conv or linear layer completely (channels, kernel, stride, padding, dilation, groups,
+input size, batch); its value is the layer's latency in ms on the backend, minus the backend's per-call
+overhead (the latency of a trivial layer). Each layer is timed interleaved with a fixed reference layer
+and stored as ratio x the reference's latency, so a burst of load on a shared machine during one
+measurement does not distort the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .backends.base import cpu_name
+
+__all__ = ["LatencyTable", "LayerShape", "default_table_path"]
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """A conv (``kind="conv"``, input ``batch x cin x h x w``) or linear layer (input ``h x cin``)."""
+
+    kind: str
+    cin: int
+    cout: int
+    h: int
+    w: int = 1
+    batch: int = 1
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    bias: bool = True
+
+    @property
+    def key(self) -> str:
+        if self.kind == "linear":
+            return f"linear:{self.h}x{self.cin}->{self.cout}:b{int(self.bias)}"
+        k, s, p, d = (f"{a}x{b}" for a, b in (self.kernel, self.stride, self.padding, self.dilation))
+        return (
+            f"conv:{self.batch}x{self.cin}x{self.h}x{self.w}->{self.cout}:k{k}:s{s}:p{p}:d{d}"
+            f":g{self.groups}:b{int(self.bias)}"
+        )
+
+    def with_channels(self, cin: int, cout: int) -> LayerShape:
+        """The same layer with other channel counts (a depthwise conv keeps groups == channels)."""
+        groups = cin if self.depthwise else self.groups
+        return replace(self, cin=cin, cout=cout, groups=groups)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.cin == self.cout
+
+    def build(self) -> tuple[nn.Module, torch.Tensor]:
+        """The layer with random weights and a random input."""
+        if self.kind == "linear":
+            return nn.Linear(self.cin, self.cout, bias=self.bias).eval(), torch.randn(self.h, self.cin)
+        conv = nn.Conv2d(
+            self.cin, self.cout, self.kernel, self.stride, self.padding, self.dilation, self.groups, self.bias
+        )
+        return conv.eval(), torch.randn(self.batch, self.cin, self.h, self.w)
+
+
+_OVERHEAD = LayerShape("conv", 8, 8, 1, 1)
+_REFERENCE = LayerShape("conv", 32, 32, 28, 28, kernel=(3, 3), padding=(1, 1))
+
+
+def default_table_path(backend: str, precision: str, threads: int) -> Path:
+    """``$FXPRUNE_CACHE/lut/<backend>-<precision>-<threads>t-<device>.json`` (``~/.cache/fxprune``)."""
+    root = Path(os.environ.get("FXPRUNE_CACHE", Path.home() / ".cache" / "fxprune"))
+    device = "".join(c if c.isalnum() else "-" for c in cpu_name()).strip("-")[:40]
+    return root / "lut" / f"{backend}-{precision}-{threads}t-{device}.json"
+
+
+class LatencyTable:
+    """Measured layer latencies (ms) for one backend, precision and thread count, kept in a JSON file."""
+
+    def __init__(
+        self,
+        backend: str = "ort",
+        precision: str = "fp32",
+        threads: int = 1,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        repeats: int = 3,
+        budget_s: float = 0.15,
+    ) -> None:
+        self.backend, self.precision, self.threads = backend, precision, threads
+        self.path = Path(path) if path is not None else default_table_path(backend, precision, threads)
+        self.repeats, self.budget_s = repeats, budget_s
+        self.entries: dict[str, float] = {}
+        self.measured = 0
+        self.load()
+
+    def load(self) -> None:
+        """Read the cache file if it exists and matches the backend conditions."""
+        if not self.path.is_file():
+            return
+        data = json.loads(self.path.read_text())
+        if (data.get("backend"), data.get("precision"), data.get("threads")) == self.conditions:
+            self.entries.update({k: float(v) for k, v in data.get("entries", {}).items()})
+
+    def save(self) -> None:
+        """Write the table to its cache file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        backend, precision, threads = self.conditions
+        data = {"backend": backend, "precision": precision, "threads": threads, "device": cpu_name()}
+        data["entries"] = dict(sorted(self.entries.items()))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=0))
+        tmp.replace(self.path)
+
+    @property
+    def conditions(self) -> tuple[str, str, int]:
+        return self.backend, self.precision, self.threads
+
+    def __contains__(self, shape: LayerShape) -> bool:
+        return shape.key in self.entries
+
+    def overhead(self) -> float:
+        """Latency of a trivial layer: the per-call cost every standalone measurement includes."""
+        if _OVERHEAD.key not in self.entries:
+            self.entries[_OVERHEAD.key] = self._alone(_OVERHEAD)
+        return self.entries[_OVERHEAD.key]
+
+    def __getitem__(self, shape: LayerShape) -> float:
+        return max(self.entries[shape.key] - self.entries.get(_OVERHEAD.key, 0.0), 0.0)
+
+    def _measure(self, sources: dict, x, inputs_of=None, repeats: int | None = None):
+        from .latency import measure_latency
+
+        return measure_latency(
+            sources,
+            x,
+            self.backend,
+            precision=self.precision,
+            threads=self.threads,
+            warmup=2,
+            repeats=repeats or self.repeats,
+            budget_s=self.budget_s,
+            inputs_of=inputs_of,
+        )
+
+    def _alone(self, shape: LayerShape) -> float:
+        """Fastest of three separate measurements (the least disturbed by other load)."""
+        module, x = shape.build()
+        return min(self._measure({"layer": module}, x)["layer"].median_ms for _ in range(3))
+
+    def ensure(self, shapes: Iterable[LayerShape], *, progress=None) -> int:
+        """Measure every shape not in the table yet (then save); returns how many were measured."""
+        from .latency import speedup
+
+        self.overhead()
+        if _REFERENCE.key not in self.entries:
+            self.entries[_REFERENCE.key] = self._alone(_REFERENCE)
+        ref_module, ref_x = _REFERENCE.build()
+        todo = list({s.key: s for s in shapes if s.key not in self.entries}.values())
+        for i, shape in enumerate(todo):
+            module, x = shape.build()
+            res = self._measure({"layer": module, "ref": ref_module}, x, {"ref": ref_x})
+            self.entries[shape.key] = self.entries[_REFERENCE.key] / speedup(res["ref"], res["layer"])
+            self.measured += 1
+            if progress is not None:
+                progress(i + 1, len(todo))
+        self.save()
+        return len(todo)
+
+    def as_dict(self) -> dict:
+        return {"conditions": self.conditions, "path": str(self.path), "entries": len(self.entries)}

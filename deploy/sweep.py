@@ -1,0 +1,80 @@
+"""Latency against pruning ratio: dense and every pruned variant timed side by side on one backend."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+from fxprune.analysis import analyze
+from fxprune.measure import count_flops, count_params
+
+from .alignment import default_round_to
+from .budget import slim_copy
+from .latency import Measurement, measure_latency, speedup
+
+__all__ = ["SweepPoint", "latency_sweep", "slower_points"]
+
+DEFAULT_RATIOS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass
+class SweepPoint:
+    """One pruning ratio: size and FLOPs reductions, and the measured speed-up over dense."""
+
+    ratio: float
+    flops_ratio: float
+    params_ratio: float
+    speedup: float
+    dense_ms: float
+    pruned_ms: float
+    round_to: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def latency_sweep(
+    model: nn.Module,
+    example_inputs: Any,
+    ratios: tuple[float, ...] = DEFAULT_RATIOS,
+    backend: str = "ort",
+    *,
+    importance: Any = "l2",
+    round_to: int | None = None,
+    precision: str = "fp32",
+    **measure_kw: Any,
+) -> tuple[list[SweepPoint], Measurement]:
+    """Prune a copy of ``model`` at every ratio (``round_to`` defaults to the backend's alignment) and time
+    dense and all pruned copies interleaved in one run. Returns the points and the dense measurement."""
+    if round_to is None:
+        round_to = default_round_to(backend, precision)
+    analysis = analyze(copy.deepcopy(model), example_inputs)
+    dense = analysis.model.eval()
+    flops, params = count_flops(dense, example_inputs), count_params(dense)
+    variants: dict[str, nn.Module] = {"dense": dense}
+    for r in ratios:
+        variants[f"{r:g}"] = slim_copy(analysis, analysis.plan(r, importance=importance, round_to=round_to))
+    res = measure_latency(variants, example_inputs, backend, precision=precision, **measure_kw)
+    points = []
+    for r in ratios:
+        m = variants[f"{r:g}"]
+        points.append(
+            SweepPoint(
+                r,
+                flops / max(count_flops(m, example_inputs), 1),
+                params / max(count_params(m), 1),
+                speedup(res["dense"], res[f"{r:g}"]),
+                res["dense"].median_ms,
+                res[f"{r:g}"].median_ms,
+                round_to,
+            )
+        )
+    return points, res["dense"]
+
+
+def slower_points(points: list[SweepPoint], tolerance: float = 0.03) -> list[SweepPoint]:
+    """Sweep points whose pruned model is slower than dense by more than ``tolerance`` (noise margin)."""
+    return [p for p in points if p.speedup < 1.0 - tolerance]

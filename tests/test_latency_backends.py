@@ -1,0 +1,155 @@
+"""Latency backends: one interface, measured conditions, and clear errors for what is not installed."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import types
+from unittest import mock
+
+import pytest
+import torch
+
+from deploy import BackendUnavailable, Measurement, get_backend, list_backends, measure_latency, speedup
+from deploy.backends.base import Settings
+from fxprune.models import create_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return create_model("cifar_resnet20").eval(), torch.randn(1, 3, 32, 32)
+
+
+def test_registry_lists_every_backend():
+    assert {"ort", "openvino", "ort-cuda", "torch", "torch-compile", "trt", "trtexec"} <= set(list_backends())
+
+
+def test_unknown_backend_lists_known_ones():
+    with pytest.raises(ValueError, match="known backends: .*ort"):
+        get_backend("tflite")
+
+
+def test_ort_measurement_reports_its_conditions(tiny, single_thread):
+    pytest.importorskip("onnxruntime")
+    model, x = tiny
+    res = measure_latency({"a": model, "b": model}, x, "ort", threads=1, warmup=2, iters=5, repeats=3)
+    m = res["a"]
+    assert isinstance(m, Measurement)
+    assert (m.backend, m.precision, m.batch, m.threads, m.warmup, m.iters, m.repeats) == (
+        "ort",
+        "fp32",
+        1,
+        1,
+        2,
+        5,
+        3,
+    )
+    assert m.device and len(m.repeat_medians) == 3
+    assert 0 < m.median_ms <= m.p90_ms
+    assert m.throughput == pytest.approx(1000 / m.median_ms)
+    assert "ort fp32, batch 1, 1 thread(s)" in m.conditions()
+    assert 0.5 < speedup(res["a"], res["b"]) < 2.0  # the same model twice
+
+
+def test_onnx_file_source_and_auto_iterations(tiny, tmp_path, single_thread):
+    pytest.importorskip("onnxruntime")
+    from deploy import export_onnx
+
+    model, x = tiny
+    path = export_onnx(model, x, tmp_path / "m.onnx", parity=False).path
+    res = measure_latency({"file": path}, x, "ort", repeats=2, budget_s=0.2)
+    assert 3 <= res["file"].iters <= 100
+
+
+def test_openvino_backend(tiny, single_thread):
+    pytest.importorskip("openvino")
+    model, x = tiny
+    res = measure_latency({"m": model}, x, "openvino", threads=1, warmup=1, iters=3, repeats=2)
+    assert res["m"].backend == "openvino" and res["m"].median_ms > 0
+
+
+def test_torch_cpu_backend(tiny, single_thread):
+    model, x = tiny
+    res = measure_latency({"m": model}, x, get_backend("torch", device="cpu"), warmup=1, iters=3, repeats=2)
+    assert res["m"].backend == "torch" and res["m"].median_ms > 0
+
+
+def test_torch_backend_refuses_onnx_files(tiny, tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="runs PyTorch models"):
+        measure_latency({"m": path}, tiny[1], get_backend("torch", device="cpu"))
+
+
+def test_bad_precision_and_threads(tiny):
+    with pytest.raises(ValueError, match="supports precision fp32"):
+        measure_latency({"m": tiny[0]}, tiny[1], "ort", precision="fp16")
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        measure_latency({"m": tiny[0]}, tiny[1], "ort", threads=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_gpu_backends_without_gpu_say_why(tiny):
+    with pytest.raises(BackendUnavailable, match="NVIDIA GPU"):
+        measure_latency({"m": tiny[0]}, tiny[1], get_backend("torch", device="cuda"))
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
+            measure_latency({"m": tiny[0]}, tiny[1], "ort-cuda")
+
+
+def test_missing_tensorrt_says_how_to_install(tiny, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails even where it is installed
+    with pytest.raises(BackendUnavailable, match=r"pypi\.nvidia\.com"):
+        measure_latency({"m": tiny[0]}, tiny[1], "trt")
+
+
+@pytest.mark.skipif(shutil.which("trtexec") is not None, reason="trtexec is installed")
+def test_missing_trtexec(tiny):
+    with pytest.raises(BackendUnavailable, match="trtexec is not on PATH"):
+        measure_latency({"m": tiny[0]}, tiny[1], "trtexec")
+
+
+def _fake_tensorrt(version: str):
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.Logger = mock.MagicMock()
+    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16")
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    builder = mock.MagicMock()
+    builder.build_serialized_network.return_value = b"engine"
+    config = builder.create_builder_config.return_value
+    config.get_timing_cache.return_value.serialize.return_value = b"cache"
+    trt.Builder = mock.MagicMock(return_value=builder)
+    trt.OnnxParser = mock.MagicMock()
+    trt.OnnxParser.return_value.parse_from_file.return_value = True
+    return trt, builder, config
+
+
+@pytest.mark.parametrize("version", ["10.13.0", "11.4.0"])
+def test_tensorrt_builder_flags_per_version(version, tmp_path, monkeypatch):
+    from deploy.backends import tensorrt as trt_backend
+
+    trt, builder, config = _fake_tensorrt(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setenv("FXPRUNE_CACHE", str(tmp_path))
+    engine, strongly_typed = trt_backend.build_engine(tmp_path / "m.onnx", "fp16")
+    assert engine == b"engine"
+    assert (tmp_path / "tensorrt" / f"timing-{version}.cache").read_bytes() == b"cache"
+    backend = get_backend("trt")
+    if version.startswith("10"):
+        assert not strongly_typed
+        config.set_flag.assert_called_once_with("FP16")
+        builder.create_network.assert_called_once_with(0)
+        assert backend.export_dtype("fp16") == torch.float32
+    else:
+        assert strongly_typed  # 11.x: no FP16 flag, the ONNX graph itself is fp16
+        config.set_flag.assert_not_called()
+        assert backend.export_dtype("fp16") == torch.float16
+
+
+def test_settings_defaults():
+    s = Settings()
+    assert (s.precision, s.threads, s.cuda_graphs) == ("fp32", 1, True)

@@ -1,0 +1,158 @@
+"""Channel alignment, the layer latency table, the latency model and the latency-budget planner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from latency_helpers import AnalyticTable
+
+import fxprune
+from deploy.alignment import cpu_vector_width, default_round_to
+from deploy.budget import budget_plan, greedy_counts, kept_importance, parse_latency_target, plan_for_latency
+from deploy.latency_model import LatencyModel
+from deploy.lut import LatencyTable, LayerShape
+from deploy.sweep import SweepPoint, latency_sweep, slower_points
+from fxprune.models import create_model
+from fxprune.plan import plan_from_counts
+
+
+def test_default_round_to_per_backend_and_precision():
+    assert default_round_to("trt", "fp16") == 8
+    assert default_round_to("trt", "int8") == 32
+    assert default_round_to("ort-cuda", "fp32") == 8
+    lanes = cpu_vector_width()
+    assert lanes in (4, 8, 16)
+    assert default_round_to("ort") == lanes
+    assert default_round_to("openvino", "int8") == 4 * lanes
+    with pytest.raises(ValueError, match="no alignment rule"):
+        default_round_to("trt", "fp8")
+
+
+def test_slower_points_flags_only_real_slowdowns():
+    pts = [SweepPoint(r, 1.1, 1.1, s, 1.0, 1.0 / s, 8) for r, s in ((0.05, 0.99), (0.1, 0.9), (0.5, 2.0))]
+    assert [p.ratio for p in slower_points(pts)] == [0.1]
+
+
+def test_sweep_measures_dense_against_every_ratio(single_thread):
+    pytest.importorskip("onnxruntime")
+    model, x = create_model("cifar_resnet20").eval(), torch.randn(1, 3, 32, 32)
+    points, dense = latency_sweep(model, x, (0.3, 0.6), "ort", round_to=8, repeats=2, budget_s=0.5)
+    assert [p.ratio for p in points] == [0.3, 0.6]
+    assert all(p.round_to == 8 and p.speedup > 0 and p.flops_ratio >= 1 for p in points)
+    assert points[1].flops_ratio > points[0].flops_ratio
+    assert dense.backend == "ort"
+
+
+def test_layer_shape_keys_and_channels():
+    conv = LayerShape("conv", 16, 32, 8, 8, kernel=(3, 3), padding=(1, 1))
+    assert conv.key != conv.with_channels(16, 24).key
+    dw = LayerShape("conv", 32, 32, 8, 8, kernel=(3, 3), padding=(1, 1), groups=32)
+    assert dw.depthwise and dw.with_channels(16, 16).groups == 16
+    module, x = dw.with_channels(16, 16).build()
+    assert module(x).shape == (1, 16, 8, 8)
+    lin = LayerShape("linear", 64, 10, 1)
+    assert lin.build()[0](lin.build()[1]).shape == (1, 10)
+
+
+def test_latency_table_cache_round_trip(tmp_path, single_thread):
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "lut.json"
+    shapes = [LayerShape("conv", 8, 16, 8, 8, kernel=(3, 3), padding=(1, 1)), LayerShape("linear", 32, 8, 1)]
+    table = LatencyTable("ort", "fp32", 1, path, repeats=2, budget_s=0.02)
+    assert table.ensure(shapes) == 2 and path.is_file()
+    again = LatencyTable("ort", "fp32", 1, path)
+    assert again.ensure(shapes) == 0
+    assert again.entries == table.entries
+    assert all(again[s] >= 0 for s in shapes)
+    other = LatencyTable("ort", "fp32", 2, path)  # other conditions: the cached entries do not apply
+    assert not other.entries
+
+
+@pytest.fixture(scope="module")
+def resnet_model():
+    torch.manual_seed(0)
+    model, x = create_model("cifar_resnet20").eval(), torch.randn(1, 3, 32, 32)
+    analysis = fxprune.analyze(model, x)
+    lm = LatencyModel.build(analysis, x, AnalyticTable(path="/nonexistent/lut.json"), round_to=4)
+    return analysis, x, lm
+
+
+def test_latency_model_follows_group_widths(resnet_model):
+    analysis, _, lm = resnet_model
+    layers = (torch.nn.Conv2d, torch.nn.Linear)
+    assert len(lm.layers) == sum(isinstance(m, layers) for m in analysis.model.modules())
+    assert lm.ratio({}) == pytest.approx(1.0)
+    gid = next(g for g in lm.by_group if analysis.groups[g].prunable)
+    half = {gid: analysis.groups[gid].width // 2}
+    assert lm.ratio(half) < 1.0
+
+
+@pytest.mark.parametrize("target", [0.7, 0.5, 0.35])
+def test_greedy_budget_met_on_its_own_model_and_beats_uniform(resnet_model, target):
+    analysis, _, lm = resnet_model
+    scores = analysis.scores("l2")
+    plan = budget_plan(analysis.groups, scores, lm, target, round_to=4)
+    est = lm.ratio({g: len(i) for g, i in plan.remove.items()})
+    assert est <= target + 1e-9
+    assert est >= target * 0.85  # does not overshoot by much either
+    # uniform ratio pruning with (at least) the same estimated latency keeps less importance
+    uniform = None
+    for r in np.linspace(0.02, 0.95, 60):
+        p = analysis.plan(float(r), round_to=4)
+        if lm.ratio({g: len(i) for g, i in p.remove.items()}) <= est:
+            uniform = p
+            break
+    assert uniform is not None
+    assert kept_importance(analysis.groups, scores, plan) >= kept_importance(analysis.groups, scores, uniform)
+
+
+def test_greedy_counts_respect_caps(resnet_model):
+    analysis, _, lm = resnet_model
+    scores = analysis.scores("l2")
+    free = greedy_counts(analysis.groups, scores, lm, 0.5, round_to=4)
+    gid = max(free, key=free.get)
+    capped = greedy_counts(analysis.groups, scores, lm, 0.5, round_to=4, caps={gid: 4})
+    assert capped.get(gid, 0) <= 4
+
+
+def test_exact_layer_widths_for_partial_blocks(resnet_model):
+    analysis, _, lm = resnet_model
+    plan = plan_from_counts(analysis.groups, analysis.scores("l2"), {0: 8}, round_to=1)
+    slim = __import__("deploy.budget", fromlist=["slim_copy"]).slim_copy(analysis, plan)
+    widths = {n: m.weight.shape[0] for n, m in slim.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    for layer in lm.layers:
+        if layer.out_group == 0:
+            assert lm.channels(layer, {0: 8})[1] == widths[layer.name]
+
+
+def test_parse_latency_target():
+    assert parse_latency_target("0.5x") == (0.5, "x")
+    assert parse_latency_target(0.3) == (0.3, "x")
+    assert parse_latency_target("12ms") == (12.0, "ms")
+    assert parse_latency_target(" 2.5 ms") == (2.5, "ms")
+    for bad in ("fast", "1.5x", "0x", "-3ms"):
+        with pytest.raises(ValueError):
+            parse_latency_target(bad)
+
+
+def test_plan_for_latency_checks_by_measurement(single_thread):
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model, x = create_model("cifar_resnet20").eval(), torch.randn(1, 3, 32, 32)
+    analysis = fxprune.analyze(model, x)
+    res = plan_for_latency(
+        analysis,
+        x,
+        "0.6x",
+        "ort",
+        table=AnalyticTable(path="/nonexistent/lut.json"),
+        round_to=4,
+        max_rounds=2,
+        measure_kw={"repeats": 3, "budget_s": 0.5},
+    )
+    assert res.measured_ratio is not None and 0.1 < res.measured_ratio < 1.2
+    assert 1 <= len(res.rounds) <= 2 and res.plan.removed_count() > 0
+    assert res.dense_ms > 0 and res.within is not None
+    assert res.backend == "ort" and res.round_to == 4
+    assert 0 < res.kept_importance < 1
