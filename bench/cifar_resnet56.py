@@ -235,7 +235,7 @@ def run(name: str, exp: Experiment, budget: Budget, data, args) -> dict:
     example = torch.randn(1, 3, 32, 32, device=device)
     opts = budget.schedules.get(exp.method, {})
     pruner = fxprune.Pruner(
-        model, example, exp.method, exp.ratio, target_flops=exp.target_flops, scope="restricted", **opts
+        model, example, exp.method, exp.ratio, target_flops=exp.target_flops, scope=args.scope, **opts
     )
     loader = Loader(x_train, y_train, budget.batch, args.seed)
     t0 = time.time()
@@ -262,6 +262,7 @@ def run(name: str, exp: Experiment, budget: Budget, data, args) -> dict:
         "ratio": exp.ratio,
         "target_flops": exp.target_flops,
         "budget": budget.name,
+        "scope": args.scope,
         "shortened": budget.shortened,
         "schedule": {**opts, "reg_lr": budget.reg_lr, "ft_epochs": budget.ft_epochs, "ft_lr": budget.ft_lr},
         "reg_iterations": iters,
@@ -302,7 +303,8 @@ def markdown(rows: list[dict], base_acc: float) -> str:
         budget = r["budget"] + (" (shortened)" if r["shortened"] else "")
         minutes = (r["reg_seconds"] + r["ft_seconds"]) / 60
         lines.append(
-            f"| {r['experiment']} | {budget} | {r['reg_iterations']} | "
+            f"| {r['experiment']}{' (group scope)' if r.get('scope') == 'group' else ''} | {budget} | "
+            f"{r['reg_iterations']} | "
             f"{pct(r['acc_after_regularization'])} | {pct(r['acc_after_prune'])} | "
             f"**{pct(r['acc_final'])}** | {paper} | {r['flops_speedup']:.2f}x | "
             f"{r['paper_speedup']} | {r['cpu_latency_speedup']:.2f}x | {r['params'] / 1e3:.0f} K | "
@@ -316,6 +318,12 @@ def main(argv=None) -> int:
     p.add_argument("--budget", choices=["cpu", "full"], default="cpu")
     p.add_argument(
         "--experiments", default=",".join(EXPERIMENTS), help="comma-separated: " + ", ".join(EXPERIMENTS)
+    )
+    p.add_argument(
+        "--scope",
+        choices=["restricted", "group"],
+        default="restricted",
+        help="restricted: the papers' layers (default); group: every discovered group, residual streams too",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
