@@ -33,6 +33,7 @@ import copy
 import dataclasses
 import datetime
 import json
+import logging
 import math
 import platform
 import sys
@@ -352,6 +353,8 @@ def main(argv=None) -> int:
         "--markdown-from", nargs="+", metavar="JSON", help="print the table of earlier runs and exit"
     )
     args = p.parse_args(argv)
+    logging.basicConfig(format="    %(message)s")
+    logging.getLogger("fxprune.regularize").setLevel(logging.INFO)  # schedule events: phases, choices
     if args.markdown_from:
         rows = [r for f in args.markdown_from for r in json.loads(Path(f).read_text())]
         print(markdown(rows, rows[0]["base_acc"] if rows else math.nan))
