@@ -66,6 +66,7 @@ class GReg1(Method):
     def _update(self) -> None:
         """One schedule update (every K_u iterations, and at iteration 0)."""
         growing = [(s, c) for s, c in zip(self.states, self.channels) if s.finished_at is None]
+        capped = []
         for state, ch in growing:
             if not bool(ch.pruned.any()):
                 state.finished_at = self.t
@@ -75,12 +76,9 @@ class GReg1(Method):
             self._grow(state)
             if state.lam_pruned > self.options.ceiling:
                 state.finished_at = self.t
-                log.info(
-                    "group %d: lambda %.4g passed the ceiling at iteration %d",
-                    ch.id,
-                    state.lam_pruned,
-                    self.t,
-                )
+                capped.append(ch.id)
+        if capped:
+            log.info("iteration %d: lambda passed the ceiling in groups %s", self.t, capped)
         active = [s for s, c in zip(self.states, self.channels) if bool(c.pruned.any())]
         limit = self.options.mag_ratio_limit
         if growing and active and all(s.ema is not None and s.ema > limit for s in active):
