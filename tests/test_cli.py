@@ -93,7 +93,7 @@ def test_errors_are_one_message_without_traceback(capsys: pytest.CaptureFixture[
     assert "not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["analyze"], ["prune"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["analyze"], ["prune"], ["methods"]])
 def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*command, "--help"]) == 0
     out = capsys.readouterr().out
@@ -103,3 +103,12 @@ def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
 def test_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage: fxprune" in capsys.readouterr().err
+
+
+def test_methods_lists_schedules(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("greg1", "greg2", "tpp", "l1", "bn_scale", "taylor", "pick_ceiling=0.01", "zero_every=100"):
+        assert name in out
+    assert main(["methods", "greg3"]) == 2
+    assert "unknown pruning method 'greg3'" in capsys.readouterr().err
