@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import gc
 import statistics
 import tempfile
 import time
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from fxprune.capture import as_args_kwargs
-from fxprune.measure.latency import _percentile
+from fxprune.measure.latency import _percentile, interleaved_rounds
 
 from .backends import Backend, Settings, get_backend
 from .backends.base import Runner
@@ -155,7 +154,7 @@ def measure_latency(
                 for _ in range(warmup):
                     r()
             n = iters if iters is not None else _auto_iters(runners, repeats, budget_s)
-            samples, medians = _timed_rounds(runners, n, repeats)
+            samples, medians = interleaved_rounds({k: r.time for k, r in runners.items()}, n, repeats)
         finally:
             for r in runners.values():
                 r.close()
@@ -182,23 +181,3 @@ def measure_latency(
             notes,
         )
     return out
-
-
-def _timed_rounds(runners: dict[str, Runner], iters: int, repeats: int):
-    names = list(runners)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    medians: dict[str, list[float]] = {n: [] for n in names}
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for rep in range(repeats):
-            shift = rep % len(names)
-            for name in names[shift:] + names[:shift]:
-                t = runners[name].time(iters)
-                samples[name] += t
-                medians[name].append(statistics.median(t))
-    finally:
-        if was_enabled:
-            gc.enable()
-    return samples, medians

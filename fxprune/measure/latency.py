@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -44,6 +44,33 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def interleaved_rounds(
+    timers: Mapping[str, Callable[[int], list[float]]], iters: int, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Call ``timers[name](iters)`` for every name in turn, ``repeats`` rounds, the order rotated each round.
+
+    Round-robin timing exposes all models to the same machine noise, so their ratios are meaningful. The
+    garbage collector is off while timing. Returns every sample (ms) and each round's median, per name.
+    """
+    names = list(timers)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    medians: dict[str, list[float]] = {n: [] for n in names}
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for rep in range(repeats):
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
+                t = timers[name](iters)
+                samples[name] += t
+                medians[name].append(statistics.median(t))
+    finally:
+        if was_enabled:
+            gc.enable()
+    return samples, medians
+
+
 def measure_cpu_latency(
     models: Mapping[str, nn.Module],
     example_inputs: ExampleInputs,
@@ -65,12 +92,22 @@ def measure_cpu_latency(
         raise ValueError("iters and repeats must be >= 1 and warmup >= 0")
     args, kwargs = split_inputs(example_inputs)
     names = list(models)
-    samples: dict[str, list[float]] = {name: [] for name in names}
     prev_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     used_threads = torch.get_num_threads()
-    gc_was_enabled = gc.isenabled()
+
+    def timer(model: nn.Module) -> Callable[[int], list[float]]:
+        def run(n: int) -> list[float]:
+            out = []
+            for _ in range(n):
+                start = time.perf_counter_ns()
+                model(*args, **kwargs)
+                out.append((time.perf_counter_ns() - start) / 1e6)
+            return out
+
+        return run
+
     try:
         with ExitStack() as stack, torch.inference_mode():
             for name in names:
@@ -78,19 +115,8 @@ def measure_cpu_latency(
             for name in names:
                 for _ in range(warmup):
                     models[name](*args, **kwargs)
-            gc.collect()
-            gc.disable()
-            for rep in range(repeats):
-                shift = rep % len(names)
-                for name in names[shift:] + names[:shift]:
-                    model = models[name]
-                    for _ in range(iters):
-                        start = time.perf_counter_ns()
-                        model(*args, **kwargs)
-                        samples[name].append((time.perf_counter_ns() - start) / 1e6)
+            samples, _ = interleaved_rounds({name: timer(models[name]) for name in names}, iters, repeats)
     finally:
-        if gc_was_enabled:
-            gc.enable()
         if threads is not None:
             torch.set_num_threads(prev_threads)
 
