@@ -71,10 +71,9 @@ class BNScale(_Counted):
             score = torch.zeros(ch.width, dtype=torch.float64)
             count = torch.zeros(ch.width, dtype=torch.float64)
             for s in gammas:
-                valid = torch.as_tensor(s.atom >= 0)
-                idx = torch.as_tensor(s.atom)[valid]
-                score.index_add_(0, idx, s.tensor(self.model).detach().abs().double().cpu()[valid])
-                count.index_add_(0, idx, torch.ones(len(idx), dtype=torch.float64))
+                sums, n = s.to_atoms(s.tensor(self.model).abs(), ch.width)
+                score += sums
+                count += n
             out[ch.id] = (score / count.clamp(min=1)).numpy()
         return out
 
@@ -99,11 +98,8 @@ class Taylor(_Counted):
                 batch = torch.zeros(ch.width, dtype=torch.float64)
                 for s in ch.slices:
                     t = s.tensor(self.model)
-                    if t.grad is None:
-                        continue
-                    per = s.rows(t.detach() * t.grad).sum(1).double().cpu() / scale
-                    valid = torch.as_tensor(s.atom >= 0)
-                    batch.index_add_(0, torch.as_tensor(s.atom)[valid], per[valid])
+                    if t.grad is not None:
+                        batch += s.to_atoms(s.rows(t.detach() * t.grad).sum(1).double() / scale, ch.width)[0]
                 acc.add_(batch.abs())
 
     def selection_scores(self) -> dict[int, np.ndarray]:

@@ -67,6 +67,20 @@ class ChannelSlice:
         """``t`` with ``dim`` first, flattened to (positions, rest)."""
         return t.movedim(self.dim, 0).reshape(t.shape[self.dim], -1)
 
+    @property
+    def is_filter(self) -> bool:
+        """A conv/linear weight dimension holding the filters that write the channels."""
+        return self.role == "out" and self.param.endswith("weight")
+
+    def to_atoms(self, per_position: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum per-position values into their atoms: ``(sums, counts)``, float64 on the CPU."""
+        valid = torch.as_tensor(self.atom >= 0)
+        idx = torch.as_tensor(self.atom)[valid]
+        values = per_position.detach().double().cpu()[valid]
+        sums = torch.zeros(width, dtype=torch.float64).index_add_(0, idx, values)
+        counts = torch.zeros(width, dtype=torch.float64).index_add_(0, idx, torch.ones_like(values))
+        return sums, counts
+
 
 class GroupChannels:
     """A discovered group seen as per-channel weight vectors ``w_i`` (the concatenation of its slices).
@@ -113,11 +127,9 @@ class GroupChannels:
         count = torch.zeros(self.width, dtype=torch.float64)
         with torch.no_grad():
             for s in self.slices:
-                per = s.rows(s.tensor(model).detach()).double().norm(p=p, dim=1).cpu()
-                valid = torch.as_tensor(s.atom >= 0)
-                idx = torch.as_tensor(s.atom)[valid]
-                total.index_add_(0, idx, per[valid])
-                count.index_add_(0, idx, torch.ones_like(per[valid]))
+                sums, n = s.to_atoms(s.rows(s.tensor(model)).double().norm(p=p, dim=1), self.width)
+                total += sums
+                count += n
         return (total / count.clamp(min=1)).numpy()
 
     def magnitude_ratio(self, model: nn.Module) -> float:
@@ -129,10 +141,9 @@ class GroupChannels:
         return kept / pruned if pruned > 0 else float("inf")
 
     @torch.no_grad()
-    def add_decay(self, model: nn.Module, per_atom: torch.Tensor, roles: Iterable[str] | None = None) -> None:
+    def add_decay(self, model: nn.Module, per_atom: torch.Tensor) -> None:
         """``grad(w_i) += per_atom[i] * w_i`` on the group's slices (a missing grad counts as zero)."""
-        chosen = self.slices if roles is None else [s for s in self.all_slices if s.role in set(roles)]
-        for s in chosen:
+        for s in self.slices:
             t = s.tensor(model)
             coef = s.broadcast(s.per_position(per_atom.to(t.device)), t)
             if t.grad is None:
@@ -140,10 +151,9 @@ class GroupChannels:
             t.grad.add_(coef * t.detach())
 
     @torch.no_grad()
-    def zero_pruned(self, model: nn.Module, roles: Iterable[str] | None = None) -> None:
+    def zero_pruned(self, model: nn.Module) -> None:
         """Set the pruned channels' slices to exactly zero."""
-        chosen = self.slices if roles is None else [s for s in self.all_slices if s.role in set(roles)]
-        for s in chosen:
+        for s in self.slices:
             t = s.tensor(model)
             keep = s.broadcast(1.0 - s.per_position(self.pruned.to(t.device).double()), t)
             t.mul_(keep)
@@ -151,11 +161,13 @@ class GroupChannels:
     def filter_matrices(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer writing these channels: its flattened filters ``W`` (N x d) and which rows are kept."""
         out = []
-        for s in self.all_slices:
-            if s.role != "out" or not s.param.endswith("weight"):
-                continue
+        for s in self.filter_slices():
             valid = torch.as_tensor(s.atom >= 0)
             w = s.rows(s.tensor(model))[valid.to(s.tensor(model).device)]
             atoms = torch.as_tensor(s.atom)[valid]
             out.append((w, ~self.pruned[atoms]))
         return out
+
+    def filter_slices(self) -> list[ChannelSlice]:
+        """The filters of every layer writing these channels (whatever the scope's roles)."""
+        return [s for s in self.all_slices if s.is_filter]

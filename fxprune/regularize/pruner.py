@@ -40,7 +40,7 @@ SCOPES = ("group", "restricted")
 
 def is_block_internal(channels: GroupChannels) -> bool:
     """Channels written by exactly one conv or linear layer (not tied to others by a residual add)."""
-    writers = {s.module for s in channels.all_slices if s.role == "out" and s.param.endswith("weight")}
+    writers = {s.module for s in channels.filter_slices()}
     return len(writers) == 1
 
 

@@ -75,7 +75,7 @@ class TPP(Method):
         if not self._gram_in_loss:  # the loop did not add penalty() to its loss: apply its gradient here
             loss = self.options.gram_weight * self.lam * scale * self.gram_loss()
             if loss.requires_grad:
-                params = [p for ch in self.active for p, _ in _weights(ch, self.model)]
+                params = [s.tensor(self.model) for ch in self.active for s in ch.filter_slices()]
                 params = list({id(p): p for p in params}.values())
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 with torch.no_grad():
@@ -133,9 +133,3 @@ class TPP(Method):
             state["reached_at"],
             int(state["zeroed"]),
         )
-
-
-def _weights(ch, model):
-    for s in ch.all_slices:
-        if s.role == "out" and s.param.endswith("weight"):
-            yield s.tensor(model), s
