@@ -46,7 +46,7 @@ from deploy.backends.base import cpu_name  # noqa: E402
 from deploy.budget import kept_importance, plan_for_latency, slim_copy  # noqa: E402
 from deploy.latency_model import LatencyModel  # noqa: E402
 from deploy.lut import LatencyTable  # noqa: E402
-from deploy.sweep import latency_sweep, slower_points  # noqa: E402
+from deploy.sweep import DEFAULT_RATIOS, latency_sweep, slower_points  # noqa: E402
 from fxprune.measure import count_flops  # noqa: E402
 from fxprune.models.spec import load_model  # noqa: E402
 
@@ -384,7 +384,7 @@ def main() -> int:
     p.add_argument("--precision", default="fp32", help="flops part: fp32, fp16 (GPU backends), bf16")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--budget-s", type=float, default=8.0, help="seconds of timing per measurement")
-    p.add_argument("--ratios", default="0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
+    p.add_argument("--ratios", default=",".join(map(str, DEFAULT_RATIOS)))
     p.add_argument("--budgets", default="0.5,0.3")
     p.add_argument("--sweep-unaligned", action="store_true", help="also sweep with round_to=1")
     p.add_argument("--out", default="bench/RESULTS_latency.json")

@@ -13,6 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
+from deploy.sweep import DEFAULT_RATIOS
+
 from .args import add_model_args, backend_list, fraction, positive_int, ratio_list
 from .common import Steps, analyze_model, load_input
 
@@ -64,7 +66,7 @@ def add_parser(sub, fmt) -> None:
         "--sweep",
         metavar="RATIOS",
         nargs="?",
-        const="0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+        const=",".join(map(str, DEFAULT_RATIOS)),
         type=ratio_list,
         help="also time dense against these pruning ratios (default 0.05,0.1,...,0.9)",
     )
