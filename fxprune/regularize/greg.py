@@ -157,7 +157,8 @@ class GReg2(GReg1):
     class Options(GReg1.Options):
         pick_delta: float = 1e-5  # uniform penalty growth per update while picking
         pick_ceiling: float = 1e-2  # picking ends when the uniform penalty passes this
-        kept_penalty: float = -1e-4  # constant lambda on kept channels while pruning (a slight push up)
+        # constant lambda on kept channels while pruning (a slight push up; may be negative)
+        kept_penalty: float = dataclasses.field(default=-1e-4, metadata={"signed": True})
 
     def __init__(self, model, channels, options) -> None:
         super().__init__(model, channels, options)

@@ -121,11 +121,7 @@ def make_options(cls: type[Method], options: dict[str, Any]) -> Any:
     opts = cls.Options(**options)
     for f in dataclasses.fields(opts):
         value = getattr(opts, f.name)
-        if (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and value < 0
-            and f.name != "kept_penalty"
-        ):
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if numeric and value < 0 and not f.metadata.get("signed"):
             raise ValueError(f"{cls.name} option {f.name} must not be negative, got {value}")
     return opts
