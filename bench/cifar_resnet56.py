@@ -35,6 +35,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -45,8 +46,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("FXPRUNE_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
 
 import fxprune  # noqa: E402
 from fxprune.data import evaluate_accuracy, load_cifar10, normalize_images, shared_data_dir  # noqa: E402

@@ -37,16 +37,17 @@ from typing import Any
 import torch
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("FXPRUNE_SHARED_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+from fxprune.deploy import measure_latency, speedup  # noqa: E402
+from fxprune.deploy.alignment import default_round_to  # noqa: E402
+from fxprune.deploy.backends.base import cpu_name  # noqa: E402
+from fxprune.deploy.budget import kept_importance, plan_for_latency, slim_copy  # noqa: E402
+from fxprune.deploy.latency_model import LatencyModel  # noqa: E402
+from fxprune.deploy.lut import LatencyTable  # noqa: E402
+from fxprune.deploy.sweep import DEFAULT_RATIOS, latency_sweep, slower_points  # noqa: E402
 
 import fxprune  # noqa: E402
-from deploy import measure_latency, speedup  # noqa: E402
-from deploy.alignment import default_round_to  # noqa: E402
-from deploy.backends.base import cpu_name  # noqa: E402
-from deploy.budget import kept_importance, plan_for_latency, slim_copy  # noqa: E402
-from deploy.latency_model import LatencyModel  # noqa: E402
-from deploy.lut import LatencyTable  # noqa: E402
-from deploy.sweep import DEFAULT_RATIOS, latency_sweep, slower_points  # noqa: E402
 from fxprune.measure import count_flops  # noqa: E402
 from fxprune.models.spec import load_model  # noqa: E402
 
@@ -235,7 +236,7 @@ def part_budget(name: str, args) -> dict[str, Any]:
 def part_export(name: str, args) -> dict[str, Any]:
     import tempfile
 
-    from deploy import export_onnx
+    from fxprune.deploy import export_onnx
 
     model, x = build(name)
     pruned = copy.deepcopy(model)

@@ -219,7 +219,7 @@ def plan_for_latency(
 
     The latency model is built from ``table`` (default: the on-disk table of the backend, precision and
     thread count; missing layer shapes are measured first). ``round_to`` defaults to the backend's
-    alignment (:func:`deploy.alignment.default_round_to`). With ``validate``, each candidate is slimmed
+    alignment (``default_round_to``). With ``validate``, each candidate is slimmed
     and timed against the dense model on the backend (interleaved); when the measured ratio misses the
     target by more than ``tolerance``, the internal target is corrected by the miss and the plan rebuilt
     (at most ``max_rounds`` times). The plan whose measured ratio is closest to the target without

@@ -194,13 +194,13 @@ def prune(
 
     ``ratio`` is the fraction of channels removed from every group; ``target_flops``/``target_params``
     (fractions of the dense model, e.g. 0.5) choose the ratio instead. ``target_latency`` (``"0.5x"`` of the
-    dense latency or ``"12ms"``) plans for a latency budget on ``backend`` (``deploy.plan_for_latency``;
+    dense latency or ``"12ms"``) plans for a latency budget on ``backend`` (``fxprune.deploy``;
     ``round_to`` then defaults to the backend's alignment, else to 1). The slim model is checked against
     the original with the removed channels masked out (``verify``; relative tolerance ``tol``).
     """
     analysis = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules)
     if target_latency is not None:
-        from deploy.budget import plan_for_latency
+        from fxprune.deploy.budget import plan_for_latency
 
         plan = plan_for_latency(
             analysis,

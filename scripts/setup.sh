@@ -35,7 +35,7 @@ fxprune_install() {
     if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
         echo "installing fxprune into $venv (first run downloads torch; this takes a while)" >&2
         # Reuse an installed setuptools so reinstalls also work without network access.
-        if "$venv/bin/python" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 68)' \
+        if "$venv/bin/python" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 70)' \
             2>/dev/null; then
             flags+=(--no-build-isolation)
         fi

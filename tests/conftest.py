@@ -10,6 +10,8 @@ import pytest
 import torch
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
+# The library reads its data folder from the environment; tests use the shared folder beside the clone.
+os.environ.setdefault("FXPRUNE_SHARED_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:

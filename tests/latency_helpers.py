@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from deploy.lut import LatencyTable, LayerShape
+from fxprune.deploy.lut import LatencyTable, LayerShape
 
 
 def analytic_ms(shape: LayerShape) -> float:

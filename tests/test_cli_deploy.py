@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fxprune.deploy import lut
 from latency_helpers import AnalyticTable
 
-from deploy import lut
 from fxprune.cli import main
 
 pytest.importorskip("onnxruntime")
@@ -57,7 +57,8 @@ def test_bench_dense_and_pruned_with_sweep_export_and_report(tmp_path: Path, cap
 
 
 def test_bench_onnx_file(tmp_path: Path, capsys, single_thread) -> None:
-    from deploy import export_onnx
+    from fxprune.deploy import export_onnx
+
     from fxprune.models import create_model
 
     path = export_onnx(create_model("cifar_resnet20"), torch.randn(1, 3, 32, 32), tmp_path / "m.onnx").path

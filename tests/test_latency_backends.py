@@ -9,9 +9,16 @@ from unittest import mock
 
 import pytest
 import torch
+from fxprune.deploy import (
+    BackendUnavailable,
+    Measurement,
+    get_backend,
+    list_backends,
+    measure_latency,
+    speedup,
+)
+from fxprune.deploy.backends.base import Settings
 
-from deploy import BackendUnavailable, Measurement, get_backend, list_backends, measure_latency, speedup
-from deploy.backends.base import Settings
 from fxprune.models import create_model
 
 
@@ -54,7 +61,7 @@ def test_ort_measurement_reports_its_conditions(tiny, single_thread):
 
 def test_onnx_file_source_and_auto_iterations(tiny, tmp_path, single_thread):
     pytest.importorskip("onnxruntime")
-    from deploy import export_onnx
+    from fxprune.deploy import export_onnx
 
     model, x = tiny
     path = export_onnx(model, x, tmp_path / "m.onnx", parity=False).path
@@ -130,7 +137,7 @@ def _fake_tensorrt(version: str):
 
 @pytest.mark.parametrize("version", ["10.13.0", "11.4.0"])
 def test_tensorrt_builder_flags_per_version(version, tmp_path, monkeypatch):
-    from deploy.backends import tensorrt as trt_backend
+    from fxprune.deploy.backends import tensorrt as trt_backend
 
     trt, builder, config = _fake_tensorrt(version)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)

@@ -5,14 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fxprune.deploy.alignment import cpu_vector_width, default_round_to
+from fxprune.deploy.budget import (
+    budget_plan,
+    greedy_counts,
+    kept_importance,
+    parse_latency_target,
+    plan_for_latency,
+)
+from fxprune.deploy.latency_model import LatencyModel
+from fxprune.deploy.lut import LatencyTable, LayerShape
+from fxprune.deploy.sweep import SweepPoint, latency_sweep, slower_points
 from latency_helpers import AnalyticTable
 
 import fxprune
-from deploy.alignment import cpu_vector_width, default_round_to
-from deploy.budget import budget_plan, greedy_counts, kept_importance, parse_latency_target, plan_for_latency
-from deploy.latency_model import LatencyModel
-from deploy.lut import LatencyTable, LayerShape
-from deploy.sweep import SweepPoint, latency_sweep, slower_points
 from fxprune.models import create_model
 from fxprune.plan import plan_from_counts
 
@@ -119,7 +125,7 @@ def test_greedy_counts_respect_caps(resnet_model):
 def test_exact_layer_widths_for_partial_blocks(resnet_model):
     analysis, _, lm = resnet_model
     plan = plan_from_counts(analysis.groups, analysis.scores("l2"), {0: 8}, round_to=1)
-    slim = __import__("deploy.budget", fromlist=["slim_copy"]).slim_copy(analysis, plan)
+    slim = __import__("fxprune.deploy.budget", fromlist=["slim_copy"]).slim_copy(analysis, plan)
     widths = {n: m.weight.shape[0] for n, m in slim.named_modules() if isinstance(m, torch.nn.Conv2d)}
     for layer in lm.layers:
         if layer.out_group == 0:

@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from fxprune.deploy import export_onnx
 
 import fxprune
-from deploy import export_onnx
 from fxprune.models.spec import load_model
 
 pytest.importorskip("onnxruntime")

@@ -1,4 +1,4 @@
-"""Latency backends, one interface: load a model once, time calls of it (see :mod:`deploy.latency`)."""
+"""Latency backends, one interface: load a model once, time calls of it (see fxprune.deploy.latency)."""
 
 from .base import Backend, BackendUnavailable, Runner, Settings
 from .registry import get_backend, list_backends, register_backend

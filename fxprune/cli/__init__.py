@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.text import Text
 
-from deploy.backends.base import BackendUnavailable
+from fxprune.deploy.backends.base import BackendUnavailable
 
 from .. import __version__
 from ..capture import CaptureError

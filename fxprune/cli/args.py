@@ -89,7 +89,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def backend_list(text: str) -> list[str]:
     """``ort,openvino`` -> ``["ort", "openvino"]``, each a registered latency backend."""
-    from deploy.backends import list_backends
+    from fxprune.deploy.backends import list_backends
 
     names = [t.strip() for t in text.split(",") if t.strip()]
     known = list_backends()
@@ -109,7 +109,7 @@ def ratio_list(text: str) -> list[float]:
 
 def latency_target(text: str) -> str:
     """A latency budget: ``0.5x`` (fraction of dense) or ``12ms``."""
-    from deploy.budget import parse_latency_target
+    from fxprune.deploy.budget import parse_latency_target
 
     try:
         parse_latency_target(text)

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
-from deploy.sweep import DEFAULT_RATIOS
+from fxprune.deploy.sweep import DEFAULT_RATIOS
 
 from .args import add_model_args, backend_list, fraction, positive_int, ratio_list
 from .common import Steps, analyze_model, load_input
@@ -108,7 +108,7 @@ def _sources(args: argparse.Namespace, steps: Steps) -> tuple[dict[str, Any], to
 
         sources["pruned"] = load(args.spec, args.pruned).eval()
     elif args.ratio is not None or args.target_flops is not None:
-        from deploy.alignment import default_round_to
+        from fxprune.deploy.alignment import default_round_to
 
         from ..prune import _plan_for_target, apply_plan
 
@@ -128,7 +128,7 @@ def _sources(args: argparse.Namespace, steps: Steps) -> tuple[dict[str, Any], to
 
 
 def _latency_table(results: dict, console: Console) -> None:
-    from deploy.report import measurement_rows
+    from fxprune.deploy.report import measurement_rows
 
     rows = measurement_rows(results)
     table = Table(title="latency (median of interleaved runs)")
@@ -144,7 +144,7 @@ def _latency_table(results: dict, console: Console) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from deploy import export_onnx, get_backend, measure_latency
+    from fxprune.deploy import export_onnx, get_backend, measure_latency
 
     steps = Steps(console)
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     _latency_table(results, console)
     points = None
     if args.sweep:
-        from deploy.sweep import latency_sweep, slower_points
+        from fxprune.deploy.sweep import latency_sweep, slower_points
 
         with steps(f"ratio sweep on {args.backend[0]}") as s:
             points, _ = latency_sweep(
@@ -202,7 +202,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _sweep_table(points, console: Console) -> None:
-    from deploy.report import sweep_rows
+    from fxprune.deploy.report import sweep_rows
 
     rows = sweep_rows(points)
     table = Table(title="latency against pruning ratio")
@@ -214,7 +214,7 @@ def _sweep_table(points, console: Console) -> None:
 
 
 def _write_report(args, results, exports, points, info) -> Path:
-    from deploy.report import measurement_rows, plot_sweep, sweep_rows
+    from fxprune.deploy.report import measurement_rows, plot_sweep, sweep_rows
 
     from ..report import plot_group_widths, write_markdown_report
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -46,6 +47,12 @@ def add_parser(sub, fmt) -> None:
         help="CPU threads for the whole demo, latency included (default 1: stable timings of "
         "this small model even on a busy machine)",
     )
+    demo.add_argument(
+        "--data",
+        metavar="DIR",
+        help="folder holding weights/resnet56-*.th (default: $FXPRUNE_SHARED_DATA, else ./shared/data or "
+        "../shared/data from the current directory)",
+    )
     demo.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
 
 
@@ -58,15 +65,27 @@ def run(args: argparse.Namespace, console: Console) -> int:
         torch.set_num_threads(prev)
 
 
-def _demo(args: argparse.Namespace, console: Console) -> int:
+def _data_folder(given: str | None) -> Path | None:
+    """The demo's data folder: ``--data``, ``$FXPRUNE_SHARED_DATA``, or a shared/data folder near the cwd."""
     from ..data import shared_data_dir
+
+    found = shared_data_dir(given)
+    if found is not None or given is not None:
+        return found
+    for candidate in (Path.cwd() / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _demo(args: argparse.Namespace, console: Console) -> int:
     from ..models import create_model, load_cifar_checkpoint
 
     steps = Steps(console)
     torch.manual_seed(0)
     with steps("building CIFAR ResNet-56") as info:
         model = create_model("cifar_resnet56").eval()
-        root = shared_data_dir()
+        root = _data_folder(args.data)
         found = sorted((root / "weights").glob("resnet56-*.th")) if root is not None else []
         if found:
             load_cifar_checkpoint(model, found[0])

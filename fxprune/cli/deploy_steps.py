@@ -38,7 +38,7 @@ def backend_latency(
     dense: nn.Module, slim: nn.Module, x: torch.Tensor, args: argparse.Namespace, steps: Steps
 ) -> dict[str, tuple[float, float]]:
     """Median latency (ms) of dense and pruned on every ``--backend``, timed interleaved per backend."""
-    from deploy import measure_latency
+    from fxprune.deploy import measure_latency
 
     rec, out = _record(args), {}
     args.conditions = []
@@ -56,7 +56,7 @@ def plan_latency_budget(
     analysis: Analysis, x: torch.Tensor, args: argparse.Namespace, backend: str, steps: Steps
 ) -> Plan:
     """Plan for ``--target-latency`` on ``backend`` (layer table cached on disk, checked by measurement)."""
-    from deploy.budget import plan_for_latency
+    from fxprune.deploy.budget import plan_for_latency
 
     result = plan_for_latency(
         analysis,
@@ -74,7 +74,7 @@ def plan_latency_budget(
 
 def sweep_report(dense: nn.Module, x: torch.Tensor, args: argparse.Namespace, steps: Steps, console: Console):
     """Time dense against pruning ratios 0.05..0.9 on the first backend and print the table."""
-    from deploy.sweep import latency_sweep, slower_points
+    from fxprune.deploy.sweep import latency_sweep, slower_points
 
     from .bench import _sweep_table
 
@@ -93,7 +93,7 @@ def deploy_sections(args: argparse.Namespace, folder: Path) -> tuple[list, list]
     rec = getattr(args, "deploy_record", None)
     if rec is None:
         return [], []
-    from deploy.report import measurement_rows, plot_sweep, sweep_rows
+    from fxprune.deploy.report import measurement_rows, plot_sweep, sweep_rows
 
     sections, images = [], []
     if rec.measurements:

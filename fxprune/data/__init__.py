@@ -1,8 +1,8 @@
 """Data loading: CIFAR-10 from the shared data folder and accuracy evaluation."""
 
 from fxprune.data.cifar import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     cifar10_path,
     evaluate_accuracy,
     load_cifar10,
@@ -11,8 +11,8 @@ from fxprune.data.cifar import (
 )
 
 __all__ = [
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "cifar10_path",
     "evaluate_accuracy",
     "load_cifar10",

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "cifar10_path",
     "evaluate_accuracy",
     "load_cifar10",
@@ -19,19 +19,19 @@ __all__ = [
     "shared_data_dir",
 ]
 
-CIFAR10_MEAN = (0.485, 0.456, 0.406)
-CIFAR10_STD = (0.229, 0.224, 0.225)
+# The shared CIFAR ResNet weights were trained on inputs normalised with ImageNet's statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 SHARED_DATA_ENV = "FXPRUNE_SHARED_DATA"
 
 
-def shared_data_dir() -> Path | None:
-    """The shared data folder: ``$FXPRUNE_SHARED_DATA``, else ``<repo>/../shared/data``, else None."""
-    env = os.environ.get(SHARED_DATA_ENV)
-    if env:
-        return Path(env) if Path(env).is_dir() else None
-    repo = Path(__file__).resolve().parents[2]  # fxprune/data/cifar.py -> repository root
-    candidate = repo.parent / "shared" / "data"
-    return candidate if candidate.is_dir() else None
+def shared_data_dir(folder: str | os.PathLike | None = None) -> Path | None:
+    """The data folder: ``folder`` if given, else ``$FXPRUNE_SHARED_DATA``; None when unset or missing."""
+    chosen = folder if folder is not None else os.environ.get(SHARED_DATA_ENV)
+    if not chosen:
+        return None
+    path = Path(chosen).expanduser()
+    return path if path.is_dir() else None
 
 
 def cifar10_path() -> Path | None:
@@ -42,10 +42,10 @@ def cifar10_path() -> Path | None:
 
 
 def normalize_images(images: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC RGB images -> float32 NCHW tensor normalized with the CIFAR-10 mean and std."""
+    """uint8 NHWC RGB images -> float32 NCHW tensor normalized as the shared weights expect."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
 
 

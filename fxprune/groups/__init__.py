@@ -1,0 +1,1 @@
+"""Channel-group discovery: propagate channel slots through the captured graph and couple them."""
