@@ -1,9 +1,11 @@
-"""Test configuration: make ``tests/helpers.py`` importable and keep ultralytics offline."""
+"""Test configuration: the shared data folder, ultralytics kept offline, and common fixtures.
+
+Shared test code is imported as a package: ``from tests.helpers import check_pruned``.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +14,6 @@ import torch
 os.environ.setdefault("YOLO_OFFLINE", "1")
 # The library reads its data folder from the environment; tests use the shared folder beside the clone.
 os.environ.setdefault("FXPRUNE_SHARED_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from helpers import check_pruned, output_shapes, randomize_
 from torch import nn
 
 import fxprune
+from tests.helpers import check_pruned, output_shapes, randomize_
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from fxprune.deploy import lut
-from latency_helpers import AnalyticTable
 
 from fxprune.cli import main
+from tests.latency_helpers import AnalyticTable
 
 pytest.importorskip("onnxruntime")
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import check_pruned, randomize_
 from torch import nn
 
 import fxprune
 from fxprune.plan import Plan
 from fxprune.verify import compare_outputs, masked_copy
+from tests.helpers import check_pruned, randomize_
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

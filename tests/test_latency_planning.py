@@ -16,11 +16,11 @@ from fxprune.deploy.budget import (
 from fxprune.deploy.latency_model import LatencyModel
 from fxprune.deploy.lut import LatencyTable, LayerShape
 from fxprune.deploy.sweep import SweepPoint, latency_sweep, slower_points
-from latency_helpers import AnalyticTable
 
 import fxprune
 from fxprune.models import create_model
 from fxprune.plan import plan_from_counts
+from tests.latency_helpers import AnalyticTable
 
 
 def test_default_round_to_per_backend_and_precision():

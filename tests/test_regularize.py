@@ -9,12 +9,12 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
-from small_task import SmallResNet, Task, train
 
 import fxprune
 from fxprune.models import create_model
 from fxprune.regularize import method_names
 from fxprune.regularize.tpp import masked_gram_loss
+from tests.small_task import SmallResNet, Task, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

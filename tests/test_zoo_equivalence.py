@@ -10,12 +10,12 @@ import copy
 
 import pytest
 import torch
-from helpers import check_pruned, randomize_
 from torchvision import models as tvm
 
 import fxprune
 from fxprune.models import create_model
 from fxprune.verify.compare import flatten_outputs
+from tests.helpers import check_pruned, randomize_
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
