@@ -13,6 +13,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .capture import Captured, as_args_kwargs, capture
+from .capture.outputs import OutputSelector, select_outputs
 from .groups.analysis import Group, build_groups, matches_module
 from .groups.constants import ChannelConstant
 from .groups.context import Unsupported
@@ -36,6 +37,7 @@ class Analysis:
     seconds: float
     ignored: list[str] = field(default_factory=list)
     constants: list[ChannelConstant] = field(default_factory=list)
+    outputs: OutputSelector | None = None  # picks the interface from the model's output (None: all of it)
 
     @property
     def prunable_groups(self) -> list[Group]:
@@ -127,13 +129,16 @@ def analyze(
     ignore: Iterable = (),
     leaf_modules: Iterable = (),
     use_export: bool = True,
+    outputs: OutputSelector | None = None,
 ) -> Analysis:
     """Capture ``model`` and discover its coupled channel groups.
 
     ``ignore``: module names (glob patterns), module objects or types whose channels must not change.
     ``leaf_modules``: module types or name patterns that tracing must not enter (their channels freeze).
     Model outputs never change shape; ops the analysis does not understand freeze the channels they touch
-    and are listed in ``Analysis.unsupported``.
+    and are listed in ``Analysis.unsupported``. ``outputs`` maps the model's output (as the captured graph
+    returns it) to the tensors that are its interface; the other outputs may change width (for example
+    feature maps returned only for their sizes).
     """
     start = time.perf_counter()
     patterns, types = _check_ignore(model, ignore)
@@ -144,6 +149,8 @@ def analyze(
     try:
         with one_thread():
             captured = capture(model, example_inputs, leaf_modules, use_export)
+            if outputs is not None:
+                select_outputs(captured, outputs, example_inputs)
             prop = _propagate(captured, example_inputs, model)
     finally:
         model.train(was_training)
@@ -157,7 +164,7 @@ def analyze(
                 g.freeze_modules([name], "frozen parameters (requires_grad=False)")
     constants = [ChannelConstant(m, a, prop.table.roots(lab)) for m, a, lab in prop.constants]
     return Analysis(
-        model, captured, prop, groups, unsupported, time.perf_counter() - start, patterns, constants
+        model, captured, prop, groups, unsupported, time.perf_counter() - start, patterns, constants, outputs
     )
 
 

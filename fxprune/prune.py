@@ -12,6 +12,7 @@ from torch import nn
 
 from .analysis import Analysis, analyze
 from .capture import run_model
+from .capture.outputs import OutputSelector, selected_tensors
 from .groups.analysis import Group
 from .measure import count_flops, count_params
 from .plan import Plan
@@ -90,7 +91,8 @@ def _check(
                 f"the model's code was not detected (captured by {analysis.captured.method}); declare the "
                 "module holding it in ignore=[...] and report the model"
             ) from e
-    return compare_outputs(ref, out)
+    select = lambda output: selected_tensors(analysis.outputs, output)  # noqa: E731
+    return compare_outputs(select(ref), select(out))
 
 
 def apply_plan(
@@ -189,6 +191,7 @@ def prune(
     backend: str = "ort",
     verify: bool = True,
     tol: float = 1e-4,
+    outputs: OutputSelector | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport`.
 
@@ -197,8 +200,10 @@ def prune(
     dense latency or ``"12ms"``) plans for a latency budget on ``backend`` (``fxprune.deploy``;
     ``round_to`` then defaults to the backend's alignment, else to 1). The slim model is checked against
     the original with the removed channels masked out (``verify``; relative tolerance ``tol``).
+    ``outputs`` picks the interface from the model's output (see :func:`fxprune.analyze`); only those
+    tensors keep their width and are compared.
     """
-    analysis = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules)
+    analysis = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, outputs=outputs)
     if target_latency is not None:
         from fxprune.deploy.budget import plan_for_latency
 

@@ -3,6 +3,17 @@
 from .capture import Captured, capture
 from .errors import CaptureError
 from .inputs import as_args_kwargs, run_model
+from .outputs import OutputSelector, select_outputs, selected_tensors
 from .tracer import LeafTracer
 
-__all__ = ["Captured", "CaptureError", "LeafTracer", "as_args_kwargs", "capture", "run_model"]
+__all__ = [
+    "Captured",
+    "CaptureError",
+    "LeafTracer",
+    "OutputSelector",
+    "as_args_kwargs",
+    "capture",
+    "run_model",
+    "select_outputs",
+    "selected_tensors",
+]

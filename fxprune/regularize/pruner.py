@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..analysis import analyze
+from ..capture.outputs import OutputSelector
 from ..plan import Plan
 from ..prune import PruneReport, _plan_for_target, apply_plan
 from .channels import GroupChannels
@@ -52,7 +53,8 @@ class Pruner:
     maps module-name globs to their own ratio. ``scope="group"`` regularizes every discovered group
     (residual-coupled ones included); ``"restricted"`` only groups written by a single layer (the
     block-internal convs the papers prune). Other keyword arguments are the method's schedule constants
-    (see ``Pruner.options_of(method)``).
+    (see ``Pruner.options_of(method)``). ``outputs`` picks the model's interface from its output (see
+    :func:`fxprune.analyze`).
 
     AMP: pass ``scaler`` to ``after_backward`` while gradients are still scaled. Gradient accumulation:
     call ``after_backward()`` and ``step()`` once per optimizer step, and scale ``penalty()`` like the loss.
@@ -73,6 +75,7 @@ class Pruner:
         round_to: int = 1,
         min_width: int = 1,
         global_ranking: bool = False,
+        outputs: OutputSelector | None = None,
         **options: Any,
     ) -> None:
         if scope not in SCOPES:
@@ -88,7 +91,9 @@ class Pruner:
         self.scope = scope
         self.ratio, self.ratios, self.target_flops = ratio, dict(ratios or {}), target_flops
         self.plan_options = dict(round_to=round_to, min_width=min_width, global_ranking=global_ranking)
-        self.analysis = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules)
+        self.analysis = analyze(
+            model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, outputs=outputs
+        )
         self.analysis._check_ratio_patterns(self.ratios)
         roles = cls.roles[scope]
         channels = []
