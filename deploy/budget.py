@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fxprune.analysis import Analysis
-from fxprune.groups.analysis import Group
+from fxprune.groups.grouping import Group
 from fxprune.plan import Plan, plan_from_counts
 from fxprune.slim import slim_model
 

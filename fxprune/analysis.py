@@ -14,9 +14,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .capture import Captured, as_args_kwargs, capture
 from .capture.outputs import OutputSelector, select_outputs
-from .groups.analysis import Group, build_groups, matches_module
-from .groups.constants import ChannelConstant
+from .groups.channel_constants import ChannelConstant
 from .groups.context import Unsupported
+from .groups.grouping import Group, build_groups, matches_module
 from .groups.propagate import ChannelPropagation, PropagationResult
 from .importance import get_importance
 from .plan import Plan, make_plan

@@ -13,7 +13,7 @@ from torch import nn
 from .analysis import Analysis, analyze
 from .capture import run_model
 from .capture.outputs import OutputSelector, selected_tensors
-from .groups.analysis import Group
+from .groups.grouping import Group
 from .measure import count_flops, count_params
 from .plan import Plan
 from .slim import slim_model

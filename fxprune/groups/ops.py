@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .constants import find_constant
+from .channel_constants import find_constant
 from .context import OpContext, iter_labels, structure_like
 from .labels import Labels, broadcast_labels, permute_labels, reshape_labels
 from .sizes import IntInfo, SizeInfo, merge, size_of

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..groups.analysis import Group
+from ..groups.grouping import Group
 
 __all__ = ["Plan", "group_ratio", "make_plan", "plan_from_counts"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..groups.analysis import Group
+from ..groups.grouping import Group
 
 __all__ = ["ChannelSlice", "GroupChannels", "slice_role"]
 

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..groups.analysis import Group
-from ..groups.constants import ChannelConstant
+from ..groups.channel_constants import ChannelConstant
+from ..groups.grouping import Group
 from ..plan.planner import Plan
 from ..threads import one_thread
 from .adapters import fix_attributes, snapshot
