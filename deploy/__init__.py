@@ -1,11 +1,14 @@
-"""Deployment: ONNX export, latency backends, channel alignment and latency-aware pruning."""
+"""Deployment: ONNX export, INT8 quantization, latency backends, channel alignment, latency-aware pruning."""
 
-from .alignment import default_round_to
+from .alignment import default_round_to, int8_multiple
+from .artifacts import file_backend, run_artifact
 from .backends import BackendUnavailable, get_backend, list_backends
 from .budget import BudgetResult, plan_for_latency
+from .calibration import load_calibration
 from .latency import Measurement, measure_latency, speedup
 from .lut import LatencyTable
 from .onnx_export import ExportResult, export_onnx
+from .quantize import QuantizeResult, quantize
 from .sweep import latency_sweep, slower_points
 
 __all__ = [
@@ -14,13 +17,19 @@ __all__ = [
     "ExportResult",
     "LatencyTable",
     "Measurement",
+    "QuantizeResult",
     "default_round_to",
     "export_onnx",
+    "file_backend",
     "get_backend",
+    "int8_multiple",
     "latency_sweep",
     "list_backends",
+    "load_calibration",
     "measure_latency",
     "plan_for_latency",
+    "quantize",
+    "run_artifact",
     "slower_points",
     "speedup",
 ]

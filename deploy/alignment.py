@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-__all__ = ["cpu_vector_width", "default_round_to"]
+__all__ = ["cpu_vector_width", "default_round_to", "int8_multiple"]
 
 _GPU_ROUND_TO = {"fp32": 8, "tf32": 8, "fp16": 8, "bf16": 8, "int8": 32}
 _CPU_BACKENDS = ("ort", "openvino")
@@ -31,6 +31,16 @@ def cpu_vector_width() -> int:
     return 4
 
 
+def int8_multiple(device: str = "cpu") -> int:
+    """Channel multiple INT8 kernels want on ``device``: 4x the fp32 SIMD lanes on CPU (64 with AVX-512,
+    32 with AVX2: VNNI packs four int8 values per 32-bit lane), 32 on GPU tensor cores (``"cuda"``)."""
+    if device == "cuda":
+        return _GPU_ROUND_TO["int8"]
+    if device != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return 4 * cpu_vector_width()
+
+
 def default_round_to(backend: str, precision: str = "fp32", device: str | None = None) -> int:
     """Default ``round_to`` for ``backend`` and ``precision``.
 
@@ -47,5 +57,7 @@ def default_round_to(backend: str, precision: str = "fp32", device: str | None =
                 f"no alignment rule for precision {precision!r}; known: {', '.join(_GPU_ROUND_TO)}"
             )
         return _GPU_ROUND_TO[precision]
+    if precision == "int8":
+        return int8_multiple("cpu")
     lanes = cpu_vector_width()
-    return {"fp32": lanes, "bf16": 2 * lanes, "fp16": 2 * lanes, "int8": 4 * lanes}.get(precision, lanes)
+    return {"fp32": lanes, "bf16": 2 * lanes, "fp16": 2 * lanes}.get(precision, lanes)

@@ -1,8 +1,10 @@
 """TensorRT through its Python API (``backend="trt"``): build an engine from ONNX, time ``execute_async_v3``.
 
 TensorRT 10.x builds weakly typed networks with the FP16 builder flag; 11.x only builds strongly typed
-networks, so fp16 there means an fp16 ONNX graph (the model is exported in half precision). A timing
-cache is kept on disk so rebuilding engines of similar shapes is fast.
+networks, so fp16 there means an fp16 ONNX graph (the model is exported in half precision). INT8 is
+explicit quantization on both: a QDQ ONNX (``fxprune.deploy.quantize(..., backend="onnx")``) built as a
+strongly typed network, without precision flags (TensorRT's implicit INT8 calibrators are deprecated since
+10.1). A timing cache is kept on disk so rebuilding engines of similar shapes is fast.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from .base import Backend, BackendUnavailable, Settings
 from .cuda_timing import CudaEventRunner, require_cuda
 from .registry import register_backend
 
-__all__ = ["TensorRT", "build_engine", "timing_cache_path"]
+__all__ = ["TensorRT", "build_engine", "has_qdq", "timing_cache_path"]
 
 INSTALL_HINT = (
     "TensorRT is not installed. Install it from NVIDIA's package index: "
@@ -44,6 +46,28 @@ def timing_cache_path() -> Path:
     return root / "tensorrt" / f"timing-{_trt().__version__}.cache"
 
 
+def has_qdq(onnx_path: Path) -> bool:
+    """Whether the ONNX file holds QuantizeLinear/DequantizeLinear pairs (explicit quantization)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return any(n.op_type == "QuantizeLinear" for n in graph.node)
+
+
+def _network_flags(trt, major: int, precision: str, strongly_typed: bool | None) -> tuple[int, bool]:
+    """``create_network`` flags and whether the network is strongly typed, per version and precision."""
+    if precision == "int8":
+        if strongly_typed is False:
+            raise ValueError("INT8 engines are built from QDQ ONNX as strongly typed networks")
+        strongly_typed = True
+    elif strongly_typed is None:
+        strongly_typed = major >= 11
+    flags = 0
+    if strongly_typed and major < 11:  # 11.x networks are always strongly typed (no flag to pass)
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return flags, strongly_typed
+
+
 def build_engine(
     onnx_path: Path,
     precision: str,
@@ -54,16 +78,18 @@ def build_engine(
     """Parse ``onnx_path`` and build a serialized engine; returns ``(engine bytes, strongly_typed)``.
 
     Inputs with dynamic dimensions get an optimisation profile fixed at ``input_shapes`` (in input order).
+    ``precision="int8"`` needs a QDQ ONNX and builds it strongly typed with no precision flag.
     """
     trt = _trt()
+    if precision == "int8" and not has_qdq(onnx_path):
+        raise ValueError(
+            f"{onnx_path} has no QuantizeLinear/DequantizeLinear nodes: TensorRT INT8 needs a QDQ ONNX "
+            "(fxprune.deploy.quantize(model, inputs, calibration, backend='onnx'))"
+        )
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
-    if strongly_typed is None:
-        strongly_typed = major >= 11
-    flags = 0
-    if strongly_typed and major < 11:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    flags, strongly_typed = _network_flags(trt, major, precision, strongly_typed)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -114,7 +140,7 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
 class TensorRT(Backend):
     name = "trt"
     device = "cuda"
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8")
     description = "TensorRT engine built from ONNX, execute_async_v3 timed with CUDA events"
 
     def check(self) -> None:

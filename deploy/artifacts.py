@@ -1,0 +1,73 @@
+"""Exported model files on the local CPU runtimes: ``.onnx`` on onnxruntime, ``.xml`` IR on OpenVINO.
+
+:func:`run_artifact` runs a file on inputs (for parity and accuracy checks); :func:`file_backend` is the
+latency backend that times such files with :func:`fxprune.deploy.measure_latency`, OpenVINO IR included.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backends import Backend, get_backend
+from .backends.openvino import OpenVinoCpu
+
+__all__ = ["ARTIFACT_RUNTIMES", "OpenVinoFiles", "artifact_runner", "file_backend", "run_artifact"]
+
+ARTIFACT_RUNTIMES = {".onnx": "ort", ".xml": "openvino"}
+
+
+class OpenVinoFiles(OpenVinoCpu):
+    """OpenVINO CPU timing of model files as given (``.xml`` IR or ``.onnx``), without re-exporting."""
+
+    needs_onnx = False
+
+
+def file_backend(name: str) -> Backend:
+    """Backend timing model files: ``openvino`` reads ``.xml`` IR as well as ONNX; others as registered."""
+    return OpenVinoFiles() if name == "openvino" else get_backend(name)
+
+
+def artifact_runner(
+    path: str | os.PathLike[str], threads: int = 1, runtime: str | None = None
+) -> Callable[[Sequence[np.ndarray]], list[np.ndarray]]:
+    """A function running the file at ``path`` on a list of input arrays, returning its outputs.
+
+    ``runtime``: ``"ort"`` or ``"openvino"`` (default: onnxruntime for ``.onnx``, OpenVINO for ``.xml``).
+    """
+    path = Path(path)
+    runtime = runtime or ARTIFACT_RUNTIMES.get(path.suffix)
+    if runtime == "ort":
+        from .backends.ort import ort_session
+
+        sess = ort_session(path, threads, ["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        return lambda xs: sess.run(None, dict(zip(names, xs)))
+    if runtime == "openvino":
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        request = compiled.create_infer_request()
+
+        def run(xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+            result = request.infer(list(xs))
+            return [np.array(result[o]) for o in compiled.outputs]
+
+        return run
+    raise ValueError(
+        f"no local runtime for {path} (runtime {runtime!r}); known: .onnx (ort), .xml (openvino)"
+    )
+
+
+def run_artifact(
+    path: str | os.PathLike[str], inputs: Sequence[torch.Tensor], threads: int = 1, runtime: str | None = None
+) -> list[np.ndarray]:
+    """Outputs of the model file at ``path`` on ``inputs`` (one call)."""
+    run = artifact_runner(path, threads, runtime)
+    return run([t.detach().cpu().numpy() for t in inputs])

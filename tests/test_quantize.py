@@ -1,0 +1,289 @@
+"""INT8 quantization with NNCF: OpenVINO IR and QDQ ONNX, calibration data, INT8 alignment, TensorRT INT8."""
+
+from __future__ import annotations
+
+import sys
+import types
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("nncf")
+pytest.importorskip("openvino")
+pytest.importorskip("onnxruntime")
+
+from fxprune.deploy import alignment, measure_latency, quantize, run_artifact  # noqa: E402
+from fxprune.deploy.artifacts import file_backend  # noqa: E402
+from fxprune.deploy.calibration import CalibrationBatches, letterbox, load_calibration  # noqa: E402
+from fxprune.deploy.quantize import detection_head_names, head_float_ops  # noqa: E402
+
+N_CLASSES = 4
+
+
+def _patterns(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose class is the orientation of a stripe pattern (plus noise): learnable, not random."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, N_CLASSES, (n,), generator=g)
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    angles = labels.float() * (torch.pi / N_CLASSES)
+    phase = torch.rand(n, generator=g) * 6.28
+    waves = torch.sin(
+        0.9 * (xx * torch.cos(angles)[:, None, None] + yy * torch.sin(angles)[:, None, None])
+        + phase[:, None, None]
+    )
+    x = waves[:, None].repeat(1, 3, 1, 1) + 0.3 * torch.randn(n, 3, 16, 16, generator=g)
+    return x, labels
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small CNN trained for a few steps to tell the stripe classes apart (accuracy checked)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, stride=2),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, N_CLASSES),
+    )
+    x, y = _patterns(512, 0)
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for step in range(80):
+            idx = torch.arange(64) + (step % 8) * 64
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(prev)
+    net.eval()
+    test_x, test_y = _patterns(200, 1)
+    with torch.no_grad():
+        acc = (net(test_x).argmax(1) == test_y).float().mean().item()
+    assert acc > 0.9, f"the test model did not learn its task ({acc:.2f})"
+    return net, test_x
+
+
+@pytest.mark.parametrize("backend,suffix", [("openvino", ".xml"), ("onnx", ".onnx")])
+def test_quantized_model_is_int8_and_agrees_with_fp32(trained, backend, suffix, tmp_path, single_thread):
+    net, test_x = trained
+    calib = [_patterns(16, 2 + i)[0] for i in range(4)]  # batches of 16 are split to the example's 1
+    res = quantize(net, test_x[:1], calib, backend, tmp_path / f"m{suffix}", subset_size=64)
+    assert res.path.suffix == suffix and res.path.is_file() and res.samples == 64
+    if backend == "openvino":
+        import openvino as ov
+
+        ops = {op.get_type_name() for op in ov.Core().read_model(str(res.path)).get_ordered_ops()}
+        assert "FakeQuantize" in ops
+    else:
+        import onnx
+
+        nodes = onnx.load(str(res.path)).graph.node
+        assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in nodes}
+        assert all(n.domain in ("", "ai.onnx") for n in nodes)  # standard ops only, no custom domain
+    assert res.quantized_ops >= 3
+    with torch.no_grad():
+        ref = net(test_x).numpy()
+    got = np.concatenate([run_artifact(res.path, [test_x[i : i + 1]])[0] for i in range(len(test_x))])
+    spread = ref.max() - ref.min()
+    assert np.abs(got - ref).max() < 0.15 * spread
+    agreement = (got.argmax(1) == ref.argmax(1)).mean()
+    assert agreement >= 0.95
+
+
+def test_quantized_files_time_like_any_model_file(trained, tmp_path, single_thread):
+    net, test_x = trained
+    calib = [_patterns(8, 7)[0]]
+    onnx_res = quantize(net, test_x[:1], calib, "onnx", tmp_path / "q.onnx", subset_size=8)
+    ir_res = quantize(net, test_x[:1], calib, "openvino", tmp_path / "q.xml", subset_size=8)
+    ort = measure_latency({"fp32": onnx_res.source_onnx, "int8": onnx_res.path}, test_x[:1], "ort", iters=3)
+    ov = measure_latency(
+        {"fp32": ir_res.source_onnx, "int8": ir_res.path}, test_x[:1], file_backend("openvino"), iters=3
+    )
+    assert all(m.median_ms > 0 for m in [*ort.values(), *ov.values()])
+
+
+def test_calibration_shape_mismatch_names_the_batch(trained):
+    net, test_x = trained
+    bad = [torch.randn(1, 3, 16, 16), torch.randn(1, 3, 20, 20)]
+    with pytest.raises(ValueError, match=r"calibration batch 1: input 0 has shape \(1, 3, 20, 20\)"):
+        quantize(net, test_x[:1], bad, "onnx", subset_size=2)
+
+
+def test_fewer_batches_than_asked(trained):
+    net, test_x = trained
+    with pytest.raises(ValueError, match=r"gave 5 input batches .* fewer than subset_size=300"):
+        quantize(net, test_x[:1], [torch.randn(5, 3, 16, 16)], "openvino")
+
+
+class _Uncapturable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.linalg.svd(self.conv(x).flatten(2))[0]  # no ONNX export for SVD
+
+
+def test_model_nncf_cannot_capture():
+    with pytest.raises(ValueError, match="cannot be captured for quantization.*linalg_svd"):
+        quantize(_Uncapturable().eval(), torch.randn(1, 3, 8, 8), [torch.randn(1, 3, 8, 8)], subset_size=1)
+
+
+@pytest.mark.parametrize("module,backend", [("nncf", "onnx"), ("openvino", "openvino")])
+def test_missing_install_says_how_to_install(trained, monkeypatch, module, backend):
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=f"pip install {module}"):
+        quantize(trained[0], trained[1][:1], [trained[1][:1]], backend, subset_size=1)
+
+
+def test_bad_arguments(trained):
+    net, x = trained
+    with pytest.raises(ValueError, match="choose one of: openvino, onnx"):
+        quantize(net, x[:1], [x[:1]], "tflite", subset_size=1)
+    with pytest.raises(TypeError, match="ignored_scope must be an nncf.IgnoredScope"):
+        quantize(net, x[:1], [x[:1]], "onnx", subset_size=1, ignored_scope=["conv"])
+    with pytest.raises(TypeError, match="calibration must be an iterable"):
+        quantize(net, x[:1], x[:1], "onnx", subset_size=1)
+
+
+def test_calibration_batches_from_loaders_and_dicts():
+    x = torch.randn(1, 3, 4, 4)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(10, 3, 4, 4), torch.zeros(10)), 5
+    )
+    got = list(CalibrationBatches(loader, [x]))  # (images, labels) batches of 5 -> 10 single images
+    assert len(got) == 10 and got[0][0].shape == (1, 3, 4, 4)
+    gen = ({"inp": torch.randn(2, 3, 4, 4)} for _ in range(2))
+    batches = CalibrationBatches(gen, [x], input_names=["inp"])
+    assert batches.count(100) == 4 and batches.count(100) == 4  # a generator is kept for re-iteration
+    with pytest.raises(ValueError, match="keys \\['other'\\]"):
+        list(CalibrationBatches([{"other": x}], [x], input_names=["inp"]))
+
+
+def test_letterbox_keeps_aspect_ratio():
+    image = np.full((20, 40, 3), 200, dtype=np.uint8)
+    out = letterbox(image, (32, 32))
+    assert out.shape == (32, 32, 3)
+    assert (out[:8] == 114).all() and (out[-8:] == 114).all() and (out[8:24] == 200).all()
+
+
+def test_load_calibration_from_files(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((24, 48, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    (tmp_path / "data.yaml").write_text(f"path: {tmp_path}\ntrain: images\nval: images\nnames: {{0: a}}\n")
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((5, 8, 8, 3), np.uint8), y_train=np.zeros(5))
+    for source, n in (("images", 3), ("data.yaml", 3), ("d.npz", 5)):
+        data = list(load_calibration(tmp_path / source, (1, 3, 16, 16)))
+        assert len(data) == n and data[0].shape == (1, 3, 16, 16)
+    first = next(iter(load_calibration(folder, (1, 3, 16, 16), normalize="imagenet")))
+    assert first[0, 0, 8, 8].item() == pytest.approx((0 - 0.485) / 0.229, abs=1e-4)
+    (tmp_path / "list.txt").write_text("0.png\n")
+    with pytest.raises(ValueError, match="folder of images, an .npz file or an ultralytics"):
+        load_calibration(tmp_path / "list.txt", (1, 3, 16, 16))
+    with pytest.raises(ValueError, match="needs an N,3,H,W input"):
+        load_calibration(folder, (1, 10))
+
+
+def test_detection_head_decode_stays_float():
+    names = [
+        "/model.22/cv2.0/cv2.0.0/conv/Conv",
+        "/model.22/dfl/conv/Conv",
+        "/model.22/Sigmoid",
+        "/model.22/Add_1",
+        "/model.2/m.0/cv1/act/Sigmoid",
+        "/model.220/Add",
+    ]
+    assert head_float_ops(names, ["model.22"]) == [
+        "/model.22/dfl/conv/Conv",
+        "/model.22/Sigmoid",
+        "/model.22/Add_1",
+    ]
+
+    class Detect(nn.Module):  # named like ultralytics' head: found by class name
+        pass
+
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), Detect())
+    assert detection_head_names(model) == ["1"]
+
+
+def test_int8_alignment(monkeypatch):
+    monkeypatch.setattr(alignment, "cpu_vector_width", lambda: 16)
+    assert alignment.int8_multiple("cpu") == 64 and alignment.default_round_to("ort", "int8") == 64
+    monkeypatch.setattr(alignment, "cpu_vector_width", lambda: 8)
+    assert alignment.int8_multiple() == 32 and alignment.default_round_to("openvino", "fp32") == 8
+    assert alignment.int8_multiple("cuda") == 32 and alignment.default_round_to("trt", "int8") == 32
+    with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
+        alignment.int8_multiple("tpu")
+
+
+def _fake_tensorrt(version: str):
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.Logger = mock.MagicMock()
+    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8")
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    builder = mock.MagicMock()
+    builder.build_serialized_network.return_value = b"engine"
+    builder.create_builder_config.return_value.get_timing_cache.return_value.serialize.return_value = b"c"
+    trt.Builder = mock.MagicMock(return_value=builder)
+    trt.OnnxParser = mock.MagicMock()
+    trt.OnnxParser.return_value.parse_from_file.return_value = True
+    return trt, builder
+
+
+def _qdq_onnx(path, quantized: bool):
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Identity", ["x"], ["y"])]
+    inits = []
+    if quantized:
+        inits = [
+            helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+            helper.make_tensor("z", TensorProto.INT8, [], [0]),
+        ]
+        nodes = [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("version,flags", [("10.13.0", 1 << 5), ("11.4.0", 0)])
+def test_tensorrt_int8_builds_strongly_typed_from_qdq(version, flags, tmp_path, monkeypatch):
+    from fxprune.deploy.backends import tensorrt as trt_backend
+
+    trt, builder = _fake_tensorrt(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setenv("FXPRUNE_CACHE", str(tmp_path))
+    engine, strongly_typed = trt_backend.build_engine(_qdq_onnx(tmp_path / "q.onnx", True), "int8")
+    assert engine == b"engine" and strongly_typed
+    builder.create_network.assert_called_once_with(flags)
+    builder.create_builder_config.return_value.set_flag.assert_not_called()  # no precision flags
+    with pytest.raises(ValueError, match="no QuantizeLinear/DequantizeLinear nodes"):
+        trt_backend.build_engine(_qdq_onnx(tmp_path / "f.onnx", False), "int8")
+    with pytest.raises(ValueError, match="strongly typed"):
+        trt_backend.build_engine(tmp_path / "q.onnx", "int8", strongly_typed=False)
