@@ -1,35 +1,29 @@
-"""Deployment: ONNX export, INT8 quantization, latency backends, channel alignment, latency-aware pruning."""
+"""Deployment: ONNX export, latency backends, channel alignment and latency-aware pruning."""
 
-from .alignment import default_round_to, int8_multiple
-from .artifacts import file_backend, run_artifact
+from .alignment import default_round_to
 from .backends import BackendUnavailable, get_backend, list_backends
 from .budget import BudgetResult, plan_for_latency
-from .calibration import load_calibration
-from .latency import Measurement, measure_latency, speedup
+from .latency_planner import LatencyPlanner, prune
 from .lut import LatencyTable
 from .onnx_export import ExportResult, export_onnx
-from .quantize import QuantizeResult, quantize
+from .runtime_latency import Measurement, measure_latency, speedup
 from .sweep import latency_sweep, slower_points
 
 __all__ = [
     "BackendUnavailable",
     "BudgetResult",
     "ExportResult",
+    "LatencyPlanner",
     "LatencyTable",
     "Measurement",
-    "QuantizeResult",
     "default_round_to",
     "export_onnx",
-    "file_backend",
     "get_backend",
-    "int8_multiple",
     "latency_sweep",
     "list_backends",
-    "load_calibration",
     "measure_latency",
     "plan_for_latency",
-    "quantize",
-    "run_artifact",
+    "prune",
     "slower_points",
     "speedup",
 ]

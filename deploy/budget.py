@@ -9,7 +9,6 @@ internal target is tightened if needed.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Callable
@@ -20,13 +19,15 @@ import numpy as np
 
 from fxprune.analysis import Analysis
 from fxprune.groups.grouping import Group
-from fxprune.plan import Plan, plan_from_counts
-from fxprune.slim import slim_model
+from fxprune.plan import Plan, chunk_size, max_removable, normalized_scores, plan_from_counts, removal_costs
+from fxprune.targets import slimmed_copy
 
 from .alignment import default_round_to
-from .latency import measure_latency, speedup
 from .latency_model import LatencyModel
 from .lut import LatencyTable
+from .runtime_latency import measure_latency, speedup
+
+slim_copy = slimmed_copy  # the name the deployment modules and benches use
 
 __all__ = [
     "BudgetResult",
@@ -55,23 +56,6 @@ def parse_latency_target(text: str | float) -> tuple[float, str]:
     return value, unit
 
 
-def _chunk(group: Group, round_to: int) -> int:
-    return max(1, round_to // math.gcd(round_to, group.divisor)) if round_to > 1 else 1
-
-
-def _max_removable(group: Group, q: int, min_width: int) -> int:
-    keep = max(min_width, len(group.frozen), q, 1)
-    keep = int(math.ceil(keep / q) * q)
-    return max(0, min(group.prunable, group.width - keep))
-
-
-def _sorted_norm(group: Group, scores: np.ndarray) -> np.ndarray:
-    s = np.asarray(scores, dtype=np.float64)
-    norm = s / (s.mean() + 1e-12)
-    free = [i for i in range(group.width) if i not in group.frozen]
-    return np.sort(norm[free])
-
-
 def greedy_counts(
     groups: list[Group],
     scores: dict[int, np.ndarray],
@@ -87,11 +71,9 @@ def greedy_counts(
     """
     counts: dict[int, int] = {}
     by_id = {g.id: g for g in groups}
-    chunks = {g.id: _chunk(g, round_to) for g in groups}
-    caps = {
-        g.id: min(_max_removable(g, chunks[g.id], min_width), (caps or {}).get(g.id, g.width)) for g in groups
-    }
-    costs = {g.id: _sorted_norm(g, scores[g.id]) for g in groups if caps[g.id] > 0}
+    chunks = {g.id: chunk_size(g, round_to) for g in groups}
+    caps = {g.id: min(max_removable(g, round_to, min_width), (caps or {}).get(g.id, g.width)) for g in groups}
+    costs = {g.id: removal_costs(g, scores[g.id]) for g in groups if caps[g.id] > 0}
     active = [gid for gid in costs if model.by_group.get(gid)]
     target = target_ratio * model.dense
     current = model.estimate(counts)
@@ -165,12 +147,10 @@ def kept_importance(groups: list[Group], scores: dict[int, np.ndarray], plan: Pl
     for g in groups:
         if g.prunable == 0:
             continue
-        norm = _sorted_norm(g, scores[g.id])
-        s = np.asarray(scores[g.id], dtype=np.float64)
-        s = s / (s.mean() + 1e-12)
+        costs = removal_costs(g, scores[g.id])
         removed = plan.remove.get(g.id, np.zeros(0, dtype=np.int64))
-        total += float(norm.sum())
-        kept += float(norm.sum() - s[removed].sum())
+        total += float(costs.sum())
+        kept += float(costs.sum() - normalized_scores(scores[g.id])[removed].sum())
     return kept / max(total, 1e-12)
 
 
@@ -268,19 +248,12 @@ def _better(new: float, old: float, target: float, tol: float) -> bool:
     return abs(new - target) < abs(old - target)
 
 
-def slim_copy(analysis: Analysis, plan: Plan):
-    """A slimmed deep copy of ``analysis.model`` (the analysed model itself is left alone)."""
-    trial = copy.deepcopy(analysis.model)
-    slim_model(trial, analysis.groups, plan, analysis.constants)
-    return trial.eval()
-
-
 def _dense_ms(analysis: Analysis, example_inputs: Any, backend: str, kw: dict[str, Any]) -> float:
     res = measure_latency({"dense": analysis.model}, example_inputs, backend, **kw)
     return res["dense"].median_ms
 
 
 def _measured_ratio(analysis: Analysis, plan: Plan, example_inputs: Any, backend: str, kw: dict[str, Any]):
-    pruned = slim_copy(analysis, plan)
+    pruned = slimmed_copy(analysis, plan)
     res = measure_latency({"dense": analysis.model, "pruned": pruned}, example_inputs, backend, **kw)
     return 1.0 / speedup(res["dense"], res["pruned"])

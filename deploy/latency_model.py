@@ -13,6 +13,7 @@ from torch import nn
 
 from fxprune.analysis import Analysis
 from fxprune.capture import run_model
+from fxprune.plan import removal_rank
 from fxprune.threads import one_thread
 
 from .lut import LatencyTable, LayerShape
@@ -138,7 +139,7 @@ class LatencyModel:
         owner: dict[tuple[str, int], tuple[int, bool]] = {}
         ranks: dict[tuple[str, int], np.ndarray] = {}
         for g in analysis.groups:
-            rank = _removal_rank(g, scores[g.id])
+            rank = removal_rank(g, scores[g.id])
             for b in g.blocks:
                 atoms = np.asarray(g.block_atom_index[b.base])
                 block_ranks = np.sort(rank[atoms[atoms >= 0]])
@@ -219,16 +220,6 @@ def _left(size: int, ranks: np.ndarray, removed: int) -> int:
     if removed <= 0 or not len(ranks):
         return size
     return max(1, size - int(np.searchsorted(ranks, removed, side="left")))  # a layer keeps one channel
-
-
-def _removal_rank(group, scores: np.ndarray) -> np.ndarray:
-    """Rank of every atom in the order the planner removes them (lowest score first; frozen never)."""
-    rank = np.full(group.width, np.iinfo(np.int64).max, dtype=np.int64)
-    free = np.array([i for i in range(group.width) if i not in group.frozen], dtype=np.int64)
-    if len(free):
-        order = free[np.argsort(np.asarray(scores)[free], kind="stable")]
-        rank[order] = np.arange(len(order))
-    return rank
 
 
 def _diagonal(layer: LayerUse) -> list[LayerShape]:

@@ -135,7 +135,7 @@ class LatencyTable:
         return max(self.entries[shape.key] - self.entries.get(_OVERHEAD.key, 0.0), 0.0)
 
     def _measure(self, sources: dict, x, inputs_of=None, repeats: int | None = None):
-        from .latency import measure_latency
+        from .runtime_latency import measure_latency
 
         return measure_latency(
             sources,
@@ -156,7 +156,7 @@ class LatencyTable:
 
     def ensure(self, shapes: Iterable[LayerShape], *, progress=None) -> int:
         """Measure every shape not in the table yet (then save); returns how many were measured."""
-        from .latency import speedup
+        from .runtime_latency import speedup
 
         self.overhead()
         if _REFERENCE.key not in self.entries:

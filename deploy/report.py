@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fxprune.measure import is_slower
 from fxprune.report.markdown import new_axes, save_png
 
-from .latency import Measurement, speedup
+from .runtime_latency import Measurement, speedup
 from .sweep import SweepPoint
 
 __all__ = ["measurement_rows", "plot_sweep", "sweep_rows"]
@@ -47,7 +48,7 @@ def sweep_rows(points: Sequence[SweepPoint]) -> list[dict[str, Any]]:
             "dense ms": f"{p.dense_ms:.3g}",
             "pruned ms": f"{p.pruned_ms:.3g}",
             "speed-up": f"{p.speedup:.2f}x",
-            "slower than dense": "yes" if p.speedup < 0.97 else "",
+            "slower than dense": "yes" if is_slower(p.speedup) else "",
         }
         for p in points
     ]

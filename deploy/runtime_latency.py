@@ -1,13 +1,15 @@
-"""Measure several models on one backend, interleaved, and report latency with its conditions."""
+"""Latency on deployment runtimes: several models timed interleaved on one backend, with their conditions.
+
+``Measurement`` and ``speedup`` are defined in ``fxprune.measure`` (one result type for every latency
+figure) and re-exported here.
+"""
 
 from __future__ import annotations
 
 import copy
-import statistics
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from fxprune.capture import as_args_kwargs
-from fxprune.measure.latency import _percentile, interleaved_rounds
+from fxprune.measure import Measurement, interleaved_rounds, speedup
 
 from .backends import Backend, Settings, get_backend
 from .backends.base import Runner
@@ -24,51 +26,6 @@ from .onnx_export import export_onnx
 __all__ = ["Measurement", "measure_latency", "speedup"]
 
 Source = nn.Module | str | Path
-
-
-@dataclass
-class Measurement:
-    """Latency of one model on one backend (milliseconds per call) and the conditions it was taken in."""
-
-    name: str
-    backend: str
-    precision: str
-    batch: int
-    threads: int
-    warmup: int
-    iters: int
-    repeats: int
-    device: str
-    median_ms: float
-    p90_ms: float
-    mean_ms: float
-    repeat_medians: list[float] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def throughput(self) -> float:
-        """Items (batch elements) per second at the median latency."""
-        return self.batch * 1000.0 / self.median_ms
-
-    def conditions(self) -> str:
-        """One line: backend, precision, batch, threads, warm-up, iterations, device."""
-        return (
-            f"{self.backend} {self.precision}, batch {self.batch}, {self.threads} thread(s), warm-up "
-            f"{self.warmup}, {self.repeats}x{self.iters} timed calls interleaved, {self.device}"
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["throughput"] = self.throughput
-        return d
-
-
-def speedup(dense: Measurement, pruned: Measurement) -> float:
-    """``dense / pruned`` latency: the median of the per-repetition ratios (robust to drifting load)."""
-    pairs = list(zip(dense.repeat_medians, pruned.repeat_medians))
-    if not pairs:
-        return dense.median_ms / pruned.median_ms
-    return statistics.median(a / b for a, b in pairs)
 
 
 def _inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
@@ -160,24 +117,21 @@ def measure_latency(
                 r.close()
     out = {}
     for name, r in runners.items():
-        values = sorted(samples[name])
         notes = [f"CUDA graph capture failed: {r.graph_error}"] if getattr(r, "graph_error", None) else []
         if getattr(r, "graph", None) is not None:
             notes.append("CUDA graph replay")
-        out[name] = Measurement(
-            name,
-            be.name,
-            precision,
-            batch,
-            threads,
-            warmup,
-            n,
-            repeats,
-            r.device_name,
-            statistics.median(values),
-            _percentile(values, 90.0),
-            statistics.fmean(values),
+        out[name] = Measurement.from_samples(
+            samples[name],
             medians[name],
-            notes,
+            name=name,
+            backend=be.name,
+            precision=precision,
+            batch=batch,
+            threads=threads,
+            warmup=warmup,
+            iters=n,
+            repeats=repeats,
+            device=r.device_name,
+            notes=notes,
         )
     return out

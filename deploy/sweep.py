@@ -9,11 +9,11 @@ from typing import Any
 from torch import nn
 
 from fxprune.analysis import analyze
-from fxprune.measure import count_flops, count_params
+from fxprune.measure import SLOWER_THAN_DENSE_TOLERANCE, count_flops, count_params, is_slower
 
 from .alignment import default_round_to
 from .budget import slim_copy
-from .latency import Measurement, measure_latency, speedup
+from .runtime_latency import Measurement, measure_latency, speedup
 
 __all__ = ["SweepPoint", "latency_sweep", "slower_points"]
 
@@ -75,6 +75,8 @@ def latency_sweep(
     return points, res["dense"]
 
 
-def slower_points(points: list[SweepPoint], tolerance: float = 0.03) -> list[SweepPoint]:
+def slower_points(
+    points: list[SweepPoint], tolerance: float = SLOWER_THAN_DENSE_TOLERANCE
+) -> list[SweepPoint]:
     """Sweep points whose pruned model is slower than dense by more than ``tolerance`` (noise margin)."""
-    return [p for p in points if p.speedup < 1.0 - tolerance]
+    return [p for p in points if is_slower(p.speedup, tolerance)]

@@ -60,12 +60,13 @@ class Analysis:
         global_ranking: bool = False,
     ) -> Plan:
         """Choose the atoms to remove (see :func:`fxprune.plan.make_plan`)."""
-        self._check_ratio_patterns(ratios)
+        self.check_ratio_patterns(ratios)
         return make_plan(
             self.groups, self.scores(importance), ratio, ratios, round_to, min_width, global_ranking
         )
 
-    def _check_ratio_patterns(self, ratios: dict[str, float] | None) -> None:
+    def check_ratio_patterns(self, ratios: dict[str, float] | None) -> None:
+        """Raise ``ValueError`` if a per-module ratio pattern matches no module, or only frozen channels."""
         names = [n for n, _ in self.model.named_modules()]
         for pattern in ratios or {}:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,11 +13,14 @@ from torch import nn
 
 from .analysis import Analysis, analyze
 from .capture import run_model
+from .capture.inputs import ExampleInputs
 from .capture.outputs import OutputSelector, selected_tensors
 from .groups.grouping import Group
+from .importance.registry import Importance
 from .measure import count_flops, count_params
-from .plan import Plan
+from .plan import Plan, Planner, RatioPlanner
 from .slim import slim_model
+from .targets import SizeTargetPlanner
 from .verify import compare_outputs, masked_copy
 
 __all__ = ["PruneReport", "VerificationError", "apply_plan", "prune"]
@@ -151,44 +155,21 @@ def apply_plan(
     )
 
 
-def _plan_for_target(analysis: Analysis, example_inputs: Any, target: float, metric: str, **plan_kw) -> Plan:
-    """Bisect the ratio so that FLOPs (or params) after slimming are ``target`` x the dense figure."""
-    if not 0.0 < target < 1.0:
-        raise ValueError(f"target {metric} fraction must be in (0, 1), got {target}")
-    measure = (lambda m: count_flops(m, example_inputs)) if metric == "flops" else count_params
-    dense = measure(analysis.model)
-    lo, hi, best = 0.0, 0.99, None
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        plan = analysis.plan(mid, **plan_kw)
-        trial = copy.deepcopy(analysis.model)
-        slim_model(trial, analysis.groups, plan, analysis.constants)
-        frac = measure(trial) / dense
-        if frac > target:
-            lo = mid
-        else:
-            hi, best = mid, plan
-    if best is None:
-        raise ValueError(f"cannot reach {target:.0%} of the dense {metric}: too many channels are frozen")
-    return best
-
-
 def prune(
     model: nn.Module,
-    example_inputs: Any,
+    example_inputs: ExampleInputs,
     ratio: float = 0.5,
     *,
-    importance: Any = "l2",
+    importance: str | Importance = "l2",
     ratios: dict[str, float] | None = None,
-    ignore=(),
-    leaf_modules=(),
+    ignore: Iterable[str | type | nn.Module] = (),
+    leaf_modules: Iterable[str | type] = (),
     round_to: int | None = None,
     min_width: int = 1,
     global_ranking: bool = False,
     target_flops: float | None = None,
     target_params: float | None = None,
-    target_latency: float | str | None = None,
-    backend: str = "ort",
+    planner: Planner | None = None,
     verify: bool = True,
     tol: float = 1e-4,
     outputs: OutputSelector | None = None,
@@ -196,39 +177,34 @@ def prune(
     """Prune ``model`` in place and return a :class:`PruneReport`.
 
     ``ratio`` is the fraction of channels removed from every group; ``target_flops``/``target_params``
-    (fractions of the dense model, e.g. 0.5) choose the ratio instead. ``target_latency`` (``"0.5x"`` of the
-    dense latency or ``"12ms"``) plans for a latency budget on ``backend`` (``fxprune.deploy``;
-    ``round_to`` then defaults to the backend's alignment, else to 1). The slim model is checked against
-    the original with the removed channels masked out (``verify``; relative tolerance ``tol``).
+    (fractions of the dense model, e.g. 0.5) choose the ratio instead
+    (:func:`fxprune.targets.plan_for_target`).
+    ``planner`` (a :class:`fxprune.plan.Planner`) makes the plan instead of the ratio settings, e.g.
+    ``fxprune.deploy.LatencyPlanner("0.5x", backend="ort")`` for a latency budget
+    (``fxprune.deploy.prune(..., target_latency="0.5x")`` is the one-call form). ``round_to`` defaults to 1.
+    The slim model is checked against the original with the removed channels masked out (``verify``;
+    relative tolerance ``tol``).
     ``outputs`` picks the interface from the model's output (see :func:`fxprune.analyze`); only those
     tensors keep their width and are compared.
     """
+    if planner is not None and (target_flops is not None or target_params is not None):
+        raise ValueError("give either planner= or target_flops/target_params, not both")
+    if planner is not None and not isinstance(planner, Planner):
+        raise TypeError(
+            f"planner must have a plan(analysis, example_inputs, importance) method, got {planner!r}"
+        )
     analysis = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, outputs=outputs)
-    if target_latency is not None:
-        from fxprune.deploy.budget import plan_for_latency
-
-        plan = plan_for_latency(
-            analysis,
-            example_inputs,
-            target_latency,
-            backend,
-            importance=importance,
-            round_to=round_to,
-            min_width=min_width,
-        ).plan
-        return apply_plan(analysis, plan, example_inputs, verify=verify, tol=tol)
-    round_to = 1 if round_to is None else round_to
-    plan_kw = dict(
-        importance=importance,
+    settings = dict(
         ratios=ratios,
-        round_to=round_to,
+        round_to=1 if round_to is None else round_to,
         min_width=min_width,
         global_ranking=global_ranking,
     )
-    if target_flops is not None:
-        plan = _plan_for_target(analysis, example_inputs, target_flops, "flops", **plan_kw)
-    elif target_params is not None:
-        plan = _plan_for_target(analysis, example_inputs, target_params, "params", **plan_kw)
-    else:
-        plan = analysis.plan(ratio, **plan_kw)
+    if planner is None and target_flops is not None:
+        planner = SizeTargetPlanner(target_flops, "flops", **settings)
+    elif planner is None and target_params is not None:
+        planner = SizeTargetPlanner(target_params, "params", **settings)
+    elif planner is None:
+        planner = RatioPlanner(ratio, **settings)
+    plan = planner.plan(analysis, example_inputs, importance)
     return apply_plan(analysis, plan, example_inputs, verify=verify, tol=tol)

@@ -2,23 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import nn
 
-ExampleInputs = Any
+ExampleInputs = torch.Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
+"""A tensor (one positional input), a tuple/list of positional inputs, or a dict of keyword inputs."""
+
+__all__ = ["ExampleInputs", "as_args_kwargs", "eval_mode", "run_model"]
 
 
 def as_args_kwargs(example_inputs: ExampleInputs) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Split example inputs into positional and keyword arguments for ``model(*args, **kwargs)``."""
-    if isinstance(example_inputs, dict):
+    if isinstance(example_inputs, Mapping):
         return (), dict(example_inputs)
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs), {}
     return (example_inputs,), {}
 
 
-def run_model(model: torch.nn.Module, example_inputs: ExampleInputs) -> Any:
+def run_model(model: nn.Module, example_inputs: ExampleInputs) -> Any:
     """Call ``model`` on the example inputs."""
     args, kwargs = as_args_kwargs(example_inputs)
     return model(*args, **kwargs)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode and restore each one's own ``training`` flag afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training

@@ -17,6 +17,7 @@ from fxprune.deploy.sweep import DEFAULT_RATIOS
 
 from .args import add_model_args, backend_list, fraction, positive_int, ratio_list
 from .common import Steps, analyze_model, load_input
+from .deploy_steps import print_sweep_table
 
 _BENCH_EPILOG = """\
 MODEL is a model SPEC (as for prune) or an ONNX file. With a SPEC, --ratio or --target-flops prunes a
@@ -110,14 +111,15 @@ def _sources(args: argparse.Namespace, steps: Steps) -> tuple[dict[str, Any], to
     elif args.ratio is not None or args.target_flops is not None:
         from fxprune.deploy.alignment import default_round_to
 
-        from ..prune import _plan_for_target, apply_plan
+        from ..prune import apply_plan
+        from ..targets import plan_for_target
 
         round_to = args.round_to or default_round_to(args.backend[0], args.precision)
         pruned = copy.deepcopy(model)
         analysis = analyze_model(pruned, x, args, steps)
         with steps("pruning a copy") as s:
             if args.target_flops is not None:
-                plan = _plan_for_target(analysis, x, args.target_flops, "flops", round_to=round_to)
+                plan = plan_for_target(analysis, x, args.target_flops, "flops", round_to=round_to)
             else:
                 plan = analysis.plan(args.ratio, round_to=round_to)
             report = apply_plan(analysis, plan, x)
@@ -194,23 +196,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
             s["detail"] = (
                 f"round_to {points[0].round_to}; slower than dense at: {[p.ratio for p in slow] or 'none'}"
             )
-        _sweep_table(points, console)
+        print_sweep_table(points, console)
     if args.report:
         path = _write_report(args, results, exports, points, info)
         console.print(escape(f"report written to {path}"))
     return 0
-
-
-def _sweep_table(points, console: Console) -> None:
-    from fxprune.deploy.report import sweep_rows
-
-    rows = sweep_rows(points)
-    table = Table(title="latency against pruning ratio")
-    for col in rows[0]:
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(*(escape(str(v)) for v in r.values()))
-    console.print(table)
 
 
 def _write_report(args, results, exports, points, info) -> Path:

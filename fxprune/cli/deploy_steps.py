@@ -9,13 +9,21 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 from torch import nn
 
 from ..analysis import Analysis
 from ..plan import Plan
 from .common import Steps
 
-__all__ = ["backend_latency", "deploy_sections", "plan_latency_budget", "sweep_report"]
+__all__ = [
+    "backend_latency",
+    "deploy_sections",
+    "plan_latency_budget",
+    "print_sweep_table",
+    "sweep_report",
+]
 
 
 @dataclass
@@ -56,27 +64,20 @@ def plan_latency_budget(
     analysis: Analysis, x: torch.Tensor, args: argparse.Namespace, backend: str, steps: Steps
 ) -> Plan:
     """Plan for ``--target-latency`` on ``backend`` (layer table cached on disk, checked by measurement)."""
-    from fxprune.deploy.budget import plan_for_latency
+    from fxprune.deploy import LatencyPlanner
 
-    result = plan_for_latency(
-        analysis,
-        x,
-        args.target_latency,
-        backend,
-        importance=args.importance,
-        round_to=args.round_to,
-        min_width=args.min_width,
-        threads=args.threads or 1,
+    threads = args.threads or 1
+    planner = LatencyPlanner(
+        args.target_latency, backend, round_to=args.round_to, min_width=args.min_width, threads=threads
     )
-    _record(args).budget = result
-    return result.plan
+    plan = planner.plan(analysis, x, args.importance)
+    _record(args).budget = planner.result
+    return plan
 
 
 def sweep_report(dense: nn.Module, x: torch.Tensor, args: argparse.Namespace, steps: Steps, console: Console):
     """Time dense against pruning ratios 0.05..0.9 on the first backend and print the table."""
     from fxprune.deploy.sweep import latency_sweep, slower_points
-
-    from .bench import _sweep_table
 
     backend = (args.backend or ["ort"])[0]
     with steps(f"ratio sweep on {backend}") as info:
@@ -85,7 +86,20 @@ def sweep_report(dense: nn.Module, x: torch.Tensor, args: argparse.Namespace, st
         info["detail"] = f"round_to {points[0].round_to}; slower than dense at: {slow or 'none'}"
     rec = _record(args)
     rec.sweep, rec.sweep_backend = points, backend
-    _sweep_table(points, console)
+    print_sweep_table(points, console)
+
+
+def print_sweep_table(points: list, console: Console) -> None:
+    """The latency-against-ratio table of a sweep (``fxprune.deploy.sweep.latency_sweep`` points)."""
+    from fxprune.deploy.report import sweep_rows
+
+    rows = sweep_rows(points)
+    table = Table(title="latency against pruning ratio")
+    for col in rows[0]:
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(*(escape(str(v)) for v in r.values()))
+    console.print(table)
 
 
 def deploy_sections(args: argparse.Namespace, folder: Path) -> tuple[list, list]:

@@ -13,9 +13,11 @@ from rich.markup import escape
 
 from ..analysis import Analysis
 from ..io import save
+from ..measure import is_slower
 from ..plan import Plan
-from ..prune import PruneReport, _plan_for_target, apply_plan
+from ..prune import PruneReport, apply_plan
 from ..report import Metric, before_after_table, format_ratio, format_value
+from ..targets import plan_for_target
 from .args import add_model_args, backend_list, fraction, latency_target, positive_int, ratio_for
 from .common import (
     Steps,
@@ -146,12 +148,12 @@ def _plan(analysis: Analysis, x: torch.Tensor, args: argparse.Namespace, steps: 
     )
     if args.target_flops is not None:
         return (
-            _plan_for_target(analysis, x, args.target_flops, "flops", **kw),
+            plan_for_target(analysis, x, args.target_flops, "flops", **kw),
             f"{args.target_flops:g} x FLOPs",
         )
     if args.target_params is not None:
         return (
-            _plan_for_target(analysis, x, args.target_params, "params", **kw),
+            plan_for_target(analysis, x, args.target_params, "params", **kw),
             f"{args.target_params:g} x params",
         )
     ratio = 0.5 if args.ratio is None else args.ratio
@@ -265,7 +267,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     for line in getattr(args, "conditions", []):
         console.print(escape(line), style="dim")
     for label, (dense_ms, pruned_ms) in latency.items():
-        if pruned_ms > 1.03 * dense_ms:
+        if is_slower(dense_ms / pruned_ms):
             console.print(
                 f"[yellow]warning: the pruned model is slower than dense ({escape(label)}); unaligned "
                 "channel counts cost more than they save: try --round-to 8 or 16, or fxprune bench --sweep[/]"

@@ -1,6 +1,20 @@
-"""Model cost measurements: FLOPs, parameter counts and CPU latency."""
+"""Model cost measurements: FLOPs, parameter counts and CPU latency, and the one latency result type."""
 
-from fxprune.measure.flops import count_flops, count_params
-from fxprune.measure.latency import LatencyResult, measure_cpu_latency
+from .cpu_latency import interleaved_rounds, measure_cpu_latency
+from .flops import count_flops, count_params
+from .measurement import SLOWER_THAN_DENSE_TOLERANCE, Measurement, is_slower, percentile, speedup
 
-__all__ = ["LatencyResult", "count_flops", "count_params", "measure_cpu_latency"]
+LatencyResult = Measurement  # former name of the CPU latency result
+
+__all__ = [
+    "SLOWER_THAN_DENSE_TOLERANCE",
+    "LatencyResult",
+    "Measurement",
+    "count_flops",
+    "count_params",
+    "interleaved_rounds",
+    "is_slower",
+    "measure_cpu_latency",
+    "percentile",
+    "speedup",
+]

@@ -7,41 +7,22 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from fxprune.measure._inputs import ExampleInputs, eval_mode, split_inputs
+from ..capture.inputs import ExampleInputs, as_args_kwargs, eval_mode
+from .measurement import Measurement
+
+__all__ = ["interleaved_rounds", "measure_cpu_latency", "precision_of"]
+
+_PRECISIONS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
 
-@dataclass(frozen=True)
-class LatencyResult:
-    """Per-forward latency statistics in milliseconds over ``iters * repeats`` timed calls."""
-
-    median_ms: float
-    p90_ms: float
-    mean_ms: float
-    iters: int
-    repeats: int
-    threads: int
-    warmup: int
-    device: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict view (for JSON or Markdown reports)."""
-        return asdict(self)
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolated percentile of already sorted values, ``q`` in [0, 100]."""
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+def precision_of(model: nn.Module) -> str:
+    """``"fp32"``, ``"fp16"``, ``"bf16"``... after the first floating-point parameter (``"fp32"`` if none)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return _PRECISIONS.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def interleaved_rounds(
@@ -79,18 +60,19 @@ def measure_cpu_latency(
     warmup: int = 5,
     iters: int = 20,
     repeats: int = 5,
-) -> dict[str, LatencyResult]:
+) -> dict[str, Measurement]:
     """Time several CPU models interleaved: each repetition runs ``iters`` calls of every model in turn.
 
     Round-robin timing (with the model order rotated every repetition) exposes all models to the same
     machine noise, so latency ratios between them are meaningful. Runs under ``torch.inference_mode()``
     in eval mode; ``torch.set_num_threads(threads)`` is applied if given and restored afterwards.
+    Results are :class:`fxprune.measure.Measurement` with backend ``"torch"`` and device ``"cpu"``.
     """
     if not models:
         raise ValueError("measure_cpu_latency needs at least one model")
     if iters < 1 or repeats < 1 or warmup < 0:
         raise ValueError("iters and repeats must be >= 1 and warmup >= 0")
-    args, kwargs = split_inputs(example_inputs)
+    args, kwargs = as_args_kwargs(example_inputs)
     names = list(models)
     prev_threads = torch.get_num_threads()
     if threads is not None:
@@ -115,22 +97,27 @@ def measure_cpu_latency(
             for name in names:
                 for _ in range(warmup):
                     models[name](*args, **kwargs)
-            samples, _ = interleaved_rounds({name: timer(models[name]) for name in names}, iters, repeats)
+            samples, medians = interleaved_rounds(
+                {name: timer(models[name]) for name in names}, iters, repeats
+            )
     finally:
         if threads is not None:
             torch.set_num_threads(prev_threads)
-
-    results: dict[str, LatencyResult] = {}
-    for name in names:
-        values = sorted(samples[name])
-        results[name] = LatencyResult(
-            median_ms=statistics.median(values),
-            p90_ms=_percentile(values, 90.0),
-            mean_ms=statistics.fmean(values),
-            iters=iters,
-            repeats=repeats,
+    first = next((t for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor)), None)
+    batch = int(first.shape[0]) if first is not None and first.dim() else 1
+    return {
+        name: Measurement.from_samples(
+            samples[name],
+            medians[name],
+            name=name,
+            backend="torch",
+            precision=precision_of(models[name]),
+            batch=batch,
             threads=used_threads,
             warmup=warmup,
+            iters=iters,
+            repeats=repeats,
             device="cpu",
         )
-    return results
+        for name in names
+    }

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxprune.measure._inputs import ExampleInputs, eval_mode, split_inputs
+from ..capture.inputs import ExampleInputs, as_args_kwargs, eval_mode
 
 
 def count_flops(model: nn.Module, example_inputs: ExampleInputs) -> int:
@@ -15,7 +15,7 @@ def count_flops(model: nn.Module, example_inputs: ExampleInputs) -> int:
     ``example_inputs`` is a tensor, a tuple/list of positional inputs or a dict of keyword inputs.
     The model's train/eval state is restored afterwards.
     """
-    args, kwargs = split_inputs(example_inputs)
+    args, kwargs = as_args_kwargs(example_inputs)
     counter = FlopCounterMode(display=False)
     with eval_mode(model), torch.no_grad(), counter:
         model(*args, **kwargs)

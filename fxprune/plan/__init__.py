@@ -1,5 +1,33 @@
-"""Pruning plans: which atoms of which groups to remove."""
+"""Pruning plans: which atoms of which groups to remove, and the rules every planner follows."""
 
-from .planner import Plan, make_plan, plan_from_counts
+from .planner import Plan, group_ratio, make_plan, plan_from_counts
+from .protocol import Planner, RatioPlanner
+from .rules import (
+    chunk_size,
+    keep_count,
+    max_removable,
+    normalized_scores,
+    prunable_atoms,
+    removal_costs,
+    removal_order,
+    removal_rank,
+)
+from .search import bisect_ratio
 
-__all__ = ["Plan", "make_plan", "plan_from_counts"]
+__all__ = [
+    "Plan",
+    "Planner",
+    "RatioPlanner",
+    "bisect_ratio",
+    "chunk_size",
+    "group_ratio",
+    "keep_count",
+    "make_plan",
+    "max_removable",
+    "normalized_scores",
+    "plan_from_counts",
+    "prunable_atoms",
+    "removal_costs",
+    "removal_order",
+    "removal_rank",
+]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..groups.grouping import Group
+from .rules import keep_count, max_removable, normalized_scores, prunable_atoms, removal_order
 
 __all__ = ["Plan", "group_ratio", "make_plan", "plan_from_counts"]
 
@@ -31,16 +32,6 @@ def group_ratio(group: Group, ratio: float, ratios: dict[str, float] | None) -> 
     return ratio
 
 
-def _keep_count(group: Group, n_remove: int, round_to: int, min_width: int) -> int:
-    """Atoms to keep when ``n_remove`` prunable atoms are asked for, after min width and ``round_to``."""
-    w = group.width
-    keep = max(min_width, w - min(n_remove, group.prunable), 1)
-    if round_to > 1:
-        q = round_to // math.gcd(round_to, group.divisor)
-        keep = min(w, int(math.ceil(keep / q) * q))
-    return max(keep, len(group.frozen), 1)
-
-
 def _ratio_count(group: Group, ratio: float) -> int:
     """The ratio applies to the channels that can be removed: frozen ones are not counted."""
     return int(math.floor(ratio * group.prunable + 1e-9))
@@ -50,10 +41,9 @@ def _choose(group: Group, scores: np.ndarray, n_remove: int) -> np.ndarray:
     """The ``n_remove`` lowest-scored prunable atoms, honouring equal-parts (chunk) constraints."""
     if n_remove <= 0:
         return np.zeros(0, dtype=np.int64)
-    prunable = np.array([i for i in range(group.width) if i not in group.frozen], dtype=np.int64)
     if not group.equal_parts:
-        order = prunable[np.argsort(scores[prunable], kind="stable")]
-        return np.sort(order[:n_remove])
+        return np.sort(removal_order(group, scores)[:n_remove])
+    prunable = prunable_atoms(group)
     pieces = group.equal_parts[0]
     in_pieces = set(np.concatenate(pieces).tolist())
     free = np.array([i for i in prunable if i not in in_pieces], dtype=np.int64)
@@ -104,13 +94,12 @@ def make_plan(
     if global_ranking:
         pool = []
         for g in groups:
-            s = scores[g.id]
-            norm = s / (s.mean() + 1e-12)
+            norm = normalized_scores(scores[g.id])
             pool += [(norm[i], g.id, i) for i in range(g.width) if i not in g.frozen]
         pool.sort()
         budget = int(ratio * len(pool))
         quota = {g.id: 0 for g in groups}
-        caps = {g.id: g.width - _keep_count(g, g.prunable, 1, min_width) for g in groups}
+        caps = {g.id: max_removable(g, 1, min_width) for g in groups}
         for _, gid, _ in pool:
             if budget <= 0:
                 break
@@ -120,14 +109,14 @@ def make_plan(
         by_id = {g.id: g for g in groups}
         for gid, n in quota.items():
             g = by_id[gid]
-            keep = _keep_count(g, n, round_to, min_width)
+            keep = keep_count(g, n, round_to, min_width)
             plan.remove[gid] = _keep_one_per_layer(g, scores[gid], _choose(g, scores[gid], g.width - keep))
         return plan
     for g in groups:
         r = group_ratio(g, ratio, ratios)
         if r <= 0 or g.prunable == 0:
             continue
-        keep = _keep_count(g, _ratio_count(g, r), round_to, min_width)
+        keep = keep_count(g, _ratio_count(g, r), round_to, min_width)
         n = min(g.width - keep, g.prunable)
         chosen = _keep_one_per_layer(g, scores[g.id], _choose(g, scores[g.id], n))
         if len(chosen):
@@ -152,7 +141,7 @@ def plan_from_counts(
         n = counts.get(g.id, 0)
         if n <= 0 or g.prunable == 0:
             continue
-        keep = _keep_count(g, n, round_to, min_width)
+        keep = keep_count(g, n, round_to, min_width)
         chosen = _keep_one_per_layer(
             g, scores[g.id], _choose(g, scores[g.id], min(g.width - keep, g.prunable))
         )

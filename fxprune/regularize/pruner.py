@@ -28,7 +28,8 @@ from torch import nn
 from ..analysis import analyze
 from ..capture.outputs import OutputSelector
 from ..plan import Plan
-from ..prune import PruneReport, _plan_for_target, apply_plan
+from ..prune import PruneReport, apply_plan
+from ..targets import plan_for_target
 from .channels import GroupChannels
 from .method import Method, get_method, make_options
 
@@ -94,7 +95,7 @@ class Pruner:
         self.analysis = analyze(
             model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, outputs=outputs
         )
-        self.analysis._check_ratio_patterns(self.ratios)
+        self.analysis.check_ratio_patterns(self.ratios)
         roles = cls.roles[scope]
         channels = []
         for g in self.analysis.groups:
@@ -162,7 +163,7 @@ class Pruner:
         scores = self.method.selection_scores()
         importance = lambda model, group: scores[group.id]  # noqa: E731
         if self.target_flops is not None:
-            plan = _plan_for_target(
+            plan = plan_for_target(
                 self.view,
                 self.example_inputs,
                 self.target_flops,

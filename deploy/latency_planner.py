@@ -1,0 +1,111 @@
+"""The latency-budget planner for ``fxprune.prune``, and the one-call ``prune`` with ``target_latency``.
+
+The core never imports ``fxprune.deploy``: it asks a :class:`fxprune.plan.Planner` for the plan.
+:class:`LatencyPlanner` is that planner for a latency budget on a runtime::
+
+    fxprune.prune(model, x, planner=fxprune.deploy.LatencyPlanner("0.5x", backend="ort"))
+    fxprune.deploy.prune(model, x, target_latency="0.5x", backend="ort")  # the same, in one call
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from fxprune.analysis import Analysis
+from fxprune.capture.inputs import ExampleInputs
+from fxprune.importance.registry import Importance
+from fxprune.plan import Plan
+from fxprune.prune import PruneReport
+from fxprune.prune import prune as prune_model
+
+from .budget import BudgetResult, parse_latency_target, plan_for_latency
+from .latency_model import LatencyModel
+from .lut import LatencyTable
+
+__all__ = ["LatencyPlanner", "prune"]
+
+
+@dataclass
+class LatencyPlanner:
+    """A :class:`fxprune.plan.Planner` for a latency ``target`` (``"0.5x"`` of dense or ``"12ms"``).
+
+    The fields are those of :func:`fxprune.deploy.plan_for_latency` (``round_to=None``: the backend's
+    alignment). After planning, ``result`` holds the :class:`BudgetResult` (estimates, measured ratio,
+    rounds).
+    """
+
+    target: str | float
+    backend: str = "ort"
+    round_to: int | None = None
+    min_width: int = 1
+    precision: str = "fp32"
+    threads: int = 1
+    validate: bool = True
+    tolerance: float = 0.1
+    max_rounds: int = 4
+    table: LatencyTable | None = None
+    latency_model: LatencyModel | None = None
+    measure_kw: dict[str, Any] | None = None
+    progress: Callable[[int, int], None] | None = None
+    result: BudgetResult | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        parse_latency_target(self.target)  # a bad budget fails here, before any analysis
+
+    def plan(self, analysis: Analysis, example_inputs: Any, importance: str | Importance = "l2") -> Plan:
+        self.result = plan_for_latency(
+            analysis,
+            example_inputs,
+            self.target,
+            self.backend,
+            latency_model=self.latency_model,
+            table=self.table,
+            importance=importance,
+            round_to=self.round_to,
+            min_width=self.min_width,
+            precision=self.precision,
+            threads=self.threads,
+            validate=self.validate,
+            tolerance=self.tolerance,
+            max_rounds=self.max_rounds,
+            measure_kw=self.measure_kw,
+            progress=self.progress,
+        )
+        return self.result.plan
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    ratio: float = 0.5,
+    *,
+    target_latency: str | float | None = None,
+    backend: str = "ort",
+    importance: str | Importance = "l2",
+    ignore: Iterable[str | type | nn.Module] = (),
+    leaf_modules: Iterable[str | type] = (),
+    round_to: int | None = None,
+    min_width: int = 1,
+    verify: bool = True,
+    tol: float = 1e-4,
+    **options: Any,
+) -> PruneReport:
+    """:func:`fxprune.prune`, plus ``target_latency`` (``"0.5x"`` of the dense latency or ``"12ms"``).
+
+    With ``target_latency`` the plan comes from :class:`LatencyPlanner` on ``backend`` (``round_to``
+    defaulting to the backend's alignment); without it, every argument goes to :func:`fxprune.prune`
+    (``options``: ``ratios``, ``global_ranking``, ``target_flops``, ``target_params``, ``planner``).
+    """
+    common = dict(importance=importance, ignore=ignore, leaf_modules=leaf_modules, verify=verify, tol=tol)
+    if target_latency is None:
+        return prune_model(
+            model, example_inputs, ratio, round_to=round_to, min_width=min_width, **common, **options
+        )
+    if options:
+        raise ValueError(f"target_latency does not combine with {', '.join(sorted(options))}")
+    planner = LatencyPlanner(target_latency, backend, round_to=round_to, min_width=min_width)
+    return prune_model(model, example_inputs, planner=planner, **common)
