@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -71,6 +71,18 @@ class Method:
     def chosen(self) -> None:
         """Called once the channels to prune (``GroupChannels.pruned``) have been (re)chosen."""
         self.wants_plan = False
+
+    def removal_counts(self) -> dict[int, int] | None:
+        """Atoms to remove per group id when the method sets each group's width itself (``None``: the
+        Pruner's ``ratio`` or ``target_flops`` decides)."""
+        return None
+
+    def calibrate(self, batches: Iterable[Any]) -> None:
+        """Gather statistics from calibration batches before choosing (methods choosing from data)."""
+        raise ValueError(f"method {self.name!r} does not use calibration data")
+
+    def close(self) -> None:
+        """Release what the method installed on the model (hooks); the Pruner calls it before slimming."""
 
     # -- resume --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..analysis import analyze
 from ..capture.outputs import OutputSelector
-from ..plan import Plan
+from ..plan import Plan, plan_from_counts
 from ..prune import PruneReport, apply_plan
 from ..targets import plan_for_target
 from .channels import GroupChannels
@@ -162,7 +162,11 @@ class Pruner:
     def _choose(self) -> None:
         scores = self.method.selection_scores()
         importance = lambda model, group: scores[group.id]  # noqa: E731
-        if self.target_flops is not None:
+        counts = self.method.removal_counts()
+        if counts is not None:  # the method sets every group's width itself
+            opts = self.plan_options
+            plan = plan_from_counts(self.view.groups, scores, counts, opts["round_to"], opts["min_width"])
+        elif self.target_flops is not None:
             plan = plan_for_target(
                 self.view,
                 self.example_inputs,
@@ -190,15 +194,23 @@ class Pruner:
             return {}
         return {gid: idx.tolist() for gid, idx in self.plan.remove.items()}
 
-    def prune(self, *, verify: bool = True, tol: float = 1e-4) -> PruneReport:
-        """Remove the chosen channels: slim the model in place and check it against the masked original."""
+    def prune(self, *, calibration=None, verify: bool = True, tol: float = 1e-4) -> PruneReport:
+        """Remove the chosen channels: slim the model in place and check it against the masked original.
+
+        ``calibration``: batches (inputs, or tuples starting with the input) from which methods choosing
+        from data (``ccm``) take their statistics.
+        """
         self._check_live()
+        if calibration is not None:
+            self.method.calibrate(calibration)
+            self.plan = None
         if not self.method.done:
             log.warning(
                 "pruning at iteration %d before regularization finished (%s)", self.method.t, self.phase
             )
         if self.plan is None or self.method.wants_plan:
             self._choose()
+        self.method.close()
         self.report = apply_plan(self.view, self.plan, self.example_inputs, verify=verify, tol=tol)
         log.info("pruned: FLOPs %.3gx, params %.3gx", self.report.flops_ratio, self.report.params_ratio)
         return self.report
