@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 
 import fxprune
+from fxprune.measure import count_flops
 from tests.helpers import check_pruned, output_shapes, randomize_
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -183,18 +184,20 @@ def test_verify_false_skips_the_check():
 
 def test_report_fields():
     model = resnet18()
-    r = fxprune.prune(model, torch.randn(X64), 0.5)
-    assert r.params_before > r.params_after > 0 and r.flops_before > r.flops_after > 0
-    assert r.params_ratio == pytest.approx(r.params_before / r.params_after)
-    assert r.flops_ratio == pytest.approx(r.flops_before / r.flops_after)
+    x = torch.randn(X64)
+    dense_params, dense_flops = sum(p.numel() for p in model.parameters()), count_flops(model, x)
+    r = fxprune.prune(model, x, 0.5)
+    # the report's counts are those of the dense and the slim model, counted here independently
+    assert r.params_before == dense_params and r.params_after == sum(p.numel() for p in model.parameters())
+    assert r.flops_before == dense_flops and r.flops_after == count_flops(model, x)
+    assert 3.0 < r.flops_ratio < 4.5 and 2.5 < r.params_ratio < 4.5  # about (1 - 0.5)^2 of the FLOPs
     assert r.exact_error <= 1e-4 and r.approx_error is None and r.approx_groups == []
     assert r.capture_method == "fx" and r.analysis_seconds > 0 and r.slim_seconds > 0
     assert len(r.widths) == len({gid for gid, *_ in r.widths})
     assert (1000, 1000) in [(b, a) for _, m, b, a in r.widths if m == "fc"]
     assert (64, 32) in [(b, a) for _, m, b, a in r.widths if m == "conv1"]
     assert r.changes["conv1.weight[0]"] == (64, 32)
-    assert r.spec["conv1.weight"] == [32, 3, 7, 7]
-    assert sum(p.numel() for p in model.parameters()) == r.params_after
+    assert r.spec["conv1.weight"] == [32, 3, 7, 7] and model.conv1.weight.shape == (32, 3, 7, 7)
 
 
 def test_summary_rows(resnet_analysis):
@@ -303,10 +306,11 @@ def test_round_to(name, ratio):
 def test_round_to_in_the_plan(resnet_analysis):
     for ratio in (0.2, 0.5, 0.8):
         plan = resnet_analysis.plan(ratio, round_to=16)
-        for g in resnet_analysis.groups:
-            removed = len(plan.remove.get(g.id, ()))
-            if removed:
-                assert (g.width - removed) % 16 == 0, (g.id, g.width, removed)
+        pruned = [(g.id, g.width, len(plan.remove[g.id])) for g in resnet_analysis.groups
+                  if len(plan.remove.get(g.id, ()))]
+        assert len(pruned) >= 5, (ratio, pruned)  # every prunable group of resnet18 is a multiple of 16
+        for gid, width, removed in pruned:
+            assert (width - removed) % 16 == 0, (gid, width, removed)
 
 
 @pytest.mark.parametrize("min_width", [1, 24])
@@ -323,9 +327,11 @@ def test_min_width(min_width):
 
 
 def test_every_layer_keeps_a_channel():
+    """At 0.99 many layers go down to a single channel; none to zero, and the slim model still matches."""
     model = randomize_(torchvision.models.mobilenet_v3_small()).eval()
     check_pruned(model, torch.randn(X64), 0.99, min_flops_ratio=5.0)
-    assert all(w >= 1 for w in conv_widths(model).values())
+    widths = sorted(conv_widths(model).values())
+    assert widths[0] == 1 and widths.count(1) >= 10, widths
 
 
 def test_per_module_ratios():
@@ -346,7 +352,11 @@ def test_plan_then_apply():
     assert plan.removed_count() > 0
     report = fxprune.apply_plan(analysis, plan, x)
     assert report.exact_error <= 1e-4 and report.flops_ratio > 3.0
-    assert all(isinstance(v, np.ndarray) for v in plan.remove.values())
+    # the model has the widths of this plan: the stem group lost exactly the channels the plan names
+    (stem,) = [g for g in analysis.groups if "conv1" in g.modules and g.width == 64]
+    removed = plan.remove[stem.id]
+    assert isinstance(removed, np.ndarray) and len(removed) > 0
+    assert model.conv1.out_channels == model.bn1.num_features == 64 - len(removed)
 
 
 def test_global_ranking_removes_channels(resnet_analysis):

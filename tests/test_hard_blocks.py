@@ -216,7 +216,8 @@ def test_channels_last_layernorm_block():
     assert all(not g.exact for g in norm_groups)
     assert any(g.exact and g.prunable == 4 * 32 for g in analysis.groups if "pw2" in g.modules)
     res = check_pruned(model, x, 0.5, min_flops_ratio=1.5, expect_approx=True)
-    assert res.report.approx_error is not None
+    # pruning under a LayerNorm changes its statistics: the output differs, but not wildly
+    assert 1e-3 < res.report.approx_error < 1.0, res.report.approx_error
     assert model.pw1.out_features == model.pw2.in_features < 4 * 32
     assert model.norm.normalized_shape == (model.stem.out_channels,) == (model.pw2.out_features,)
 
@@ -523,7 +524,8 @@ def test_unknown_op_freezes_and_is_reported():
     assert [u.op for u in analysis.unsupported] == ["einsum"]
     assert analysis.unsupported[0].reason
     for name in ("b.0", "c.0"):
-        assert all(g.prunable == 0 for g in analysis.groups if name in g.modules and g.width == 24)
+        outputs = [g for g in analysis.groups if name in g.modules and g.width == 24]
+        assert outputs and all(g.prunable == 0 for g in outputs), (name, outputs)
     check_pruned(model, x, 0.5, min_flops_ratio=1.1)
     assert model.b[0].out_channels == model.c[0].out_channels == 24
     assert model.a[0].out_channels < 16
@@ -567,10 +569,28 @@ def test_custom_leaf_module_is_frozen_and_reported(leaf):
 
 
 # ---------------------------------------------------------------- importance criteria on a hard block
-@pytest.mark.parametrize("importance", ["l1", "random", lambda model, group: np.arange(group.width, 0, -1.0)])
+def descending(model, group) -> np.ndarray:
+    """A custom criterion: the first channels matter most."""
+    return np.arange(group.width, 0, -1.0)
+
+
+@pytest.mark.parametrize("importance", ["l1", "random", descending])
 def test_importance_criteria(importance):
     model = _prepare(C2fLike(), seed=3)
-    check_pruned(model, torch.randn(1, 3, 32, 32), 0.5, min_flops_ratio=1.4, importance=importance)
+    res = check_pruned(model, torch.randn(1, 3, 32, 32), 0.5, min_flops_ratio=1.4, importance=importance)
+    if importance is not descending:
+        return
+    # the custom scores decide: in every group (in each chunk of a chunked one) the last channels go
+    checked = 0
+    for g in res.groups:
+        removed = set(res.plan.remove.get(g.id, np.array([], dtype=int)).tolist())
+        pieces = g.equal_parts[0] if g.equal_parts else [range(g.width)]
+        for piece in pieces:
+            piece = [int(i) for i in piece]
+            gone = [i for i in piece if i in removed]
+            assert gone == piece[len(piece) - len(gone):], (g.id, piece, gone)
+            checked += bool(gone)
+    assert checked >= 6
 
 
 def _removed_atoms(analysis, plan) -> set[int]:
