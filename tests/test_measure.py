@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from fxprune.measure import LatencyResult, count_flops, count_params, measure_cpu_latency
+from fxprune.measure import (
+    Measurement,
+    count_flops,
+    count_params,
+    is_slower,
+    measure_cpu_latency,
+    percentile,
+    speedup,
+)
 
 
 def _stack(width: int) -> nn.Module:
@@ -68,17 +76,50 @@ def test_latency_interleaved_results() -> None:
     x = torch.randn(1, 8, 16, 16)
     small, big = _stack(8), nn.Sequential(nn.Conv2d(8, 64, 3, padding=1), nn.Conv2d(64, 8, 3, padding=1))
     big.train()
+    seen = {"small": [], "big": []}
+    for name, model in (("small", small), ("big", big)):
+        model.register_forward_hook(
+            lambda mod, args, out, name=name: seen[name].append(
+                (mod.training, torch.is_inference_mode_enabled(), torch.get_num_threads())
+            )
+        )
     prev_threads = torch.get_num_threads()
     results = measure_cpu_latency({"small": small, "big": big}, x, threads=1, warmup=1, iters=3, repeats=2)
     assert torch.get_num_threads() == prev_threads
     assert big.training  # mode restored
     assert list(results) == ["small", "big"]
-    for res in results.values():
-        assert isinstance(res, LatencyResult)
-        assert res.median_ms > 0
-        assert res.p90_ms >= res.median_ms
-        assert res.mean_ms > 0
-        assert (res.iters, res.repeats, res.warmup, res.threads, res.device) == (3, 2, 1, 1, "cpu")
+    for name, res in results.items():
+        # 1 warm-up and 2 rounds of 3 timed calls, each in eval and inference mode on one thread
+        assert seen[name] == [(False, True, 1)] * 7, seen[name]
+        assert len(res.repeat_medians) == 2
+        assert min(res.repeat_medians) <= res.median_ms <= max(res.repeat_medians)  # one set of samples
+    # 72x the FLOPs: slower in every interleaved round, whatever the load on the machine
+    assert speedup(results["big"], results["small"]) > 2.0
+
+
+def test_statistics_of_samples() -> None:
+    samples = [4.0, 1.0, 3.0, 2.0, 10.0]
+    m = Measurement.from_samples(samples, [2.0, 3.0], name="m", backend="torch", precision="fp32", batch=4,
+                                 threads=1, warmup=0, iters=5, repeats=1, device="cpu")
+    assert (m.median_ms, m.mean_ms) == (3.0, 4.0)
+    assert m.p90_ms == pytest.approx(7.6)  # between 4 and 10, linearly interpolated
+    assert m.throughput == pytest.approx(4 * 1000 / 3.0)  # items per second at the median
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50.0) == 2.5 and percentile([5.0], 90.0) == 5.0
+    assert (percentile([1.0, 2.0, 3.0], 0.0), percentile([1.0, 2.0, 3.0], 100.0)) == (1.0, 3.0)
+
+
+def test_speedup_is_the_median_of_per_round_ratios() -> None:
+    def result(medians: list[float]) -> Measurement:
+        return Measurement.from_samples(medians, medians, name="m", backend="ort", precision="fp32", batch=1,
+                                        threads=1, warmup=0, iters=1, repeats=len(medians), device="cpu")
+
+    # the load changed between rounds (both models saw it): each round's ratio is what counts
+    dense, pruned = result([1.0, 10.0, 4.0]), result([1.0, 2.0, 4.0])
+    assert speedup(dense, pruned) == pytest.approx(1.0)  # round ratios 1, 5, 1
+    assert dense.median_ms / pruned.median_ms == pytest.approx(2.0)  # what the overall medians would say
+    assert speedup(result([1.0, 1.0, 1.0]), result([1.02, 1.02, 1.02])) == pytest.approx(1 / 1.02)
+    assert not is_slower(1 / 1.02) and is_slower(0.9)  # within the noise margin vs clearly slower
+    assert is_slower(0.99, tolerance=0.0)
 
 
 def test_latency_rejects_bad_arguments() -> None:
