@@ -45,19 +45,22 @@ def _pruned_kept_norms(pruner: fxprune.Pruner) -> list[tuple[float, float]]:
     return out
 
 
-def test_methods_registered() -> None:
+def test_methods_registered_and_run_with_the_options_they_report() -> None:
     assert set(method_names()) >= {"l1", "l2", "bn_scale", "taylor", "greg1", "greg2", "tpp"}
-    assert fxprune.Pruner.options_of("greg1") == {
-        "update_every": 10,
-        "delta": 1e-4,
-        "ceiling": 1.0,
-        "mag_ratio_limit": 1000.0,
-        "stabilize": 10_000,
-    }
-    tpp = fxprune.Pruner.options_of("tpp")
-    assert tpp["gram_weight"] == 1000.0 and tpp["zero_every"] == 100 and tpp["stabilize"] == 10_000
+    greg1 = fxprune.Pruner.options_of("greg1")
+    assert set(greg1) == {"update_every", "delta", "ceiling", "mag_ratio_limit", "stabilize"}
+    # without options, lambda starts at delta and grows by delta every update_every iterations
+    pruner = fxprune.Pruner(SmallResNet(), X, "greg1", 0.5)
+    lam = []
+    for _ in range(greg1["update_every"] + 1):
+        lam.append(max(pruner.method.lambdas().values()))
+        pruner.step()
+    assert lam[0] == lam[-2] == pytest.approx(greg1["delta"]) and lam[-1] == pytest.approx(2 * greg1["delta"])
+    # GReg-2 first picks with a uniform pick_delta on every channel
     greg2 = fxprune.Pruner.options_of("greg2")
-    assert (greg2["pick_delta"], greg2["pick_ceiling"], greg2["kept_penalty"]) == (1e-5, 1e-2, -1e-4)
+    pruner = fxprune.Pruner(SmallResNet(), X, "greg2", 0.5)
+    coef = pruner.method.coefficients(1)
+    assert pruner.phase == "picking" and torch.allclose(coef, torch.full_like(coef, greg2["pick_delta"]))
 
 
 def test_scopes_choose_groups() -> None:
@@ -130,10 +133,12 @@ def test_greg1_drives_pruned_channels_to_zero(trained) -> None:
     model = copy.deepcopy(base)
     pruner = fxprune.Pruner(model, X, "greg1", 0.5, update_every=1, delta=0.05, stabilize=40)
     before = _pruned_kept_norms(pruner)
+    assert len(before) == len(pruner.channels) > 0
     train(model, task, 200, start=1000, lr=0.02, pruner=pruner, until_done=True)
     finish = pruner.method.all_finished_at
     assert pruner.done and finish in (19, 20) and pruner.iteration == finish + 40  # lambda 0.05 -> 1.0+
     after = _pruned_kept_norms(pruner)
+    assert len(after) == len(before)
     for (p0, k0), (p1, k1) in zip(before, after):
         assert p1 < 0.1 * p0  # pruned norms collapse (BN makes the task push back as they shrink)
         assert k1 > 0.4 * k0 and k1 > 10 * p1  # kept ones stay
@@ -205,7 +210,8 @@ def test_tpp_penalty_equals_formula_and_loop_conventions() -> None:
         g = w @ w.t()
         mask = 1.0 - keep[:, None].double() * keep[None, :].double()
         expected = expected + ((g.double() * mask) ** 2).mean()
-    assert pruner.penalty().item() == pytest.approx(1000 * 0.5 * expected.item(), rel=1e-5)
+    gram_weight = fxprune.Pruner.options_of("tpp")["gram_weight"]  # the default the penalty uses
+    assert pruner.penalty().item() == pytest.approx(gram_weight * 0.5 * expected.item(), rel=1e-5)
     # penalty() in the loss or not: after_backward gives the same gradients
     grads = []
     for in_loss in (True, False):
@@ -317,6 +323,7 @@ def test_torch_compiled_model(trained) -> None:
         runs.append(_pruned_kept_norms(p))
         report = p.prune()
         assert report.exact_error < 1e-4
+    assert len(runs[0]) == len(runs[1]) > 0
     for a, b in zip(*runs):
         assert a == pytest.approx(b, rel=1e-4)
 
