@@ -51,7 +51,12 @@ def artifact_runner(
         import openvino as ov
 
         core = ov.Core()
-        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
+        config = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": "1",
+            "INFERENCE_NUM_THREADS": str(threads),
+            "INFERENCE_PRECISION_HINT": "f32",  # not bf16 on CPUs that have it: parity is against fp32
+        }
         compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         request = compiled.create_infer_request()
 

@@ -1,4 +1,4 @@
-"""The ``fxprune`` command line (demo, analyze, prune, bench, methods), one module per command."""
+"""The ``fxprune`` command line (demo, analyze, prune, bench, export, methods), one module per command."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fxprune.deploy.backends.base import BackendUnavailable
 from .. import __version__
 from ..capture import CaptureError
 from ..prune import VerificationError
-from . import analyze, bench, demo, methods, prune
+from . import analyze, bench, demo, export, methods, prune
 
 __all__ = ["build_parser", "main"]
 
@@ -28,6 +28,7 @@ examples:
   fxprune prune yolov8n.yaml --ratio 0.3 --input 1,3,640,640
   fxprune prune torchvision:resnet50 --target-latency 0.5x --backend ort,openvino
   fxprune bench torchvision:resnet50 --backend ort,openvino --target-flops 0.25 --sweep --report out/
+  fxprune export yolov8n.yaml --pruned slim.pt --formats onnx,openvino-int8 --calib coco128.yaml --out exp/
   fxprune methods                                    regularize-then-prune methods and their schedules
 
 model SPEC forms:
@@ -39,7 +40,14 @@ Add --weights PATH to load a state dict into the model before analysing or pruni
 
 Run 'fxprune COMMAND --help' for the options of a command."""
 
-_COMMANDS = {"demo": demo, "analyze": analyze, "prune": prune, "bench": bench, "methods": methods}
+_COMMANDS = {
+    "demo": demo,
+    "analyze": analyze,
+    "prune": prune,
+    "bench": bench,
+    "export": export,
+    "methods": methods,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from fxprune.deploy.sweep import DEFAULT_RATIOS
 from .args import add_model_args, backend_list, fraction, positive_int, ratio_list
 from .common import Steps, analyze_model, load_input
 from .deploy_steps import print_sweep_table
+from .export import int8_sources
 
 _BENCH_EPILOG = """\
 MODEL is a model SPEC (as for prune) or an ONNX file. With a SPEC, --ratio or --target-flops prunes a
@@ -32,6 +33,7 @@ examples:
   fxprune bench torchvision:resnet50 --backend ort,openvino --target-flops 0.25
   fxprune bench yolov8n.yaml --ratio 0.3 --sweep --report bench-report/
   fxprune bench model.onnx --backend ort --threads 2
+  fxprune bench torchvision:resnet50 --backend openvino,ort --target-flops 0.25 --precision int8
   fxprune bench resnet50.onnx --pruned resnet50-slim.onnx --backend trt --precision fp16"""
 
 
@@ -48,7 +50,13 @@ def add_parser(sub, fmt) -> None:
     p.add_argument(
         "--backend", type=backend_list, default=["ort"], help="comma-separated backends (default ort)"
     )
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="default fp32")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "fp16", "bf16", "int8"),
+        help="default fp32; int8 quantizes dense and pruned with NNCF first",
+    )
+    p.add_argument("--calib", metavar="DATA", help="INT8 calibration data (default: 32 random inputs)")
     p.add_argument(
         "--threads", metavar="N", type=positive_int, default=1, help="CPU runtime threads (default 1)"
     )
@@ -163,17 +171,22 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     exports.append({"model": name, **res.as_dict()})
     results = {}
     for backend in args.backend:
+        timed, runtime, precision = sources, backend, args.precision
+        if args.precision == "int8":
+            timed, runtime, precision = int8_sources(sources, x, backend, args, steps)
         with steps(f"timing on {backend}") as s:
             results[backend] = measure_latency(
-                sources,
+                timed,
                 x,
-                backend,
-                precision=args.precision,
+                runtime,
+                precision=precision,
                 threads=args.threads,
                 repeats=args.repeats,
                 budget_s=args.seconds,
             )
             s["detail"] = ", ".join(f"{n} {m.median_ms:.3g} ms" for n, m in results[backend].items())
+        for m in results[backend].values():
+            m.precision = args.precision  # INT8 graphs run with the CPU runtimes' fp32 settings
     console.print()
     _latency_table(results, console)
     points = None

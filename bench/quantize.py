@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""INT8 after pruning: accuracy of NNCF-quantized models and latency of dense/pruned fp32/INT8 on CPU.
+
+Parts (``--parts``, default all):
+
+* ``cifar``: the shared CIFAR ResNet-56 checkpoint, top-1 on the full 10,000-image test set in fp32
+  (torch) and INT8 (OpenVINO IR and onnxruntime QDQ), calibrated on the first 300 train images.
+  Target: INT8 within 0.5 pp of fp32.
+* ``latency``: ResNet-50 (to 1/4 FLOPs) and YOLOv8n (to 1/2 FLOPs), random weights, pruned with the INT8
+  alignment of this CPU (``int8_multiple("cpu")``); dense fp32, dense INT8, pruned fp32 and pruned INT8
+  timed in one interleaved run per runtime (OpenVINO, onnxruntime). Calibration for timing only:
+  ``--calib-samples`` random inputs. Target: pruned-INT8 over dense-INT8 >= 0.8x the FLOPs reduction.
+
+    python bench/quantize.py --parts cifar --out bench/RESULTS_quantize.json
+    python bench/quantize.py --parts latency --models resnet50,yolov8n --backends openvino,ort
+
+Batch 1, ``--threads`` intra-op threads (1 by default: the timing machine is shared); absolute times from
+different runs are not comparable, ratios within one run are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("FXPRUNE_SHARED_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+from fxprune.deploy import measure_latency, quantize, speedup  # noqa: E402
+from fxprune.deploy.alignment import int8_multiple  # noqa: E402
+from fxprune.deploy.artifacts import artifact_runner, file_backend  # noqa: E402
+from fxprune.deploy.backends.base import cpu_name  # noqa: E402
+
+import fxprune  # noqa: E402
+from fxprune.data import load_cifar10, shared_data_dir  # noqa: E402
+from fxprune.measure import count_flops  # noqa: E402
+from fxprune.models import create_model, load_cifar_checkpoint  # noqa: E402
+from fxprune.models.spec import load_model  # noqa: E402
+
+MODELS = {
+    "resnet50": ("torchvision:resnet50", (1, 3, 224, 224), 0.25),
+    "yolov8n": ("yolov8n.yaml", (1, 3, 640, 640), 0.5),
+}
+QUANT_FORMAT = {"openvino": "openvino", "ort": "onnx"}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def predictions(path: Path, images: torch.Tensor, threads: int) -> np.ndarray:
+    """Top-1 class of every image, one image per call (the artifacts have a static batch of 1)."""
+    run = artifact_runner(path, threads)
+    return np.array([int(np.argmax(run([images[i : i + 1].numpy()])[0])) for i in range(len(images))])
+
+
+def part_cifar(args, tmp: Path) -> dict[str, Any]:
+    root = shared_data_dir()
+    weights = sorted((root / "weights").glob("resnet56-*.th")) if root else []
+    if not weights:
+        raise SystemExit("ResNet-56 checkpoint not found: set FXPRUNE_SHARED_DATA")
+    model = load_cifar_checkpoint(create_model("cifar_resnet56"), str(weights[0])).eval()
+    calib, _ = load_cifar10("train", limit=args.calib_images)
+    test_x, test_y = load_cifar10("test", limit=args.test_images)
+    with torch.inference_mode():
+        fp32 = torch.cat([model(test_x[i : i + 500]).argmax(1) for i in range(0, len(test_x), 500)]).numpy()
+    labels = test_y.numpy()
+    out: dict[str, Any] = {
+        "model": "cifar_resnet56",
+        "test_images": len(labels),
+        "calibration_images": len(calib),
+        "fp32_top1": float((fp32 == labels).mean()),
+    }
+    log(f"ResNet-56 fp32 (torch) top-1 {100 * out['fp32_top1']:.2f} % on {len(labels)} test images")
+    for runtime in args.backends:
+        fmt = QUANT_FORMAT[runtime]
+        start = time.perf_counter()
+        res = quantize(
+            model,
+            test_x[:1],
+            [calib],
+            fmt,
+            tmp / f"resnet56-int8.{'xml' if fmt == 'openvino' else 'onnx'}",
+            subset_size=len(calib),
+        )
+        q_time = time.perf_counter() - start
+        pred = predictions(res.path, test_x, args.threads)
+        top1 = float((pred == labels).mean())
+        out[runtime] = {
+            "int8_top1": top1,
+            "delta_pp": 100 * (top1 - out["fp32_top1"]),
+            "agreement_with_fp32": float((pred == fp32).mean()),
+            "quantized_ops": res.quantized_ops,
+            "quantize_seconds": q_time,
+        }
+        log(
+            f"ResNet-56 INT8 {runtime}: top-1 {100 * top1:.2f} % ({out[runtime]['delta_pp']:+.2f} pp), "
+            f"agreement with fp32 {100 * out[runtime]['agreement_with_fp32']:.2f} %, "
+            f"{res.quantized_ops} quantizers, quantized in {q_time:.0f} s"
+        )
+    return out
+
+
+def part_latency(name: str, args, tmp: Path) -> dict[str, Any]:
+    torch.manual_seed(0)
+    spec, shape, target = MODELS[name]
+    dense, _ = load_model(spec)
+    dense.eval()
+    x = torch.randn(*shape)
+    round_to = int8_multiple("cpu")
+    pruned = copy.deepcopy(dense)
+    report = fxprune.prune(pruned, x, target_flops=target, round_to=round_to)
+    pruned.eval()
+    flops_ratio = count_flops(dense, x) / count_flops(pruned, x)
+    calib = [torch.randn(*shape) for _ in range(args.calib_samples)]
+    out: dict[str, Any] = {"model": name, "round_to": round_to, "flops_ratio": flops_ratio, "runtimes": {}}
+    log(f"{name}: pruned to {report.flops_ratio:.2f}x fewer FLOPs with round_to {round_to}")
+    for runtime in args.backends:
+        fmt, files = QUANT_FORMAT[runtime], {}
+        for label, m in (("dense", dense), ("pruned", pruned)):
+            suffix = "xml" if fmt == "openvino" else "onnx"
+            res = quantize(m, x, calib, fmt, tmp / f"{name}-{label}-int8.{suffix}", subset_size=len(calib))
+            files[f"{label} fp32"], files[f"{label} int8"] = res.source_onnx, res.path
+        order = ["dense fp32", "dense int8", "pruned fp32", "pruned int8"]
+        res = measure_latency(
+            {k: files[k] for k in order},
+            x,
+            file_backend(runtime),
+            threads=args.threads,
+            repeats=args.repeats,
+            budget_s=args.budget_s,
+        )
+        row = {
+            "conditions": res["dense fp32"].conditions(),
+            "median_ms": {k: res[k].median_ms for k in order},
+            "int8_over_fp32_dense": speedup(res["dense fp32"], res["dense int8"]),
+            "int8_over_fp32_pruned": speedup(res["pruned fp32"], res["pruned int8"]),
+            "pruned_over_dense_fp32": speedup(res["dense fp32"], res["pruned fp32"]),
+            "pruned_over_dense_int8": speedup(res["dense int8"], res["pruned int8"]),
+        }
+        row["int8_speedup_over_flops"] = row["pruned_over_dense_int8"] / flops_ratio
+        out["runtimes"][runtime] = row
+        ms = ", ".join(f"{k} {v:.1f} ms" for k, v in row["median_ms"].items())
+        log(
+            f"{name} {runtime}: {ms}; pruned/dense INT8 {row['pruned_over_dense_int8']:.2f}x "
+            f"({row['int8_speedup_over_flops']:.2f} of the FLOPs ratio {flops_ratio:.2f}x), fp32 "
+            f"{row['pruned_over_dense_fp32']:.2f}x; INT8/fp32 dense {row['int8_over_fp32_dense']:.2f}x"
+        )
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", default="cifar,latency", help="cifar, latency (comma-separated)")
+    p.add_argument("--models", default="resnet50,yolov8n", help="latency models: resnet50, yolov8n")
+    p.add_argument("--backends", default="openvino,ort", help="openvino, ort (comma-separated)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--budget-s", type=float, default=10.0, help="timing seconds per runtime and model")
+    p.add_argument("--calib-images", type=int, default=300, help="CIFAR train images to calibrate on")
+    p.add_argument("--test-images", type=int, default=None, help="CIFAR test images (default all 10,000)")
+    p.add_argument("--calib-samples", type=int, default=16, help="random calibration inputs for timing")
+    p.add_argument("--out", default=None, help="JSON file to write (appends to an existing list)")
+    args = p.parse_args()
+    args.backends = [b for b in args.backends.split(",") if b]
+    torch.set_num_threads(args.threads)
+    row: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": args.threads,
+        "results": [],
+    }
+    parts = args.parts.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        if "cifar" in parts:
+            row["results"].append({"part": "cifar", **part_cifar(args, Path(tmp))})
+        if "latency" in parts:
+            for name in args.models.split(","):
+                row["results"].append({"part": "latency", **part_latency(name, args, Path(tmp))})
+    if args.out:
+        out = Path(args.out)
+        previous = json.loads(out.read_text()) if out.exists() else []
+        out.write_text(json.dumps(previous + [row], indent=1))
+        log(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
