@@ -51,10 +51,16 @@ def test_round_trip_into_fresh_constructor(tmp_path: Path, factory, shape) -> No
     loaded = fxprune.load(factory, path)
     assert type(loaded) is type(model)
     assert _same(model, loaded, x)
-    for (name, p), (name2, q) in zip(model.named_parameters(), loaded.named_parameters()):
+    params, loaded_params = list(model.named_parameters()), list(loaded.named_parameters())
+    assert len(params) == len(loaded_params)
+    for (name, p), (name2, q) in zip(params, loaded_params):
         assert name == name2 and p.shape == q.shape and isinstance(q, nn.Parameter)
-    for (name, b), (_, c) in zip(model.named_buffers(), loaded.named_buffers()):
+    buffers, loaded_buffers = list(model.named_buffers()), list(loaded.named_buffers())
+    assert len(buffers) == len(loaded_buffers)
+    for (name, b), (_, c) in zip(buffers, loaded_buffers):
         assert b.shape == c.shape and not isinstance(c, nn.Parameter), name
+    # the fresh model was dense: loading gave it the pruned shapes
+    assert sum(q.numel() for _, q in loaded_params) < sum(q.numel() for q in factory().parameters())
     # layer attributes follow the new shapes
     for name, m in loaded.named_modules():
         if isinstance(m, nn.Conv2d):
