@@ -1,0 +1,121 @@
+"""How pruning options reach an ultralytics trainer, its multi-GPU workers and a resumed run.
+
+ultralytics refuses unknown ``train()`` keys and, for multi-GPU training, re-creates the trainer in each
+worker process from its import path with only ``cfg`` and ``overrides``. The options therefore travel:
+
+- in the environment variable ``FXPRUNE_ULTRALYTICS`` (JSON), which ``torch.distributed.run`` workers
+  inherit; :func:`pruning_options` sets it for the duration of a ``train()`` call;
+- in every checkpoint the trainer writes (``model.fxprune["options"]``), so ``resume=True`` needs nothing;
+- as ``fxprune.json`` in the run folder, for the record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from fxprune.regularize import get_method, method_names
+from fxprune.regularize.method import make_options
+
+__all__ = ["ENV_VAR", "PruningOptions", "pruning_options"]
+
+ENV_VAR = "FXPRUNE_ULTRALYTICS"
+SCOPES = ("group", "restricted")
+
+
+@dataclasses.dataclass
+class PruningOptions:
+    """What to prune and how: the fields of :class:`fxprune.Pruner` in plain JSON-able values.
+
+    Exactly one of ``ratio``, ``target_flops``, ``target_params`` and ``target_latency`` (``"0.5x"`` of the
+    dense latency or ``"12ms"``, on ``backend``) sets the size; ``ratio`` defaults to 0.5. ``ratios`` maps
+    module-name globs to their own ratio, ``ignore`` lists module globs whose channels must not change,
+    ``method_options`` holds the method's schedule constants (``fxprune methods`` lists them).
+    """
+
+    method: str = "l1"
+    ratio: float | None = None
+    target_flops: float | None = None
+    target_params: float | None = None
+    target_latency: str | None = None
+    backend: str = "ort"
+    ratios: dict[str, float] = dataclasses.field(default_factory=dict)
+    ignore: list[str] = dataclasses.field(default_factory=list)
+    round_to: int = 1
+    min_width: int = 1
+    global_ranking: bool = False
+    scope: str = "group"
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in method_names():
+            raise ValueError(f"unknown pruning method {self.method!r}; known: {', '.join(method_names())}")
+        make_options(get_method(self.method), dict(self.method_options))  # unknown constants fail here
+        targets = [
+            k for k in ("ratio", "target_flops", "target_params", "target_latency") if getattr(self, k)
+        ]
+        if len(targets) > 1:
+            raise ValueError(f"give one of ratio, target_flops, target_params, target_latency; got {targets}")
+        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
+        for key in ("target_flops", "target_params"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"{key} is a fraction of the dense model in (0, 1), got {value}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.round_to < 1 or self.min_width < 1:
+            raise ValueError("round_to and min_width must be >= 1")
+
+    @property
+    def size(self) -> str:
+        """The size setting in words, e.g. ``target_flops=0.5``."""
+        for key in ("target_flops", "target_params", "target_latency"):
+            if getattr(self, key) is not None:
+                return f"{key}={getattr(self, key)}"
+        return f"ratio={0.5 if self.ratio is None else self.ratio}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruningOptions:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"unknown pruning options {unknown}; valid: {', '.join(sorted(fields))}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_env(cls) -> PruningOptions | None:
+        """The options in ``$FXPRUNE_ULTRALYTICS``, or None when it is unset."""
+        text = os.environ.get(ENV_VAR)
+        return None if not text else cls.from_dict(json.loads(text))
+
+
+@contextlib.contextmanager
+def pruning_options(options: PruningOptions | None = None, **fields: Any) -> Iterator[PruningOptions]:
+    """Set ``$FXPRUNE_ULTRALYTICS`` for a ``train()`` call (and the workers it launches), then restore it.
+
+    Example::
+
+        with pruning_options(method="greg1", target_flops=0.5):
+            YOLO("yolov8n.pt").train(data="coco128.yaml", epochs=30, trainer=PruneDetectionTrainer)
+    """
+    opts = options if options is not None else PruningOptions(**fields)
+    previous = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = opts.to_json()
+    try:
+        yield opts
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = previous

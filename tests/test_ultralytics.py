@@ -1,0 +1,247 @@
+"""Pruning inside ultralytics' training pipeline (fxprune.integrations.ultralytics) and `fxprune yolo`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("ultralytics")
+
+COCO128 = Path(os.environ.get("FXPRUNE_SHARED_DATA", "")) / "coco128"
+
+
+def _font_dir(tmp: Path) -> None:
+    """ultralytics downloads a font for plots; offline it needs one in its config folder."""
+    if os.environ.get("YOLO_CONFIG_DIR"):
+        return
+    import matplotlib
+
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        shutil.copy(font, tmp / name)
+    os.environ["YOLO_CONFIG_DIR"] = str(tmp)
+
+
+_font_dir(Path(os.environ.get("TMPDIR", "/tmp")) / "fxprune-yolo-config")
+
+from fxprune.integrations.ultralytics import (  # noqa: E402
+    STATE_ATTR,
+    PruneDetectionTrainer,
+    PruningEngine,
+    PruningOptions,
+    PruningTrainerMixin,
+    pruning_options,
+    yolo_interface,
+)
+
+
+def _yolo(spec: str):
+    from ultralytics import YOLO
+
+    return YOLO(spec)
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# -- the neck: only the decoded predictions are the interface ------------------------------------------
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "yolov8n.yaml",
+        "yolo11n.yaml",
+        "yolov5nu.yaml",
+        "yolov3-tiny.yaml",
+        "yolov8n-seg.yaml",
+        "yolo11n-pose.yaml",
+    ],
+)
+def test_neck_is_pruned_with_the_yolo_interface(spec, single_thread):
+    import fxprune
+
+    model = _yolo(spec).model
+    x = torch.zeros(1, 3, 64, 64)
+    head = model.model[-1]
+    necks = [f"model.{i}" for i in head.f]
+    frozen_by_output = lambda a: {  # noqa: E731
+        g.modules[0] for g in a.groups if "model output" in g.frozen.values() and g.modules
+    }
+    default = fxprune.analyze(model, x)
+    assert any(m.startswith(tuple(necks)) for m in frozen_by_output(default))
+    dense_widths = {n: _out_channels(model, n) for n in necks}
+    report = fxprune.prune(model, x, 0.5, outputs=yolo_interface, importance="l1")
+    assert report.exact_error is not None and report.exact_error < 1e-4
+    assert any(_out_channels(model, n) < dense_widths[n] for n in necks), "no neck output was pruned"
+
+
+def _out_channels(model: nn.Module, name: str) -> int:
+    """Channels of the output of layer ``name`` (measured with a forward hook)."""
+    seen = []
+    handle = model.get_submodule(name).register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 64, 64))
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+# -- options -----------------------------------------------------------------------------------------
+def test_options_travel_in_the_environment_and_refuse_bad_values():
+    with pruning_options(method="greg1", target_flops=0.5, method_options={"delta": 0.01}) as opts:
+        assert PruningOptions.from_env() == opts
+    assert PruningOptions.from_env() is None
+    with pytest.raises(ValueError, match="unknown pruning method 'nope'; known: .*greg1"):
+        PruningOptions(method="nope")
+    with pytest.raises(TypeError, match="has no option 'delta'"):
+        PruningOptions(method="l1", method_options={"delta": 1})
+    with pytest.raises(ValueError, match="give one of"):
+        PruningOptions(ratio=0.3, target_flops=0.5)
+
+
+# -- the optimizer step: gradient terms once, after unscale_, before clipping ---------------------------
+def test_gradient_term_is_applied_once_after_unscale_under_amp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.randn(2, 3, 8, 8)
+    engine = PruningEngine(
+        PruningOptions(method="bn_scale", ratio=0.5, method_options={"sparsity": 0.5, "iterations": 5})
+    )
+    from fxprune import Pruner
+
+    engine.pruner = Pruner(model, x, "bn_scale", 0.5, sparsity=0.5, iterations=5)
+    gamma = model[1].weight
+    model(x).square().mean().backward()
+    plain_grad = gamma.grad.clone()
+    model.zero_grad()
+    before = gamma.detach().clone()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scaler.scale(model(x).square().mean()).backward()
+    trainer = types.SimpleNamespace(scaler=scaler, optimizer=optimizer, model=model, ema=None, pruning=engine)
+    PruningTrainerMixin.optimizer_step(trainer)
+    expected = before - (plain_grad + 0.5 * torch.sign(before))
+    assert torch.allclose(gamma.detach(), expected, atol=1e-5)
+    assert engine.pruner.iteration == 1
+
+
+# -- end to end on a few coco128 images -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory):
+    if not (COCO128 / "images" / "train2017").is_dir():
+        pytest.skip(f"coco128 not found at {COCO128}")
+    import yaml
+
+    root = tmp_path_factory.mktemp("coco8")
+    for sub in ("images", "labels"):
+        (root / sub / "train2017").mkdir(parents=True)
+    for img in sorted((COCO128 / "images" / "train2017").glob("*.jpg"))[:8]:
+        shutil.copy(img, root / "images" / "train2017")
+        label = COCO128 / "labels" / "train2017" / f"{img.stem}.txt"
+        if label.exists():
+            shutil.copy(label, root / "labels" / "train2017")
+    data = yaml.safe_load((COCO128 / "coco128.yaml").read_text())
+    data["path"] = str(root)
+    (root / "data.yaml").write_text(yaml.safe_dump(data))
+    return root
+
+
+def _train_args(data: Path, project: Path, name: str, **kw) -> dict:
+    args = dict(data=str(data / "data.yaml"), epochs=1, imgsz=64, batch=2, nbs=2, workers=0, plots=False)
+    return {
+        **args,
+        "amp": False,
+        "project": str(project),
+        "name": name,
+        "exist_ok": True,
+        "verbose": False,
+        **kw,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_one_shot_run_saves_a_slim_model_that_reloads_validates_and_exports(
+    tiny_coco, tmp_path, single_thread
+):
+    dense = _yolo("yolov8n.yaml")
+    dense_params, dense_neck = _params(dense.model), _out_channels(dense.model, "model.15")
+    with pruning_options(method="l1", ratio=0.5):
+        dense.train(trainer=PruneDetectionTrainer, **_train_args(tiny_coco, tmp_path, "l1"))
+    best = _yolo(str(tmp_path / "l1" / "weights" / "best.pt"))
+    assert _params(best.model) < 0.5 * dense_params
+    assert _out_channels(best.model, "model.15") < dense_neck
+    assert getattr(best.model, STATE_ATTR)["phase"] == "pruned"
+    metrics = best.val(data=str(tiny_coco / "data.yaml"), imgsz=64, batch=2, plots=False, verbose=False)
+    assert 0.0 <= metrics.box.map <= 1.0
+    onnxruntime = pytest.importorskip("onnxruntime")
+    path = best.export(format="onnx", imgsz=64, verbose=False)
+    x = torch.rand(1, 3, 64, 64)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    reference = _yolo(str(tmp_path / "l1" / "weights" / "best.pt")).model.float().eval()
+    with torch.no_grad():
+        want = reference(x)[0]
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-3 * want.abs().max()
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_regularized_run_prunes_mid_training_and_rebuilds_optimizer_and_ema(
+    tiny_coco, tmp_path, single_thread
+):
+    seen = {}
+
+    def on_train_end(trainer):
+        model = trainer.model
+        in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+        seen["optimizer_matches"] = in_optimizer == {id(p) for p in model.parameters()}
+        seen["ema_matches"] = all(
+            a.shape == b.shape
+            for a, b in zip(trainer.ema.ema.state_dict().values(), model.state_dict().values())
+        )
+        seen["summary"] = trainer.pruning.summary
+
+    model = _yolo("yolov8n.yaml")
+    model.add_callback("on_train_end", on_train_end)
+    constants = {"update_every": 1, "delta": 0.5, "stabilize": 1}
+    with pruning_options(method="greg1", target_flops=0.5, method_options=constants):
+        model.train(trainer=PruneDetectionTrainer, **_train_args(tiny_coco, tmp_path, "greg1"))
+    assert seen["optimizer_matches"], "the optimizer does not hold the slim model's parameters"
+    assert seen["ema_matches"], "the EMA copy does not have the slim model's shapes"
+    summary = seen["summary"]
+    assert summary["at"]["iteration"] > 0  # regularized before pruning
+    assert summary["pruned"]["flops"] <= 0.5 * summary["dense"]["flops"]
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_resume_continues_the_schedule_where_it_stopped(tiny_coco, tmp_path, single_thread):
+    class Interrupted(RuntimeError):
+        pass
+
+    def crash_after_first_epoch(trainer):
+        raise Interrupted
+
+    model = _yolo("yolov8n.yaml")
+    model.add_callback("on_fit_epoch_end", crash_after_first_epoch)
+    with pruning_options(method="taylor", ratio=0.3, method_options={"iterations": 6}):
+        with pytest.raises(Interrupted):
+            model.train(trainer=PruneDetectionTrainer, **_train_args(tiny_coco, tmp_path, "resume", epochs=3))
+    last = tmp_path / "resume" / "weights" / "last.pt"
+    state = getattr(_yolo(str(last)).model, STATE_ATTR)
+    assert state["phase"] == "regularizing" and state["pruner"]["state"]["t"] == 4  # 4 steps in epoch 0
+    resumed = _yolo(str(last))
+    resumed.train(resume=True, trainer=PruneDetectionTrainer)  # no options: they come from the checkpoint
+    final = getattr(_yolo(str(tmp_path / "resume" / "weights" / "best.pt")).model, STATE_ATTR)
+    assert final["phase"] == "pruned"
+    assert final["summary"]["at"] == {"epoch": 1, "iteration": 6}  # continued from 4, not restarted at 0
