@@ -1,12 +1,19 @@
-"""Planning to a FLOPs or parameter target: bisect the ratio, counting each candidate's slimmed copy."""
+"""Planning to a FLOPs or parameter target: bisect the ratio, counting each candidate's slimmed copy.
+
+Candidates are slimmed on a shape-only copy of the model (parameters and buffers on the ``meta`` device: no
+weights are copied and the forward pass computes shapes only). A model that cannot run on meta tensors,
+or whose dense count differs there, is counted on real copies instead.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from .analysis import Analysis
@@ -16,7 +23,7 @@ from .measure import count_flops, count_params
 from .plan import Plan, bisect_ratio, make_plan
 from .slim import slim_model
 
-__all__ = ["METRICS", "SizeTargetPlanner", "plan_for_target", "slimmed_copy"]
+__all__ = ["METRICS", "SizeTargetPlanner", "SlimmedSize", "plan_for_target", "slimmed_copy"]
 
 METRICS = ("flops", "params")
 
@@ -28,10 +35,59 @@ def slimmed_copy(analysis: Analysis, plan: Plan) -> nn.Module:
     return trial.eval()
 
 
-def _counter(metric: str, example_inputs: ExampleInputs) -> Callable[[nn.Module], int]:
+def _counter(metric: str) -> Callable[[nn.Module, ExampleInputs], int]:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    return (lambda m: count_flops(m, example_inputs)) if metric == "flops" else count_params
+    return count_flops if metric == "flops" else lambda model, _: count_params(model)
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are meta tensors (shapes, no data)."""
+    memo: dict[int, Any] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = (
+            nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+        )
+    return copy.deepcopy(model, memo)
+
+
+def _meta_inputs(example_inputs: ExampleInputs) -> ExampleInputs:
+    if isinstance(example_inputs, torch.Tensor):
+        return example_inputs.to("meta")
+    if isinstance(example_inputs, Mapping):
+        return {k: _meta_inputs(v) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (tuple, list)):
+        return type(example_inputs)(_meta_inputs(v) for v in example_inputs)
+    return example_inputs
+
+
+class SlimmedSize:
+    """FLOPs (or params, ``metric``) of ``analysis.model`` once slimmed by a plan: ``SlimmedSize(...)(plan)``.
+
+    ``dense`` is the dense model's figure. Plans are counted on shape-only (meta) copies when the dense
+    model counts the same on one, on real copies otherwise; the analysed model is never changed.
+    """
+
+    def __init__(self, analysis: Analysis, example_inputs: ExampleInputs, metric: str = "flops") -> None:
+        self.analysis, self.example_inputs, self.count = analysis, example_inputs, _counter(metric)
+        self.dense = self.count(analysis.model, example_inputs)
+        self.meta_inputs = _meta_inputs(example_inputs)
+        try:
+            self.on_meta = self.count(_meta_copy(analysis.model), self.meta_inputs) == self.dense
+        except Exception:  # an op without a meta kernel, a tensor attribute that is not a buffer, ...
+            self.on_meta = False
+
+    def __call__(self, plan: Plan) -> int:
+        a = self.analysis
+        if self.on_meta:
+            trial = _meta_copy(a.model)
+            try:
+                slim_model(trial, a.groups, plan, a.constants)
+                return self.count(trial, self.meta_inputs)
+            except Exception:
+                self.on_meta = False
+        return self.count(slimmed_copy(a, plan), self.example_inputs)
 
 
 def plan_for_target(
@@ -50,21 +106,18 @@ def plan_for_target(
 
     The scores are computed once; :func:`fxprune.plan.bisect_ratio` then searches the ratio of
     :func:`fxprune.plan.make_plan` (same ``ratios``, ``round_to``, ``min_width``, ``global_ranking``),
-    counting a slimmed copy of every candidate (the analysed model is not changed).
+    counting every candidate with :class:`SlimmedSize` (the analysed model is not changed).
     """
-    count = _counter(metric, example_inputs)
     if not 0.0 < target < 1.0:
         raise ValueError(f"target {metric} fraction must be in (0, 1), got {target}")
     analysis.check_ratio_patterns(ratios)
     scores = analysis.scores(importance)
-    dense = count(analysis.model)
+    size = SlimmedSize(analysis, example_inputs, metric)
 
     def plan_at(ratio: float) -> Plan:
         return make_plan(analysis.groups, scores, ratio, ratios, round_to, min_width, global_ranking)
 
-    return bisect_ratio(
-        plan_at, lambda plan: count(slimmed_copy(analysis, plan)) / dense, target, what=metric
-    )
+    return bisect_ratio(plan_at, lambda plan: size(plan) / size.dense, target, what=metric)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from fxprune.plan import (
     removal_order,
     removal_rank,
 )
-from fxprune.targets import plan_for_target, slimmed_copy
+from fxprune.targets import SlimmedSize, plan_for_target, slimmed_copy
 
 
 def bare_group(width: int, frozen=(), divisor: int = 1) -> Group:
@@ -148,6 +148,31 @@ def test_plan_for_target_meets_the_flops_target():
     frac = count_flops(slimmed_copy(analysis, plan), X) / dense
     assert 0.4 <= frac <= 0.5
     assert all(torch.equal(a, b) for a, b in zip(before, analysis.model.parameters()))  # model untouched
+
+
+class ScaledByAttribute(nn.Module):
+    """A plain tensor attribute (not a buffer) stays on the CPU in a meta copy: the forward fails there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = net(16)
+        self.scale = torch.ones(1)
+
+    def forward(self, x):
+        return self.body(x) * self.scale
+
+
+@pytest.mark.parametrize(("model", "on_meta"), [(net(16), True), (ScaledByAttribute(), False)])
+@pytest.mark.parametrize("metric", ["flops", "params"])
+def test_slimmed_size_counts_like_a_real_slimmed_copy(model, on_meta, metric):
+    analysis = fxprune.analyze(model.eval(), X)
+    size = SlimmedSize(analysis, X, metric)
+    assert size.on_meta is (on_meta or metric == "params")
+    for ratio in (0.3, 0.8):
+        plan = analysis.plan(ratio)
+        slim = slimmed_copy(analysis, plan)
+        real = count_flops(slim, X) if metric == "flops" else sum(p.numel() for p in slim.parameters())
+        assert size(plan) == real < size.dense
 
 
 # -- the latency-budget planner uses the planner's order --------------------------------------------------
