@@ -50,6 +50,7 @@ from fxprune.deploy.sweep import DEFAULT_RATIOS, latency_sweep, slower_points  #
 import fxprune  # noqa: E402
 from fxprune.measure import count_flops  # noqa: E402
 from fxprune.models.spec import load_model  # noqa: E402
+from fxprune.plan import make_plan  # noqa: E402
 
 MODELS = {
     "resnet50": ("torchvision:resnet50", (1, 3, 224, 224), 0.25, 3.2),
@@ -143,17 +144,21 @@ def part_sweep(name: str, args) -> dict[str, Any]:
     return out
 
 
-def _uniform_bracket(analysis, lm: LatencyModel, est: float, rt: int):
+def _uniform_bracket(analysis, scores, lm: LatencyModel, est: float, rt: int):
     """Uniform ratios whose estimated latency lies just above and just below ``est`` (bisection)."""
+
+    def plan_at(ratio: float):
+        return make_plan(analysis.groups, scores, ratio, round_to=rt)
+
     lo, hi = 0.0, 0.95
     for _ in range(14):
         mid = (lo + hi) / 2
-        plan = analysis.plan(mid, round_to=rt)
+        plan = plan_at(mid)
         if lm.ratio({g: len(i) for g, i in plan.remove.items()}) > est:
             lo = mid
         else:
             hi = mid
-    return (lo, analysis.plan(lo, round_to=rt)), (hi, analysis.plan(hi, round_to=rt))
+    return (lo, plan_at(lo)), (hi, plan_at(hi))
 
 
 def part_budget(name: str, args) -> dict[str, Any]:
@@ -184,7 +189,7 @@ def part_budget(name: str, args) -> dict[str, Any]:
             analysis, x, budget, backend, latency_model=lm, round_to=rt, threads=args.threads, measure_kw=mkw
         )
         hal = slim_copy(analysis, res.plan)
-        (r_slow, p_slow), (r_fast, p_fast) = _uniform_bracket(analysis, lm, res.estimated_ratio, rt)
+        (r_slow, p_slow), (r_fast, p_fast) = _uniform_bracket(analysis, scores, lm, res.estimated_ratio, rt)
         slow, fast = slim_copy(analysis, p_slow), slim_copy(analysis, p_fast)
         m = measure_latency(
             {"dense": analysis.model, "budget": hal, "uniform_slower": slow, "uniform_faster": fast},

@@ -10,9 +10,10 @@ from torch import nn
 
 from fxprune.analysis import analyze
 from fxprune.measure import SLOWER_THAN_DENSE_TOLERANCE, count_flops, count_params, is_slower
+from fxprune.plan import make_plan
+from fxprune.targets import slimmed_copy
 
 from .alignment import default_round_to
-from .budget import slim_copy
 from .runtime_latency import Measurement, measure_latency, speedup
 
 __all__ = ["SweepPoint", "latency_sweep", "slower_points"]
@@ -55,8 +56,9 @@ def latency_sweep(
     dense = analysis.model.eval()
     flops, params = count_flops(dense, example_inputs), count_params(dense)
     variants: dict[str, nn.Module] = {"dense": dense}
+    scores = analysis.scores(importance)
     for r in ratios:
-        variants[f"{r:g}"] = slim_copy(analysis, analysis.plan(r, importance=importance, round_to=round_to))
+        variants[f"{r:g}"] = slimmed_copy(analysis, make_plan(analysis.groups, scores, r, round_to=round_to))
     res = measure_latency(variants, example_inputs, backend, precision=precision, **measure_kw)
     points = []
     for r in ratios:
