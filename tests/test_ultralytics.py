@@ -245,3 +245,28 @@ def test_resume_continues_the_schedule_where_it_stopped(tiny_coco, tmp_path, sin
     final = getattr(_yolo(str(tmp_path / "resume" / "weights" / "best.pt")).model, STATE_ATTR)
     assert final["phase"] == "pruned"
     assert final["summary"]["at"] == {"epoch": 1, "iteration": 6}  # continued from 4, not restarted at 0
+
+
+# -- the command line: one clear message and exit status 2 ----------------------------------------------
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["yolov8n.yaml", "epochz=3"], r"unknown key 'epochz' \(did you mean epochs\?\).*ratio"),
+        (["yolov8n.yaml", "method=greg1", "deltta=1"], "greg1 constants ceiling, delta"),
+        (["yolov8n.yaml", "data=x.yaml", "method=nope"], "unknown pruning method 'nope'; known: .*l1"),
+        (["model.onnx", "data=x.yaml"], "MODEL must be an ultralytics .pt checkpoint or model .yaml"),
+        (["STATE_DICT", "data=x.yaml"], "is not an ultralytics model"),
+        (["yolov8n.yaml", "data=/nonexistent/data.yaml"], "dataset /nonexistent/data.yaml does not load"),
+        (["yolov8n.yaml", "method=l1"], "data=... is required"),
+    ],
+)
+def test_cli_errors_are_one_message_and_exit_2(argv, message, tmp_path, capsys):
+    from fxprune.cli import main
+
+    state_dict = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(2, 2)}, state_dict)
+    argv = [str(state_dict) if a == "STATE_DICT" else a for a in argv]
+    assert main(["yolo", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(__import__("re").findall(message, " ".join(err.split()))) == 1, err

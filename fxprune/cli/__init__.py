@@ -14,7 +14,7 @@ from fxprune.deploy.backends.base import BackendUnavailable
 from .. import __version__
 from ..capture import CaptureError
 from ..prune import VerificationError
-from . import analyze, bench, demo, export, methods, prune
+from . import analyze, bench, demo, export, methods, prune, yolo
 
 __all__ = ["build_parser", "main"]
 
@@ -30,6 +30,8 @@ examples:
   fxprune bench torchvision:resnet50 --backend ort,openvino --target-flops 0.25 --sweep --report out/
   fxprune export yolov8n.yaml --pruned slim.pt --formats onnx,openvino-int8 --calib coco128.yaml --out exp/
   fxprune methods                                    regularize-then-prune methods and their schedules
+  fxprune yolo yolov8n.pt data=coco128.yaml method=greg1 target_flops=0.5 epochs=30
+                                                     prune and fine-tune inside ultralytics' training
 
 model SPEC forms:
   cifar_resnet56 | fxprune:cifar_resnet56   a built-in model (fxprune.models.list_models())
@@ -47,6 +49,7 @@ _COMMANDS = {
     "bench": bench,
     "export": export,
     "methods": methods,
+    "yolo": yolo,
 }
 
 
