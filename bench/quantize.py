@@ -10,9 +10,12 @@ Parts (``--parts``, default all):
   alignment of this CPU (``int8_multiple("cpu")``); dense fp32, dense INT8, pruned fp32 and pruned INT8
   timed in one interleaved run per runtime (OpenVINO, onnxruntime). Calibration for timing only:
   ``--calib-samples`` random inputs. Target: pruned-INT8 over dense-INT8 >= 0.8x the FLOPs reduction.
+* ``sweep``: INT8 models pruned at ``--ratios`` with the INT8 alignment, all timed with dense INT8 in one
+  run on the first backend. Target: no ratio slower than dense INT8.
 
     python bench/quantize.py --parts cifar --out bench/RESULTS_quantize.json
     python bench/quantize.py --parts latency --models resnet50,yolov8n --backends openvino,ort
+    python bench/quantize.py --parts sweep --models resnet50 --backends openvino --ratios 0.05,0.2,0.5,0.9
 
 Batch 1, ``--threads`` intra-op threads (1 by default: the timing machine is shared); absolute times from
 different runs are not comparable, ratios within one run are.
@@ -160,6 +163,53 @@ def part_latency(name: str, args, tmp: Path) -> dict[str, Any]:
     return out
 
 
+def part_sweep(name: str, args, tmp: Path) -> dict[str, Any]:
+    torch.manual_seed(0)
+    spec, shape, _ = MODELS[name]
+    dense, _ = load_model(spec)
+    dense.eval()
+    x = torch.randn(*shape)
+    round_to, runtime = int8_multiple("cpu"), args.backends[0]
+    fmt = QUANT_FORMAT[runtime]
+    suffix = "xml" if fmt == "openvino" else "onnx"
+    calib = [torch.randn(*shape) for _ in range(args.calib_samples)]
+    variants, flops = {"dense": dense}, {}
+    for r in args.ratios:
+        variants[f"{r:g}"] = copy.deepcopy(dense)
+        fxprune.prune(variants[f"{r:g}"], x, ratio=r, round_to=round_to)
+        flops[f"{r:g}"] = count_flops(dense, x) / count_flops(variants[f"{r:g}"].eval(), x)
+    files = {
+        k: quantize(m, x, calib, fmt, tmp / f"{name}-sweep-{k}.{suffix}", subset_size=len(calib)).path
+        for k, m in variants.items()
+    }
+    res = measure_latency(
+        files,
+        x,
+        file_backend(runtime),
+        threads=args.threads,
+        repeats=args.repeats,
+        budget_s=2 * args.budget_s,
+    )
+    points = [
+        {"ratio": float(k), "flops_ratio": flops[k], "speedup": speedup(res["dense"], res[k])}
+        for k in files
+        if k != "dense"
+    ]
+    slower = [p["ratio"] for p in points if p["speedup"] < 0.97]
+    text = ", ".join(f"{p['ratio']:g}:{p['speedup']:.2f}x (FLOPs {p['flops_ratio']:.2f}x)" for p in points)
+    log(
+        f"{name} INT8 sweep {runtime} round_to {round_to}: {text}; slower than dense INT8: {slower or 'none'}"
+    )
+    return {
+        "model": name,
+        "runtime": runtime,
+        "round_to": round_to,
+        "points": points,
+        "slower": slower,
+        "conditions": res["dense"].conditions(),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", default="cifar,latency", help="cifar, latency (comma-separated)")
@@ -171,9 +221,11 @@ def main() -> None:
     p.add_argument("--calib-images", type=int, default=300, help="CIFAR train images to calibrate on")
     p.add_argument("--test-images", type=int, default=None, help="CIFAR test images (default all 10,000)")
     p.add_argument("--calib-samples", type=int, default=16, help="random calibration inputs for timing")
+    p.add_argument("--ratios", default="0.05,0.1,0.2,0.3,0.5,0.7,0.9", help="sweep ratios")
     p.add_argument("--out", default=None, help="JSON file to write (appends to an existing list)")
     args = p.parse_args()
     args.backends = [b for b in args.backends.split(",") if b]
+    args.ratios = [float(r) for r in args.ratios.split(",") if r]
     torch.set_num_threads(args.threads)
     row: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -190,6 +242,9 @@ def main() -> None:
         if "latency" in parts:
             for name in args.models.split(","):
                 row["results"].append({"part": "latency", **part_latency(name, args, Path(tmp))})
+        if "sweep" in parts:
+            for name in args.models.split(","):
+                row["results"].append({"part": "sweep", **part_sweep(name, args, Path(tmp))})
     if args.out:
         out = Path(args.out)
         previous = json.loads(out.read_text()) if out.exists() else []

@@ -220,6 +220,38 @@ def test_detection_head_decode_stays_float():
     assert detection_head_names(model) == ["1"]
 
 
+class Detect(nn.Module):
+    """Named like ultralytics' head: a conv, then decode arithmetic that must stay float."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 6, 1)
+        self.register_buffer("grid", torch.arange(64.0).view(1, 1, 64))
+
+    def forward(self, x):
+        y = self.conv(x).flatten(2)
+        boxes = (y[:, :4] + self.grid) * 8.0
+        return torch.cat([boxes, y[:, 4:].sigmoid()], 1)
+
+
+def test_detection_head_keeps_decode_in_float(tmp_path, single_thread):
+    import onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), Detect()).eval()
+    calib = [torch.rand(1, 3, 8, 8) for _ in range(4)]
+    res = quantize(model, calib[0], calib, "onnx", tmp_path / "d.onnx", subset_size=4)
+    assert res.preset == "mixed" and "/2/Sigmoid" in res.ignored and "/2/conv/Conv" not in res.ignored
+    graph = onnx.load(str(res.path)).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    inputs = {n.name: [producer.get(i, "init") for i in n.input] for n in graph.node}
+    assert "DequantizeLinear" in inputs["/2/conv/Conv"]  # the head's conv is INT8
+    decode = [n for n in inputs if n.startswith("/2/") and "/" not in n[3:]]
+    assert {"/2/Sigmoid", "/2/Add", "/2/Mul", "/2/Slice_1"} <= set(decode)
+    for name in decode:  # no op of the head's own forward reads an INT8 tensor
+        assert "DequantizeLinear" not in inputs[name], name
+
+
 def test_int8_alignment(monkeypatch):
     monkeypatch.setattr(alignment, "cpu_vector_width", lambda: 16)
     assert alignment.int8_multiple("cpu") == 64 and alignment.default_round_to("ort", "int8") == 64
