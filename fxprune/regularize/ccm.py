@@ -118,14 +118,16 @@ class CCM(Method):
 
     def _observer(self, gid: int, positions: torch.Tensor, stats: ChannelStats):
         def observe(x: torch.Tensor) -> None:
+            term = self.options.lam > 0 and torch.is_grad_enabled() and self.model.training
+            collect = self._collecting
             seen = self._seen.setdefault(gid, [])
-            if any(x is t for t in seen):  # the same tensor read by two layers counts once
+            if not (term or collect) or any(x is t for t in seen):  # a tensor read twice counts once
                 return
             seen.append(x)
             fmap = x.index_select(1, positions.to(x.device))
-            if self._collecting:
+            if collect:
                 stats.add(fmap)
-            if self.options.lam > 0 and torch.is_grad_enabled() and self.model.training:
+            if term:
                 self._terms.append(ccm_term(fmap, self.options.eps))
 
         return observe
