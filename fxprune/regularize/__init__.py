@@ -1,6 +1,6 @@
 """Regularize-then-prune methods (GReg-1/2, TPP and the baselines) driven from any training loop."""
 
-from . import baselines, ccm, greg, tpp  # noqa: F401  (register the methods)
+from . import admm, baselines, ccm, greg, slr, tpp  # noqa: F401  (register the methods)
 from .channels import GroupChannels
 from .method import Method, get_method, method_names, register_method
 from .pruner import SCOPES, Pruner

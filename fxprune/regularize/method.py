@@ -55,6 +55,18 @@ class Method:
     def step(self) -> None:
         self.t += 1
 
+    def start(self, ratio_of: Callable[[str], float]) -> None:
+        """Called once by the Pruner before training; ``ratio_of(module)`` is the ratio its ``ratio`` and
+        ``ratios`` give a module (for methods that sparsify weights rather than channels)."""
+
+    def observe_loss(self, value: float) -> None:
+        """The task loss of the last iteration, when the loop passes it to ``Pruner.step(loss=...)``."""
+
+    def hard_prune(self) -> Any:
+        """Called first by ``Pruner.prune()``: a report when the method prunes by itself (weight sparsity,
+        no shape change), or ``None`` to remove the chosen channels."""
+        return None
+
     @property
     def done(self) -> bool:
         return True
