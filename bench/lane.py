@@ -168,43 +168,53 @@ def baselines(train_frames, test_frames, args) -> dict:
     return {"no_lanes": none, "most_frequent_cell": mode}
 
 
-def check_real_frames(data: Path, args) -> dict:
-    """Reader sanity check on the LaneNet example frames: targets decoded back land on mask pixels."""
+def real_example_frames(data: Path) -> list:
+    """The LaneNet example frames' labels (from their instance masks), written and read as TuSimple files."""
     from PIL import Image
 
     folder = data / "tusimple_sample" / "lanenet_example"
-    if not folder.is_dir():
-        return {"skipped": f"{folder} absent"}
-    hits = total = 0
     with tempfile.TemporaryDirectory() as tmp:
         label = Path(tmp) / "label_data_masks.json"
         with open(label, "w") as fh:
             for p in sorted((folder / "gt_instance_image").glob("*.png")):
                 f = frame_from_instance_mask(np.array(Image.open(p)), raw_file=f"image/{p.name}")
+                lanes = [x.tolist() for x in f.lanes]
                 fh.write(
-                    json.dumps(
-                        {
-                            "lanes": [x.tolist() for x in f.lanes],
-                            "h_samples": f.h_samples.tolist(),
-                            "raw_file": f.raw_file,
-                        }
-                    )
-                    + "\n"
+                    json.dumps({"lanes": lanes, "h_samples": f.h_samples.tolist(), "raw_file": f.raw_file})
                 )
-        frames = read_tusimple_labels(label)
-    cell = 1279 / (args.griding - 1)
+                fh.write("\n")
+        return read_tusimple_labels(label)
+
+
+def check_real_frames(data: Path, args) -> dict:
+    """Reader check on the real LaneNet example frames: decoded targets land on the mask's lane pixels."""
+    from PIL import Image
+
+    folder = data / "tusimple_sample" / "lanenet_example"
+    if not folder.is_dir():
+        return {"skipped": f"{folder} absent"}
+    frames = real_example_frames(data)
+    cell, hits, total = 1279 / (args.griding - 1), 0, 0
     for f in frames:
         mask = np.array(Image.open(folder / "gt_binary_image" / Path(f.raw_file).name)) > 0
         cls, _ = ufld_targets(f, args.griding, row_anchors=f.h_samples, seg_size=None)
         for r, y in enumerate(f.h_samples):
-            for c in cls[r]:
-                if c == args.griding:
-                    continue
-                x = (c + 0.5) * cell
+            for c in cls[r][cls[r] < args.griding]:
                 cols = np.flatnonzero(mask[y])
                 total += 1
-                hits += bool(len(cols)) and float(np.abs(cols - x).min()) <= cell / 2 + 1
+                hits += bool(len(cols)) and float(np.abs(cols - (c + 0.5) * cell).min()) <= cell / 2 + 1
     return {"frames": len(frames), "target_points": total, "on_lane_pixels": hits / max(total, 1)}
+
+
+def real_frames_scores(model, data: Path, args) -> dict:
+    """TuSimple scores on the 6 real LaneNet frames (labels from their masks): the gap to real images."""
+    folder = data / "tusimple_sample" / "lanenet_example"
+    if not folder.is_dir():
+        return {"skipped": f"{folder} absent"}
+    frames = real_example_frames(data)
+    ds = TusimpleLaneDataset(frames, root=folder, input_size=args.size, griding_num=args.griding)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    return evaluate(model, (x,), frames, args)
 
 
 # -- pruning -------------------------------------------------------------------------------------------
@@ -354,6 +364,8 @@ def main(argv=None) -> int:
     record["dense"]["params"] = count_params(dense)
     record["dense"]["params_inference"] = count_params(inference_copy(dense))
     log(f"dense: {record['dense']}")
+    record["dense"]["real_frames"] = real_frames_scores(dense, data, args)
+    log(f"dense on the 6 real LaneNet frames (trained on rendered images): {record['dense']['real_frames']}")
     Path(args.out).write_text(json.dumps(record, indent=2))
     if args.stop_after_dense:
         return 0
