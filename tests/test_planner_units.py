@@ -181,7 +181,7 @@ class FlopTable(LatencyTable):
 
     def ensure(self, shapes, *, progress=None) -> int:
         for s in shapes:
-            self.entries.setdefault(s.key, 0.01 + s.cin * s.cout * s.h * s.w * 1e-7)
+            self.entries.setdefault(s.key, 1e-4 + s.cin * s.cout * s.h * s.w * 1e-6)
         return 0
 
 
@@ -224,3 +224,53 @@ def test_greedy_counts_respect_chunks_and_caps(tmp_path):
     for gid, n in counts.items():
         g = by_id[gid]
         assert n <= max_removable(g, 8) and (g.width - n) % 8 == 0
+
+
+# -- the planner extension point --------------------------------------------------------------------------
+class KeepHalf:
+    """A planner removing the lower-scored half of every prunable group; records what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, object]] = []
+
+    def plan(self, analysis, example_inputs, importance):
+        self.calls.append((len(analysis.groups), importance))
+        scores = analysis.scores(importance)
+        counts = {g.id: g.prunable // 2 for g in analysis.groups}
+        return plan_from_counts(analysis.groups, scores, counts)
+
+
+def test_prune_and_pruner_take_their_plan_from_a_planner():
+    planner = KeepHalf()
+    model = net(16)
+    report = fxprune.prune(model, X, planner=planner, importance="l1")
+    assert planner.calls and planner.calls[0][1] == "l1"
+    assert [model[0].out_channels, model[3].out_channels] == [8, 8] and report.verified
+    model = net(16)
+    pruner = fxprune.Pruner(model, X, "l1", planner=planner)
+    pruner.prune()
+    assert len(planner.calls) >= 2 and callable(planner.calls[-1][1])  # the method's scores
+    assert [model[0].out_channels, model[3].out_channels] == [8, 8]
+
+
+def test_planner_arguments_are_checked():
+    with pytest.raises(ValueError, match="not both"):
+        fxprune.prune(net(), X, planner=KeepHalf(), target_flops=0.5)
+    with pytest.raises(TypeError, match="plan\\(analysis"):
+        fxprune.prune(net(), X, planner="latency")
+    with pytest.raises(ValueError, match="not both"):
+        fxprune.Pruner(net(), X, "l1", planner=KeepHalf(), target_flops=0.5)
+
+
+def test_latency_planner_meets_the_estimated_budget(tmp_path):
+    from fxprune.deploy import LatencyPlanner
+
+    table = FlopTable("ort", "fp32", 1, tmp_path / "lut.json")
+    planner = LatencyPlanner("0.5x", round_to=4, table=table, validate=False)
+    model = net(32)
+    fxprune.prune(model, X, planner=planner)
+    assert planner.result is not None and planner.result.estimated_ratio <= 0.5
+    widths = [model[0].out_channels, model[3].out_channels]
+    assert all(w % 4 == 0 for w in widths) and sum(widths) < 64
+    with pytest.raises(ValueError, match="0.5x or 12ms"):
+        LatencyPlanner("half")

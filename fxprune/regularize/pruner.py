@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import logging
 from typing import Any
 
@@ -28,7 +27,7 @@ from torch import nn
 
 from ..analysis import analyze
 from ..capture.outputs import OutputSelector
-from ..plan import Plan, plan_from_counts
+from ..plan import Plan, Planner, plan_from_counts
 from ..prune import PruneReport, apply_plan
 from ..targets import plan_for_target
 from .channels import GroupChannels
@@ -50,10 +49,11 @@ def is_block_internal(channels: GroupChannels) -> bool:
 class Pruner:
     """Drive one pruning method through a training loop, then slim the model.
 
-    ``method``: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"``, ``"greg1"``, ``"greg2"``, ``"tpp"``,
-    ``"slr"``, ``"admm"`` (``unstructured=True``: weight sparsity ``ratio`` per layer instead of channels).
+    ``method``: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"``, ``"greg1"``, ``"greg2"``, ``"tpp"``.
     ``ratio`` (or ``target_flops``, a fraction of the dense FLOPs) sets how many channels go; ``ratios``
-    maps module-name globs to their own ratio. ``scope="group"`` regularizes every discovered group
+    maps module-name globs to their own ratio; ``planner`` (a :class:`fxprune.plan.Planner`, e.g.
+    ``fxprune.targets.SizeTargetPlanner`` or ``fxprune.deploy.LatencyPlanner``) chooses them instead.
+    ``scope="group"`` regularizes every discovered group
     (residual-coupled ones included); ``"restricted"`` only groups written by a single layer (the
     block-internal convs the papers prune). Other keyword arguments are the method's schedule constants
     (see ``Pruner.options_of(method)``). ``outputs`` picks the model's interface from its output (see
@@ -72,6 +72,7 @@ class Pruner:
         *,
         ratios: dict[str, float] | None = None,
         target_flops: float | None = None,
+        planner: Planner | None = None,
         scope: str = "group",
         ignore=(),
         leaf_modules=(),
@@ -87,12 +88,19 @@ class Pruner:
             raise ValueError(f"ratio must be in [0, 1), got {ratio}")
         if target_flops is not None and not 0.0 < target_flops < 1.0:
             raise ValueError(f"target_flops is a fraction of the dense FLOPs in (0, 1), got {target_flops}")
+        if planner is not None and target_flops is not None:
+            raise ValueError("give either planner= or target_flops, not both")
+        if planner is not None and not isinstance(planner, Planner):
+            raise TypeError(
+                f"planner must have a plan(analysis, example_inputs, importance) method, got {planner!r}"
+            )
         cls = get_method(method)
         opts = make_options(cls, options)
         self.model = model
         self.example_inputs = example_inputs
         self.scope = scope
         self.ratio, self.ratios, self.target_flops = ratio, dict(ratios or {}), target_flops
+        self.planner = planner
         self.plan_options = dict(round_to=round_to, min_width=min_width, global_ranking=global_ranking)
         self.analysis = analyze(
             model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, outputs=outputs
@@ -111,7 +119,6 @@ class Pruner:
         self.channels = channels
         self.view = dataclasses.replace(self.analysis, groups=[c.group for c in channels])
         self.method: Method = cls(model, channels, opts)
-        self.method.start(self.module_ratio)
         self.plan: Plan | None = None
         self.report: PruneReport | None = None
         log.info(
@@ -121,7 +128,7 @@ class Pruner:
             len(channels),
             dataclasses.asdict(opts),
         )
-        if self.method.picks_at_start:
+        if cls.picks_at_start:
             self._choose()
 
     @staticmethod
@@ -141,12 +148,9 @@ class Pruner:
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         self.method.after_backward(scale)
 
-    def step(self, loss: float | torch.Tensor | None = None) -> None:
-        """Advance the schedule by one iteration; call after ``optimizer.step()``. ``loss``: the task loss
-        of the iteration, for methods whose updates check the objective (``slr``)."""
+    def step(self) -> None:
+        """Advance the schedule by one iteration; call after ``optimizer.step()``."""
         self._check_live()
-        if loss is not None:
-            self.method.observe_loss(float(loss))
         self.method.step()
         if self.method.wants_plan:
             self._choose()
@@ -172,6 +176,8 @@ class Pruner:
         if counts is not None:  # the method sets every group's width itself
             opts = self.plan_options
             plan = plan_from_counts(self.view.groups, scores, counts, opts["round_to"], opts["min_width"])
+        elif self.planner is not None:
+            plan = self.planner.plan(self.view, self.example_inputs, importance)
         elif self.target_flops is not None:
             plan = plan_for_target(
                 self.view,
@@ -194,15 +200,6 @@ class Pruner:
         chosen = {ch.id: int(ch.pruned.sum()) for ch in self.channels if bool(ch.pruned.any())}
         log.info("channels to prune: %d in %d groups %s", sum(chosen.values()), len(chosen), chosen)
 
-    def module_ratio(self, module: str) -> float:
-        """The ratio for ``module``: the first pattern of ``ratios`` matching its name, else ``ratio``."""
-        if self.target_flops is not None:
-            raise ValueError("target_flops sets channel widths; weight sparsity takes ratio= and ratios=")
-        for pattern, r in self.ratios.items():
-            if fnmatch.fnmatchcase(module, pattern):
-                return r
-        return self.ratio
-
     def pruned_channels(self) -> dict[int, list[int]]:
         """The chosen atoms per group id (empty until chosen)."""
         if self.plan is None:
@@ -223,10 +220,6 @@ class Pruner:
             log.warning(
                 "pruning at iteration %d before regularization finished (%s)", self.method.t, self.phase
             )
-        weights = self.method.hard_prune()
-        if weights is not None:  # the method zeroed weights itself (unstructured): no shape changes
-            self.report = weights
-            return weights
         if self.plan is None or self.method.wants_plan:
             self._choose()
         self.method.close()
