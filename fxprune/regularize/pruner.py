@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 from typing import Any
 
@@ -49,7 +50,8 @@ def is_block_internal(channels: GroupChannels) -> bool:
 class Pruner:
     """Drive one pruning method through a training loop, then slim the model.
 
-    ``method``: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"``, ``"greg1"``, ``"greg2"``, ``"tpp"``.
+    ``method``: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"``, ``"greg1"``, ``"greg2"``, ``"tpp"``,
+    ``"slr"``, ``"admm"`` (``unstructured=True``: weight sparsity ``ratio`` per layer instead of channels).
     ``ratio`` (or ``target_flops``, a fraction of the dense FLOPs) sets how many channels go; ``ratios``
     maps module-name globs to their own ratio; ``planner`` (a :class:`fxprune.plan.Planner`, e.g.
     ``fxprune.targets.SizeTargetPlanner`` or ``fxprune.deploy.LatencyPlanner``) chooses them instead.
@@ -119,6 +121,7 @@ class Pruner:
         self.channels = channels
         self.view = dataclasses.replace(self.analysis, groups=[c.group for c in channels])
         self.method: Method = cls(model, channels, opts)
+        self.method.start(self.module_ratio)
         self.plan: Plan | None = None
         self.report: PruneReport | None = None
         log.info(
@@ -128,7 +131,7 @@ class Pruner:
             len(channels),
             dataclasses.asdict(opts),
         )
-        if cls.picks_at_start:
+        if self.method.picks_at_start:
             self._choose()
 
     @staticmethod
@@ -148,9 +151,12 @@ class Pruner:
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         self.method.after_backward(scale)
 
-    def step(self) -> None:
-        """Advance the schedule by one iteration; call after ``optimizer.step()``."""
+    def step(self, loss: float | torch.Tensor | None = None) -> None:
+        """Advance the schedule by one iteration; call after ``optimizer.step()``. ``loss``: the task loss
+        of the iteration, for methods whose updates check the objective (``slr``)."""
         self._check_live()
+        if loss is not None:
+            self.method.observe_loss(float(loss))
         self.method.step()
         if self.method.wants_plan:
             self._choose()
@@ -200,6 +206,15 @@ class Pruner:
         chosen = {ch.id: int(ch.pruned.sum()) for ch in self.channels if bool(ch.pruned.any())}
         log.info("channels to prune: %d in %d groups %s", sum(chosen.values()), len(chosen), chosen)
 
+    def module_ratio(self, module: str) -> float:
+        """The ratio for ``module``: the first pattern of ``ratios`` matching its name, else ``ratio``."""
+        if self.target_flops is not None:
+            raise ValueError("target_flops sets channel widths; weight sparsity takes ratio= and ratios=")
+        for pattern, r in self.ratios.items():
+            if fnmatch.fnmatchcase(module, pattern):
+                return r
+        return self.ratio
+
     def pruned_channels(self) -> dict[int, list[int]]:
         """The chosen atoms per group id (empty until chosen)."""
         if self.plan is None:
@@ -220,6 +235,10 @@ class Pruner:
             log.warning(
                 "pruning at iteration %d before regularization finished (%s)", self.method.t, self.phase
             )
+        weights = self.method.hard_prune()
+        if weights is not None:  # the method zeroed weights itself (unstructured): no shape changes
+            self.report = weights
+            return weights
         if self.plan is None or self.method.wants_plan:
             self._choose()
         self.method.close()
