@@ -168,6 +168,7 @@ def test_scanners_see_relative_lazy_and_private_imports():
     source = textwrap.dedent("""
         import importlib
         from fxprune import prune as p
+        from fxprune import cli as command_line
         from . import cli
         from ..deploy import lut
         from .planner import _chunk, Plan
@@ -185,8 +186,8 @@ def test_scanners_see_relative_lazy_and_private_imports():
     assert {"fxprune.plan.cli", "fxprune.deploy.lut", "fxprune.plan.planner", "deploy.sweep",
             "fxprune.integrations"} <= found
     upper = upper_layer_imports(in_core, tree)
-    assert [u.rsplit(" ", 1)[1] for u in upper] == ["fxprune.deploy", "fxprune.deploy.lut", "deploy.sweep",
-                                                    "fxprune.integrations"], upper
+    assert [u.rsplit(" ", 1)[1] for u in upper] == ["fxprune.cli", "fxprune.deploy", "fxprune.deploy.lut",
+                                                    "deploy.sweep", "fxprune.integrations"], upper
     assert [u.split(" imports ")[1] for u in private_imports(in_core, tree)] == [
         "_chunk from fxprune.plan.planner", "as_args from fxprune.measure._inputs"]
     uses = private_attribute_uses(in_core, tree)
