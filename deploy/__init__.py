@@ -1,11 +1,14 @@
-"""Deployment: ONNX export, latency backends, channel alignment and latency-aware pruning."""
+"""Deployment: ONNX export, INT8 quantization, latency backends, channel alignment, latency-aware pruning."""
 
-from .alignment import default_round_to
+from .alignment import default_round_to, int8_multiple
+from .artifacts import file_backend, run_artifact
 from .backends import BackendUnavailable, get_backend, list_backends
 from .budget import BudgetResult, plan_for_latency
+from .calibration import load_calibration
 from .latency_planner import LatencyPlanner, prune
 from .lut import LatencyTable
 from .onnx_export import ExportResult, export_onnx
+from .quantize import QuantizeResult, quantize
 from .runtime_latency import Measurement, measure_latency, speedup
 from .sweep import latency_sweep, slower_points
 
@@ -16,14 +19,20 @@ __all__ = [
     "LatencyPlanner",
     "LatencyTable",
     "Measurement",
+    "QuantizeResult",
     "default_round_to",
     "export_onnx",
+    "file_backend",
     "get_backend",
+    "int8_multiple",
     "latency_sweep",
     "list_backends",
+    "load_calibration",
     "measure_latency",
     "plan_for_latency",
     "prune",
+    "quantize",
+    "run_artifact",
     "slower_points",
     "speedup",
 ]
