@@ -49,6 +49,7 @@ from fxprune.models import (  # noqa: E402
     flip_frame,
     frame_from_instance_mask,
     lane_resnet18_narrow,
+    overlay_lanes,
     read_tusimple_labels,
     tusimple_scores,
     ufld_loss,
@@ -197,6 +198,12 @@ def check_real_frames(data: Path, args) -> dict:
     cell, hits, total = 1279 / (args.griding - 1), 0, 0
     for f in frames:
         mask = np.array(Image.open(folder / "gt_binary_image" / Path(f.raw_file).name)) > 0
+        if args.vis:  # the labels as read back, drawn on the real frame
+            Path(args.vis).mkdir(parents=True, exist_ok=True)
+            image = np.array(Image.open(folder / f.raw_file).convert("RGB"))
+            Image.fromarray(overlay_lanes(image, f)).save(
+                Path(args.vis) / f"real_{Path(f.raw_file).stem}.png"
+            )
         cls, _ = ufld_targets(f, args.griding, row_anchors=f.h_samples, seg_size=None)
         for r, y in enumerate(f.h_samples):
             for c in cls[r][cls[r] < args.griding]:
@@ -307,6 +314,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/RESULTS_lane.json")
+    p.add_argument("--vis", default="", help="folder for label overlays on the real frames (PNG)")
     args = p.parse_args(argv)
     args.size = tuple(int(v) for v in args.size.lower().split("x"))
     args.backends = [b for b in args.backends.split(",") if b]
