@@ -11,7 +11,9 @@ Experiments (the papers' settings):
 * ``l1-r0.5``, ``tpp-r0.5``, ``l1-r0.9``, ``tpp-r0.9``: per-layer ratio r on the first conv of each block
   (TPP, ICLR 2023, table on ResNet-56);
 * ``l1-2.55x``, ``greg1-2.55x``, ``greg2-2.55x``: a uniform ratio on the same layers bisected to a 2.55x
-  FLOPs reduction (GReg, ICLR 2021).
+  FLOPs reduction (GReg, ICLR 2021);
+* ``slr-*``, ``admm-*`` (structured, both settings) and ``slr-u*`` / ``magnitude-u*`` (unstructured weight
+  sparsity): SLR and its ADMM baseline, defined in ``bench/slr_experiments.py``.
 
 Budgets:
 
@@ -53,6 +55,9 @@ from fxprune.data import evaluate_accuracy, load_cifar10, normalize_images, shar
 from fxprune.measure import count_flops, count_params, measure_cpu_latency  # noqa: E402
 from fxprune.models import create_model, load_cifar_checkpoint  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import slr_experiments  # noqa: E402
+
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
@@ -63,6 +68,7 @@ class Experiment:
     paper_base: float | None = None
     paper_speedup: str = ""
     source: str = ""
+    options: tuple = ()  # extra Pruner options as (name, value) pairs
 
 
 EXPERIMENTS = {
@@ -74,6 +80,7 @@ EXPERIMENTS = {
     "greg1-2.55x": Experiment("greg1", 0.0, 1 / 2.55, 93.18, 93.36, "2.55x", "GReg paper"),
     "greg2-2.55x": Experiment("greg2", 0.0, 1 / 2.55, 93.36, 93.36, "2.55x", "GReg paper"),
 }
+slr_experiments.add_experiments(EXPERIMENTS, Experiment)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +118,7 @@ def _budgets(args: argparse.Namespace) -> dict[str, Budget]:
                     pick_ceiling=1e-2,
                 ),
                 "tpp": dict(update_every=1, delta=1.0 / grow, stabilize=hold, zero_every=max(hold // 30, 1)),
+                **slr_experiments.cpu_schedules(args),
             },
             True,
         ),
@@ -187,12 +195,13 @@ def regularize(model, pruner, loader, budget, device, log_every, max_iters) -> i
         if pruner.done or it >= max_iters:
             break
         x, y = x.to(device), y.to(device)
-        loss = F.cross_entropy(model(x), y) + pruner.penalty()
+        task_loss = F.cross_entropy(model(x), y)
+        loss = task_loss + pruner.penalty()
         opt.zero_grad()
         loss.backward()
         pruner.after_backward()
         opt.step()
-        pruner.step()
+        pruner.step(loss=task_loss.item())
         it += 1
         if it % log_every == 0:
             lam = getattr(pruner.method, "lam", None)
@@ -230,11 +239,14 @@ def finetune(model, loader, budget, device, log_every) -> None:
 
 
 def run(name: str, exp: Experiment, budget: Budget, data, args) -> dict:
+    if slr_experiments.is_unstructured(exp):
+        tools = dict(Loader=Loader, regularize=regularize, finetune=finetune)
+        return slr_experiments.run_unstructured(name, exp, budget, data, args, tools)
     device = torch.device(args.device)
     (x_train, y_train), (x_test, y_test) = data
     model = load_cifar_checkpoint(create_model("cifar_resnet56"), args.weights).to(device)
     example = torch.randn(1, 3, 32, 32, device=device)
-    opts = budget.schedules.get(exp.method, {})
+    opts = {**budget.schedules.get(exp.method, {}), **dict(exp.options)}
     pruner = fxprune.Pruner(
         model, example, exp.method, exp.ratio, target_flops=exp.target_flops, scope=args.scope, **opts
     )
@@ -333,6 +345,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--hold", type=int, default=100, help="cpu budget: K_s, iterations held at the ceiling")
     p.add_argument("--ft-epochs", type=int, default=2, help="cpu budget: fine-tuning epochs")
+    slr_experiments.add_arguments(p)
     p.add_argument(
         "--max-reg-iters", type=int, default=10**9, help="stop regularizing after this many iterations"
     )
