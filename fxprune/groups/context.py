@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ class Unsupported:
 
 @dataclass
 class OpContext:
+    """An op's node, its argument values and labels, and where handlers record what they find."""
+
     node: fx.Node
     args: tuple
     kwargs: dict
@@ -53,6 +56,12 @@ class OpContext:
         if i < len(self.largs):
             return self.largs[i]
         return self.lkwargs.get(name)
+
+    def with_inputs(self, *extra: Any) -> OpContext:
+        """A copy seeing the first input and then ``extra`` as its arguments (a module as its function)."""
+        return dataclasses.replace(
+            self, args=(self.args[0], *extra), largs=(self.largs[0],), kwargs={}, lkwargs={}
+        )
 
     def shape(self, i: int, name: str = "") -> tuple[int, ...]:
         return tuple(self.arg(i, name).shape)

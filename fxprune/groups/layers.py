@@ -1,6 +1,14 @@
-"""Handlers for parametric layers: they tie activation channels to slices of weights and buffers."""
+"""Parametric layers (conv, linear, embedding, PReLU): they tie activation channels to weight slices.
+
+Each layer has one function computing its labels, called by the handler of its leaf module
+(``nn.Conv2d``) and by that of its functional form (``F.conv2d`` or ``aten.convolution`` with a
+parameter of some module as weight). Normalisation layers are in :mod:`fxprune.groups.norms`.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -8,11 +16,22 @@ from torch import nn
 
 from .context import OpContext
 from .labels import Labels
+from .registry import LayerArgs, handles_modules, handles_ops, register_op_handler
 
-__all__ = ["batch_norm", "conv", "embedding", "group_norm", "layer_norm", "linear", "prelu"]
+__all__ = [
+    "conv",
+    "couple",
+    "embedding",
+    "linear",
+    "module_names",
+    "param_members",
+    "param_owner",
+    "params_owner",
+    "prelu",
+]
 
 
-def _couple(ctx: OpContext, act: np.ndarray | None, slots: np.ndarray, what: str) -> None:
+def couple(ctx: OpContext, act: np.ndarray | None, slots: np.ndarray, what: str) -> None:
     """Tie activation channels to parameter slots; without activation labels the slots are frozen."""
     if act is None:
         ctx.table.freeze(slots, f"{what}: input channels come from a tensor that cannot be pruned")
@@ -20,8 +39,71 @@ def _couple(ctx: OpContext, act: np.ndarray | None, slots: np.ndarray, what: str
         ctx.table.union(act, slots)
 
 
-def _members(module: str, *pairs: tuple[str | None, int]) -> tuple[tuple[str, int], ...]:
+def param_members(module: str, *pairs: tuple[str | None, int]) -> tuple[tuple[str, int], ...]:
+    """``(module.parameter, dim)`` pairs of a block; parameters given as None are left out."""
     return tuple((f"{module}.{p}" if module else p, d) for p, d in pairs if p is not None)
+
+
+def module_names(m: nn.Module, *names: str) -> list[str | None]:
+    """The names among ``names`` that are set (not None) on ``m``."""
+    return [n if getattr(m, n, None) is not None else None for n in names]
+
+
+def param_owner(ctx: OpContext, i: int, name: str) -> tuple[str, str] | None:
+    """(owner module, attribute) of a parameter argument given by a get_attr node, else None."""
+    node_arg = ctx.node.args[i] if i < len(ctx.node.args) else ctx.node.kwargs.get(name)
+    if isinstance(node_arg, torch.fx.Node) and node_arg.op == "get_attr":
+        owner, _, attr = node_arg.target.rpartition(".")
+        return owner, attr
+    return None
+
+
+def params_owner(ctx: OpContext, specs: list[tuple[int, str]]) -> tuple[str, list[str | None]] | None:
+    """Owner and attribute names of several parameter arguments (all must share one owner).
+
+    An argument that is None gives None as its name; None when an argument is computed or the owners differ.
+    """
+    owner, names = None, []
+    for i, name in specs:
+        if ctx.arg(i, name) is None:
+            names.append(None)
+            continue
+        p = param_owner(ctx, i, name)
+        if p is None or (owner is not None and p[0] != owner):
+            return None
+        owner = p[0]
+        names.append(p[1])
+    return (owner or "", names) if owner is not None else None
+
+
+# ---------------------------------------------------------------- convolution
+def _transposed_conv(ctx, x, cdim, weight, module, names, groups) -> Labels:
+    w, b = names
+    cin, cout = weight.shape[0], weight.shape[1] * groups
+    if groups != 1:
+        if x is not None:
+            ctx.table.freeze(x, f"{ctx.where}: grouped transposed conv")
+        return {cdim: ctx.table.freeze_new(cout, f"{ctx.where}: grouped transposed conv")}
+    couple(ctx, x, ctx.table.block(module, param_members(module, (w, 0)), cin), ctx.where)
+    return {cdim: ctx.table.block(module, param_members(module, (w, 1), (b, 0)), cout)}
+
+
+def _grouped_conv(ctx: OpContext, x, out: np.ndarray, module: str, w: str, groups: int, cin_g: int) -> None:
+    """Couple a grouped conv's channels: a depthwise input owns its outputs, other groups stay equal."""
+    per_group = out.reshape(groups, len(out) // groups)
+    if cin_g == 1:  # depthwise: each input channel owns its group's outputs
+        if x is None:
+            ctx.table.freeze(out, f"{ctx.where}: depthwise conv on channels that cannot be pruned")
+        else:
+            ctx.table.union(x.reshape(groups, 1), per_group)
+        return
+    # grouped conv: every group keeps the same width, so a position is removed in all groups at once
+    in_slots = ctx.table.block(module, param_members(module, (w, 1)), cin_g)
+    if x is None:
+        ctx.table.freeze(in_slots, f"{ctx.where}: grouped conv on channels that cannot be pruned")
+    else:
+        ctx.table.union(x.reshape(groups, cin_g), in_slots.reshape(1, cin_g))
+    ctx.table.union(per_group[:1], per_group)
 
 
 def conv(
@@ -35,120 +117,108 @@ def conv(
 ) -> Labels:
     """Conv (1d/2d/3d, grouped, depthwise, transposed). ``names`` = (weight name, bias name or None)."""
     w, b = names
-    ndim_x = ctx.arg(0, "input").dim()
-    cdim = ndim_x - (weight.dim() - 1)
+    cdim = ctx.arg(0, "input").dim() - (weight.dim() - 1)
     x = x_labels.get(cdim) if x_labels else None
-    other = {d: lab for d, lab in (x_labels or {}).items() if d != cdim}
-    for lab in other.values():
-        ctx.table.freeze(lab, f"{ctx.where}: channels on a spatial dim")
+    for d, lab in (x_labels or {}).items():
+        if d != cdim:
+            ctx.table.freeze(lab, f"{ctx.where}: channels on a spatial dim")
     if transposed:
-        cin, cout = weight.shape[0], weight.shape[1] * groups
-        if groups != 1:
-            if x is not None:
-                ctx.table.freeze(x, f"{ctx.where}: grouped transposed conv")
-            return {cdim: ctx.table.freeze_new(cout, f"{ctx.where}: grouped transposed conv")}
-        _couple(ctx, x, ctx.table.block(module, _members(module, (w, 0)), cin), ctx.where)
-        return {cdim: ctx.table.block(module, _members(module, (w, 1), (b, 0)), cout)}
+        return _transposed_conv(ctx, x, cdim, weight, module, names, groups)
     cout, cin_g = weight.shape[0], weight.shape[1]
-    out = ctx.table.block(module, _members(module, (w, 0), (b, 0)), cout)
+    out = ctx.table.block(module, param_members(module, (w, 0), (b, 0)), cout)
     if groups == 1:
-        _couple(ctx, x, ctx.table.block(module, _members(module, (w, 1)), cin_g), ctx.where)
-        return {cdim: out}
-    cout_g = cout // groups
-    per_group = out.reshape(groups, cout_g)
-    if cin_g == 1:  # depthwise: each input channel owns its group's outputs
-        if x is None:
-            ctx.table.freeze(out, f"{ctx.where}: depthwise conv on channels that cannot be pruned")
-        else:
-            ctx.table.union(x.reshape(groups, 1), per_group)
-        return {cdim: out}
-    # grouped conv: every group keeps the same width, so a position is removed in all groups at once
-    in_slots = ctx.table.block(module, _members(module, (w, 1)), cin_g)
-    if x is None:
-        ctx.table.freeze(in_slots, f"{ctx.where}: grouped conv on channels that cannot be pruned")
+        couple(ctx, x, ctx.table.block(module, param_members(module, (w, 1)), cin_g), ctx.where)
     else:
-        ctx.table.union(x.reshape(groups, cin_g), in_slots.reshape(1, cin_g))
-    ctx.table.union(per_group[:1], per_group)
+        _grouped_conv(ctx, x, out, module, w, groups, cin_g)
     return {cdim: out}
 
 
+def _functional_conv(transposed: bool, aten_convolution: bool = False) -> Callable[[OpContext], Any]:
+    """Handler of ``F.conv*``/``aten.conv*`` (``aten.convolution`` reads ``transposed`` from its args)."""
+
+    def handler(ctx: OpContext) -> Any:
+        if aten_convolution:
+            is_transposed, groups = bool(ctx.arg(6, "transposed")), ctx.arg(8, "groups", 1)
+        else:
+            is_transposed, groups = transposed, ctx.arg(6, "groups", 1)
+        got = params_owner(ctx, [(1, "weight"), (2, "bias")])
+        if got is None:
+            return ctx.unsupported_op("convolution with a computed weight")
+        owner, (w, b) = got
+        return conv(ctx, ctx.larg(0, "input"), ctx.arg(1, "weight"), owner, (w, b), groups, is_transposed)
+
+    return handler
+
+
+for _n in (1, 2, 3):
+    register_op_handler(f"conv{_n}d", _functional_conv(False), LayerArgs(weight=1))
+    register_op_handler(f"conv_transpose{_n}d", _functional_conv(True), LayerArgs(weight=1))
+register_op_handler("convolution", _functional_conv(False, aten_convolution=True), LayerArgs(weight=1))
+
+
+@handles_modules(nn.modules.conv._ConvNd)
+def conv_module(ctx: OpContext, m: nn.Module) -> Labels:
+    names = ("weight", "bias" if m.bias is not None else None)
+    transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
+    return conv(ctx, ctx.larg(0), m.weight, ctx.module_name, names, m.groups, transposed)
+
+
+# ---------------------------------------------------------------- linear, embedding, PReLU
 def linear(ctx: OpContext, x_labels: Labels, weight: torch.Tensor, module: str, names) -> Labels:
     """Linear on the last dim; other labeled dims pass through."""
     w, b = names
-    nd = ctx.arg(0, "input").dim()
-    last = nd - 1
-    _couple(
-        ctx,
-        (x_labels or {}).get(last),
-        ctx.table.block(module, _members(module, (w, 1)), weight.shape[1]),
-        ctx.where,
-    )
+    last = ctx.arg(0, "input").dim() - 1
+    in_slots = ctx.table.block(module, param_members(module, (w, 1)), weight.shape[1])
+    couple(ctx, (x_labels or {}).get(last), in_slots, ctx.where)
     out = dict((x_labels or {}).items())
-    out[last] = ctx.table.block(module, _members(module, (w, 0), (b, 0)), weight.shape[0])
+    out[last] = ctx.table.block(module, param_members(module, (w, 0), (b, 0)), weight.shape[0])
     return out
 
 
-def batch_norm(ctx: OpContext, x_labels: Labels, module: str, names: list[str | None], size: int) -> Labels:
-    """Per-channel affine and statistics on dim 1 (BatchNorm, InstanceNorm)."""
-    members = _members(module, *[(n, 0) for n in names])
-    if members:
-        _couple(ctx, (x_labels or {}).get(1), ctx.table.block(module, members, size), ctx.where)
-    return dict(x_labels or {})
+@handles_ops("linear", layer=LayerArgs(weight=1))
+def functional_linear(ctx: OpContext) -> Any:
+    got = params_owner(ctx, [(1, "weight"), (2, "bias")])
+    if got is None:
+        return ctx.unsupported_op("linear with a computed weight")
+    owner, names = got
+    return linear(ctx, ctx.larg(0, "input"), ctx.arg(1, "weight"), owner, tuple(names))
 
 
-def layer_norm(ctx: OpContext, x_labels: Labels, module: str, names, normalized_shape) -> Labels:
-    """LayerNorm: channel-mixing over its normalized dims, so removing channels is approximate."""
-    nd = ctx.arg(0, "input").dim()
-    k = len(normalized_shape)
-    norm_dims = list(range(nd - k, nd))
-    labeled = [d for d in norm_dims if x_labels and d in x_labels]
-    members = _members(module, *[(n, 0) for n in names])
-    if k == 1 and labeled:
-        lab = x_labels[nd - 1]
-        if members:
-            ctx.table.union(lab, ctx.table.block(module, members, normalized_shape[0]))
-        ctx.table.mark_approx(lab, f"LayerNorm over channels ({ctx.where})")
-    else:
-        for d in labeled:
-            ctx.table.freeze(x_labels[d], f"{ctx.where}: normalization over several channel dims")
-        if members and k == 1:
-            ctx.table.freeze(ctx.table.block(module, members, normalized_shape[0]), ctx.where)
-    return dict(x_labels or {})
-
-
-def group_norm(ctx: OpContext, x_labels: Labels, module: str, names, num_groups: int, size: int) -> Labels:
-    """GroupNorm: equal widths per group; channel-mixing within groups, so approximate."""
-    x = (x_labels or {}).get(1)
-    members = _members(module, *[(n, 0) for n in names])
-    slots = ctx.table.block(module, members, size) if members else None
-    if x is None:
-        if slots is not None:
-            ctx.table.freeze(slots, ctx.where)
-        return dict(x_labels or {})
-    grouped = x.reshape(num_groups, size // num_groups)
-    ctx.table.union(grouped[:1], grouped)
-    if slots is not None:
-        ctx.table.union(x, slots)
-    ctx.table.mark_approx(x, f"GroupNorm ({ctx.where})")
-    return dict(x_labels)
+@handles_modules(nn.Linear)
+def linear_module(ctx: OpContext, m: nn.Module) -> Labels:
+    names = ("weight", "bias" if m.bias is not None else None)
+    return linear(ctx, ctx.larg(0), m.weight, ctx.module_name, names)
 
 
 def embedding(ctx: OpContext, weight: torch.Tensor, module: str, name: str) -> Labels:
+    """An embedding's output channels are the columns of its table."""
     nd = ctx.out.dim()
-    return {nd - 1: ctx.table.block(module, _members(module, (name, 1)), weight.shape[1])}
+    return {nd - 1: ctx.table.block(module, param_members(module, (name, 1)), weight.shape[1])}
+
+
+@handles_ops("embedding", layer=LayerArgs(weight=0, input=1))
+def functional_embedding(ctx: OpContext) -> Any:
+    """``F.embedding(input, weight)`` or ``aten.embedding(weight, indices)``."""
+    weight_pos = 0 if isinstance(ctx.node.target, torch._ops.OpOverload) else 1
+    p = param_owner(ctx, weight_pos, "weight")
+    if p is None:
+        return ctx.unsupported_op("embedding with a computed table")
+    return embedding(ctx, ctx.arg(weight_pos, "weight"), p[0], p[1])
+
+
+@handles_modules(nn.Embedding)
+def embedding_module(ctx: OpContext, m: nn.Module) -> Labels:
+    return embedding(ctx, m.weight, ctx.module_name, "weight")
 
 
 def prelu(ctx: OpContext, x_labels: Labels, module: str, name: str, weight: torch.Tensor) -> Labels:
+    """PReLU with one slope per channel ties the slopes to dim 1; a shared slope keeps every channel."""
     if weight.numel() > 1:
-        _couple(
-            ctx,
-            (x_labels or {}).get(1),
-            ctx.table.block(module, _members(module, (name, 0)), weight.numel()),
-            ctx.where,
-        )
+        slots = ctx.table.block(module, param_members(module, (name, 0)), weight.numel())
+        couple(ctx, (x_labels or {}).get(1), slots, ctx.where)
     return dict(x_labels or {})
 
 
-def module_names(m: nn.Module, *names: str) -> list[str | None]:
-    """The names among ``names`` that are set (not None) on ``m``."""
-    return [n if getattr(m, n, None) is not None else None for n in names]
+@handles_modules(nn.PReLU)
+def prelu_module(ctx: OpContext, m: nn.Module) -> Labels:
+    return prelu(ctx, ctx.larg(0), ctx.module_name, "weight", m.weight)

@@ -97,23 +97,7 @@ class ChannelPropagation(fx.Interpreter):
             for lab in iter_labels((largs, lkwargs)):
                 self.table.freeze(lab, "model output")
             return None
-        module_name = n.target if n.op == "call_module" else _scope_of(n)
-        ctx = OpContext(
-            n,
-            tuple(args),
-            dict(kwargs),
-            tuple(largs),
-            dict(lkwargs),
-            out,
-            self.table,
-            self.module,
-            module_name,
-            self.graph_is_export,
-            self.unsupported,
-            self.constraints,
-            self.constants,
-            self.model,
-        )
+        ctx = self._context(n, args, kwargs, largs, lkwargs, out)
         if n.op == "call_module":
             m = self.module.get_submodule(n.target)
             handler = registry.module_handler(m)
@@ -122,10 +106,31 @@ class ChannelPropagation(fx.Interpreter):
             return labels
         handler = registry.function_handler(op_name(n)) or registry.unknown
         labels = handler(ctx)
-        owner = self._param_owner(n) if self.graph_is_export else None
-        if owner:
-            self.module_io.setdefault(owner, []).append((largs, labels))
+        layer_call = self._layer_call(n) if self.graph_is_export else None
+        if layer_call:
+            owner, first_input = layer_call
+            self.module_io.setdefault(owner, []).append((largs[first_input:], labels))
         return labels
+
+    def _context(
+        self, n: fx.Node, args: tuple, kwargs: dict, largs: Any, lkwargs: Any, out: Any
+    ) -> OpContext:
+        return OpContext(
+            n,
+            tuple(args),
+            dict(kwargs),
+            tuple(largs),
+            dict(lkwargs),
+            out,
+            self.table,
+            self.module,
+            n.target if n.op == "call_module" else _scope_of(n),
+            self.graph_is_export,
+            self.unsupported,
+            self.constraints,
+            self.constants,
+            self.model,
+        )
 
     def _attr_labels(self, target: str, value: Any) -> Any:
         if not isinstance(value, torch.Tensor) or id(value) not in self._attr_names:
@@ -137,13 +142,14 @@ class ChannelPropagation(fx.Interpreter):
             if s > 1
         }
 
-    def _param_owner(self, n: fx.Node) -> str | None:
-        """For an aten layer op in an exported graph, the module owning its weight."""
-        if op_name(n) not in _LAYER_OPS or len(n.args) < 2:
+    def _layer_call(self, n: fx.Node) -> tuple[str, int] | None:
+        """For a layer op in an exported graph: the module owning its parameter and where its input starts."""
+        spec = registry.layer_args(op_name(n))
+        if spec is None or len(n.args) <= max(spec.weight, spec.input):
             return None
-        w = n.args[1] if op_name(n) not in ("embedding",) else n.args[0]
+        w = n.args[spec.weight]
         if isinstance(w, fx.Node) and w.op == "get_attr":
-            return w.target.rpartition(".")[0]
+            return w.target.rpartition(".")[0], spec.input
         return None
 
 
@@ -164,20 +170,6 @@ _SHAPE_PRESERVING = (
     nn.Tanh,
     nn.Mish,
 )
-
-_LAYER_OPS = {
-    "conv1d",
-    "conv2d",
-    "conv3d",
-    "convolution",
-    "linear",
-    "conv_transpose1d",
-    "conv_transpose2d",
-    "conv_transpose3d",
-    "batch_norm",
-    "_native_batch_norm_legit_no_training",
-    "layer_norm",
-}
 
 
 def _scope_of(n: fx.Node) -> str:

@@ -7,8 +7,15 @@ with its own output (MaxViT reshapes attention output to the *input's* width).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
+
+from .context import OpContext, structure_like
+from .registry import handles_ops
+
+__all__ = ["IntInfo", "SizeInfo", "merge", "non_tensor", "size", "size_of"]
 
 
 @dataclass
@@ -26,6 +33,7 @@ class IntInfo:
 
 
 def size_of(labels: dict | None, ndim: int, dim: int | None) -> SizeInfo | IntInfo:
+    """The provenance of ``x.size()`` (``dim`` None) or ``x.size(dim)`` for a tensor with ``labels``."""
     labels = labels or {}
     if dim is None:
         return SizeInfo([labels.get(d) for d in range(ndim)])
@@ -37,3 +45,31 @@ def merge(*infos) -> IntInfo | None:
     """Provenance of an arithmetic result."""
     sources = [s for i in infos if isinstance(i, IntInfo) for s in i.sources]
     return IntInfo(sources) if sources else None
+
+
+@handles_ops("size", "getattr", "sym_size")
+def size(ctx: OpContext) -> Any:
+    """``x.size()``, ``x.size(d)``, ``x.shape``: remember which channel slots the sizes came from."""
+    x = ctx.arg(0, "input")
+    if not isinstance(x, torch.Tensor):
+        return structure_like(ctx.out)
+    if ctx.op_name == "getattr":
+        if ctx.args[1] != "shape":
+            return structure_like(ctx.out)
+        return size_of(ctx.larg(0), x.dim(), None)
+    return size_of(ctx.larg(0), x.dim(), ctx.arg(1, "dim"))
+
+
+@handles_ops(
+    "dim",
+    "numel",
+    "_assert",
+    "_assert_tensor_metadata",
+    "sym_constrain_range_for_size",
+    "_assert_scalar",
+    "le_int",
+    "zeros_like",
+)
+def non_tensor(ctx: OpContext) -> Any:
+    """Ops whose result carries no channels (dims, counts, assertions, fresh zeros): nothing to track."""
+    return structure_like(ctx.out)

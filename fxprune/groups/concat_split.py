@@ -1,0 +1,92 @@
+"""Concatenation and splitting: cat/stack join channel runs, split/chunk/unbind cut them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .context import OpContext
+from .labels import Labels, broadcast_labels
+from .registry import handles_ops
+
+__all__ = ["cat", "split", "stack", "unbind"]
+
+
+def _dim_arg(ctx: OpContext, ndim: int, position: int) -> int:
+    dim = ctx.arg(position, "dim", 0)
+    return dim + ndim if dim < 0 else dim
+
+
+@handles_ops("cat", "concat", "concatenate")
+def cat(ctx: OpContext) -> Labels:
+    """Labels of the joined dim are the inputs' labels end to end (unlabeled inputs add frozen slots)."""
+    tensors = list(ctx.arg(0, "tensors"))
+    labs = [lab or {} for lab in (ctx.larg(0, "tensors") or [None] * len(tensors))]
+    dim = _dim_arg(ctx, ctx.out.dim(), 1)
+    out: Labels = {}
+    if any(lab.get(dim) is not None for lab in labs):
+        out[dim] = np.concatenate(
+            [
+                lab[dim]
+                if lab.get(dim) is not None
+                else ctx.table.freeze_new(t.shape[dim], f"{ctx.where}: concatenated constant")
+                for lab, t in zip(labs, tensors)
+            ]
+        )
+    # the other dims meet elementwise, as in a broadcast with the joined dim set to 1
+    others = [
+        (tuple(t.shape[:dim]) + (1,) + tuple(t.shape[dim + 1 :]), {d: a for d, a in lab.items() if d != dim})
+        for t, lab in zip(tensors, labs)
+    ]
+    shape = list(ctx.out_shape)
+    shape[dim] = 1
+    out.update({d: a for d, a in broadcast_labels(ctx.table, others, shape).items() if d != dim})
+    return out
+
+
+@handles_ops("stack")
+def stack(ctx: OpContext) -> Labels:
+    tensors = list(ctx.arg(0, "tensors"))
+    labs = list(ctx.larg(0, "tensors") or [None] * len(tensors))
+    dim = _dim_arg(ctx, ctx.out.dim(), 1)
+    merged = broadcast_labels(
+        ctx.table, [(tuple(t.shape), lab) for t, lab in zip(tensors, labs)], tuple(tensors[0].shape)
+    )
+    return {d + (1 if d >= dim else 0): a for d, a in merged.items()}
+
+
+@handles_ops("chunk", "split", "split_with_sizes", "tensor_split")
+def split(ctx: OpContext) -> list:
+    """Pieces of a channel dim stay prunable when their sizes follow the width (``chunk``): equal parts."""
+    x = ctx.arg(0, "input")
+    lab = ctx.larg(0, "input") or {}
+    dim = _dim_arg(ctx, x.dim(), 2)
+    sections = ctx.arg(1, "chunks") if ctx.op_name == "chunk" else ctx.arg(1, "split_size_or_sections")
+    sizes = [int(o.shape[dim]) for o in ctx.out]
+    parts = [{d: a for d, a in lab.items() if d != dim} for _ in ctx.out]
+    a = lab.get(dim)
+    if a is None:
+        return parts
+    # chunk() recomputes its sizes from the width; in export graphs it appears as split(int)
+    adaptive = ctx.op_name == "chunk" or (
+        ctx.graph_is_export and isinstance(sections, int) and len(set(sizes)) == 1
+    )
+    if not adaptive:
+        ctx.table.freeze(a, f"{ctx.where}: split sizes written as constants")
+        return parts
+    bounds = np.cumsum([0, *sizes])
+    pieces = [a[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
+    ctx.constraints.append(("equal_parts", pieces, ctx.where))
+    for p, piece in zip(parts, pieces):
+        p[dim] = piece
+    return parts
+
+
+@handles_ops("unbind")
+def unbind(ctx: OpContext) -> list:
+    x = ctx.arg(0, "input")
+    lab = ctx.larg(0, "input") or {}
+    dim = ctx.arg(1, "dim", 0) % x.dim()
+    if dim in lab:
+        ctx.table.freeze(lab[dim], f"{ctx.where}: channels taken one by one")
+    rest = {d - (1 if d > dim else 0): a for d, a in lab.items() if d != dim}
+    return [dict(rest) for _ in ctx.out]

@@ -1,0 +1,96 @@
+"""Indexing: ``x[...]``, ``getitem`` on lists, dicts and sizes, and the aten ``slice``/``select`` ops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .context import OpContext, iter_labels, structure_like
+from .labels import Labels
+from .registry import handles_ops
+from .sizes import IntInfo, SizeInfo
+
+__all__ = ["aten_select", "aten_slice", "getitem", "index_labels"]
+
+
+def _is_full(idx: slice) -> bool:
+    return idx == slice(None) or (idx.start in (None, 0) and idx.stop is None and idx.step in (None, 1))
+
+
+def _expand_index(index: Any, ndim: int) -> list:
+    """The index with ``...`` replaced by as many full slices as it stands for."""
+    index = index if isinstance(index, tuple) else (index,)
+    n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
+    out = []
+    for idx in index:
+        out.extend([slice(None)] * (ndim - n_real) if idx is Ellipsis else [idx])
+    return out
+
+
+def index_labels(ctx: OpContext, x: torch.Tensor, lab: Labels, index: Any) -> Labels:
+    """Labels of ``x[index]``: full slices keep a channel dim; ints, partial slices and tensors freeze it."""
+    out: Labels = {}
+    d_in = d_out = 0
+    for idx in _expand_index(index, x.dim()):
+        if idx is None:
+            d_out += 1
+            continue
+        a = lab.get(d_in)
+        if isinstance(idx, int):
+            if a is not None:
+                ctx.table.freeze(a, f"{ctx.where}: one channel taken by index")
+            d_in += 1
+            continue
+        if not isinstance(idx, slice):
+            if a is not None:
+                ctx.table.freeze(a, f"{ctx.where}: advanced indexing on channels")
+            return ctx.unsupported_op("advanced indexing") if any(True for _ in iter_labels(lab)) else {}
+        if a is not None and _is_full(idx):
+            out[d_out] = a
+        elif a is not None:
+            ctx.table.freeze(a, f"{ctx.where}: channel slice with constant bounds")
+        d_in += 1
+        d_out += 1
+    out.update({d_out + k: lab[d] for k, d in enumerate(range(d_in, x.dim())) if d in lab})
+    return out
+
+
+@handles_ops("getitem")
+def getitem(ctx: OpContext) -> Any:
+    """``obj[index]`` on a tensor, a ``torch.Size``, a list/tuple or a dict."""
+    obj, index = ctx.args[0], ctx.args[1]
+    lab = ctx.largs[0]
+    if isinstance(lab, SizeInfo):
+        picked = lab.dims[index]
+        if isinstance(index, int):
+            return IntInfo([picked] if picked is not None else [])
+        return SizeInfo(list(picked))
+    if isinstance(obj, torch.Tensor):
+        return index_labels(ctx, obj, lab or {}, index)
+    if isinstance(obj, (list, tuple)) and isinstance(lab, (list, tuple)):
+        return lab[index]
+    if isinstance(obj, dict) and isinstance(lab, dict):
+        return lab.get(index)
+    return structure_like(ctx.out)
+
+
+@handles_ops("slice")
+def aten_slice(ctx: OpContext) -> Labels:
+    """``aten.slice(x, dim, start, end, step)``: a full slice keeps the channels."""
+    x = ctx.arg(0, "input")
+    dim = ctx.arg(1, "dim", 0) % x.dim()
+    start, end, step = ctx.arg(2, "start"), ctx.arg(3, "end"), ctx.arg(4, "step", 1)
+    idx = [slice(None)] * x.dim()
+    full = (start in (None, 0)) and (end is None or end >= x.shape[dim]) and step in (None, 1)
+    idx[dim] = slice(None) if full else slice(start, end, step)
+    return index_labels(ctx, x, ctx.larg(0) or {}, tuple(idx))
+
+
+@handles_ops("select")
+def aten_select(ctx: OpContext) -> Labels:
+    """``aten.select(x, dim, index)``: one position of a dim."""
+    x = ctx.arg(0, "input")
+    idx: list[Any] = [slice(None)] * x.dim()
+    idx[ctx.arg(1, "dim") % x.dim()] = int(ctx.arg(2, "index"))
+    return index_labels(ctx, x, ctx.larg(0) or {}, tuple(idx))

@@ -1,0 +1,179 @@
+"""Reshapes and dim reorders: view/reshape, flatten/unflatten, permute/transpose/movedim, expand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .channel_constants import find_constant
+from .context import OpContext
+from .labels import Labels, permute_labels, reshape_labels
+from .registry import handles_modules, handles_ops
+from .sizes import IntInfo
+
+__all__ = ["expand", "movedim", "permute", "reshape", "reshape_free", "transpose", "unflatten"]
+
+
+def _shape_args(ctx: OpContext) -> tuple[list, list[bool] | None]:
+    """The target shape of a view/reshape and, per dim, whether it is computed at run time."""
+    node_args = ctx.node.args[1:] if ctx.node.op == "call_method" else ctx.node.args[1:2]
+    if ctx.node.op == "call_method" and len(node_args) == 1 and isinstance(node_args[0], (list, tuple)):
+        node_args = node_args[0]
+    elif ctx.node.op != "call_method" and node_args and isinstance(node_args[0], (list, tuple)):
+        node_args = node_args[0]
+    adaptive = [not isinstance(a, int) or a == -1 for a in node_args]
+    if len(adaptive) != ctx.out.dim():
+        return list(node_args), None
+    return list(node_args), adaptive
+
+
+def _constant_sizes(ctx: OpContext, sizes: list, adaptive: list[bool]) -> dict[int, tuple[str, str]]:
+    """Output dims whose constant size is a registered channel count; they count as adaptive from now."""
+    known = {}
+    for j, (size, free) in enumerate(zip(sizes, adaptive)):
+        found = None if free else find_constant(ctx.model, ctx.module_name, size)
+        if found is not None:
+            known[j] = found
+            adaptive[j] = True
+    return known
+
+
+@handles_ops("view", "reshape", "_unsafe_view")
+def reshape(ctx: OpContext) -> Labels:
+    """``view``/``reshape`` with sizes that are constants, computed from ``x.shape``, or -1."""
+    x = ctx.arg(0, "input")
+    lab = ctx.larg(0, "input") or {}
+    sizes, adaptive = _shape_args(ctx)
+    known = _constant_sizes(ctx, sizes, adaptive) if adaptive is not None and lab else {}
+    out = reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, adaptive, ctx.where) if lab else {}
+    for j, (module, attr) in known.items():
+        if j in out:
+            ctx.constants.append((module, attr, out[j]))
+    _check_size_sources(ctx, lab, out)
+    return out
+
+
+def _check_size_sources(ctx: OpContext, own: Labels, out: Labels) -> None:
+    """Sizes read from another tensor's channel dim must follow this output's channels."""
+    shape_labels = ctx.largs[1:] if ctx.node.op == "call_method" else ctx.largs[1:2]
+    if len(shape_labels) == 1 and isinstance(shape_labels[0], (list, tuple)):
+        shape_labels = shape_labels[0]
+    own_roots = [set(ctx.table.roots(a).tolist()) for a in own.values()]
+    for j, info in enumerate(shape_labels):
+        if not isinstance(info, IntInfo):
+            continue
+        for src in info.sources:
+            roots = set(ctx.table.roots(src).tolist())
+            if any(roots == r for r in own_roots):
+                continue  # read from the tensor being reshaped
+            target = out.get(j)
+            if target is not None and len(target) == len(src):
+                ctx.table.union(src, target)
+            else:
+                ctx.table.freeze(src, f"{ctx.where}: size read from a channel dim of another tensor")
+                if target is not None:
+                    ctx.table.freeze(target, f"{ctx.where}: size read from a channel dim of another tensor")
+
+
+@handles_ops("flatten", "squeeze", "unsqueeze", "view_as", "reshape_as")
+def reshape_free(ctx: OpContext) -> Labels:
+    """Reshapes whose sizes always follow the input (flatten, squeeze, unsqueeze, view_as)."""
+    x = ctx.arg(0, "input")
+    lab = ctx.larg(0, "input") or {}
+    if not lab:
+        return {}
+    return reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, None, ctx.where)
+
+
+@handles_modules(nn.Flatten)
+def flatten_module(ctx: OpContext, m: nn.Module) -> Labels:
+    """``nn.Flatten``: its sizes follow the input."""
+    return reshape_free(ctx)
+
+
+def _unflatten_labels(ctx: OpContext, dim: int, sizes: Any, adaptive_size: Any) -> Labels:
+    """Labels after splitting ``dim`` into ``sizes``; ``adaptive_size(s)``: size s follows x."""
+    x = ctx.arg(0, "input")
+    lab = ctx.larg(0, "input") or {}
+    if not lab:
+        return {}
+    dim = dim + x.dim() if dim < 0 else dim
+    adaptive = [True] * ctx.out.dim()
+    for k, s in enumerate(sizes):
+        adaptive[dim + k] = adaptive_size(s)
+    return reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, adaptive, ctx.where)
+
+
+@handles_ops("unflatten")
+def unflatten(ctx: OpContext) -> Labels:
+    """``x.unflatten(dim, sizes)``: constant sizes freeze a channel dim, computed ones or -1 follow it."""
+    if not ctx.larg(0, "input"):
+        return {}
+    sizes = ctx.node.args[2] if len(ctx.node.args) > 2 else ctx.node.kwargs.get("sizes")
+    return _unflatten_labels(ctx, ctx.arg(1, "dim"), sizes, lambda s: not isinstance(s, int) or s == -1)
+
+
+@handles_modules(nn.Unflatten)
+def unflatten_module(ctx: OpContext, m: nn.Module) -> Labels:
+    """``nn.Unflatten``: sizes come from the module (constants unless -1)."""
+    return _unflatten_labels(ctx, m.dim, m.unflattened_size, lambda s: s == -1)
+
+
+@handles_ops("permute")
+def permute(ctx: OpContext) -> Labels:
+    lab = ctx.larg(0, "input") or {}
+    nd = ctx.arg(0, "input").dim()
+    if ctx.node.op == "call_method" and not isinstance(
+        ctx.args[1] if len(ctx.args) > 1 else None, (list, tuple)
+    ):
+        perm = list(ctx.args[1:])
+    else:
+        perm = list(ctx.arg(1, "dims"))
+    return permute_labels(lab, [p + nd if p < 0 else p for p in perm])
+
+
+@handles_ops("transpose", "swapaxes", "swapdims", "t")
+def transpose(ctx: OpContext) -> Labels:
+    lab = ctx.larg(0, "input") or {}
+    nd = ctx.arg(0, "input").dim()
+    if ctx.op_name in ("t", "numpy_T") or len(ctx.args) < 3 and "dim0" not in ctx.kwargs:
+        d0, d1 = (0, 1) if nd == 2 else (nd - 2, nd - 1)
+    else:
+        d0, d1 = ctx.arg(1, "dim0"), ctx.arg(2, "dim1")
+    d0, d1 = d0 % nd, d1 % nd
+    perm = list(range(nd))
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    return permute_labels(lab, perm)
+
+
+@handles_ops("movedim", "moveaxis")
+def movedim(ctx: OpContext) -> Labels:
+    lab = ctx.larg(0, "input") or {}
+    nd = ctx.arg(0, "input").dim()
+    src, dst = ctx.arg(1, "source"), ctx.arg(2, "destination")
+    src = [src] if isinstance(src, int) else list(src)
+    dst = [dst] if isinstance(dst, int) else list(dst)
+    src, dst = [s % nd for s in src], [d % nd for d in dst]
+    rest = [d for d in range(nd) if d not in src]
+    perm: list[int | None] = [None] * nd
+    for s, d in zip(src, dst):
+        perm[d] = s
+    it = iter(rest)
+    perm = [p if p is not None else next(it) for p in perm]
+    return permute_labels(lab, perm)
+
+
+@handles_ops("expand", "expand_as", "expand_copy")
+def expand(ctx: OpContext) -> Labels:
+    """``expand``: channel dims keep their labels where the size stays; broadcast ones freeze."""
+    x = ctx.arg(0, "input")
+    lab = ctx.larg(0, "input") or {}
+    off = ctx.out.dim() - x.dim()
+    out = {}
+    for d, a in lab.items():
+        if ctx.out.shape[d + off] == x.shape[d]:
+            out[d + off] = a
+        else:
+            ctx.table.freeze(a, ctx.where)
+    return out
