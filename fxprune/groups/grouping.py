@@ -11,7 +11,7 @@ from torch import nn
 
 from .context import Unsupported
 from .propagate import PropagationResult
-from .slots import Block
+from .slots import Block, SlotTable
 
 __all__ = ["Group", "build_groups"]
 
@@ -106,58 +106,81 @@ def build_groups(result: PropagationResult, model: nn.Module) -> tuple[list[Grou
     table = result.table
     roots = _pointer_jump(np.asarray(table.parent, dtype=np.int64))
     roots_of = {b.base: roots[b.base : b.base + b.size] for b in table.blocks}
-    anchored = np.zeros(len(roots), dtype=bool)
+    firsts, seq = _anchored_atoms(table, roots_of, len(roots))
+    if not seq:
+        return [], result.unsupported
+    # atoms that share a parameter dimension belong to one group
+    seq_all = np.concatenate(seq)
+    ends = np.concatenate([np.full(len(r), r[0]) for r in seq])
+    comp = _components(len(roots), ends, seq_all)
+    by_group: dict[int, list[Block]] = {}
+    for b in table.blocks:
+        if b.base in firsts:
+            by_group.setdefault(int(comp[firsts[b.base]]), []).append(b)
+    atoms_of = _atoms_by_component(comp, seq_all)
+    make = _GroupMaker(table, roots_of, len(roots))
+    ordered = sorted(by_group.items(), key=lambda kv: min(b.base for b in kv[1]))
+    groups = [make(gid, atoms_of[g], blocks) for gid, (g, blocks) in enumerate(ordered)]
+    _attach_constraints(result, groups, table)
+    return groups, result.unsupported
+
+
+def _anchored_atoms(table: SlotTable, roots_of: dict[int, np.ndarray], n: int):
+    """Per block, the roots it spans that some layer block also spans (passive blocks alone make no atom).
+
+    Returns ``(first root of each block with any, list of those root arrays in block order)``.
+    """
+    anchored = np.zeros(n, dtype=bool)
     for b in table.blocks:
         if not b.passive:
             anchored[roots_of[b.base]] = True
-    # atoms that share a parameter dimension belong to one group
-    firsts, ends, seq = {}, [], []
+    firsts, seq = {}, []
     for b in table.blocks:
         r = roots_of[b.base]
         r = r[anchored[r]]
         if len(r):
             firsts[b.base] = r[0]
-            ends.append(np.full(len(r), r[0]))
             seq.append(r)
-    if not seq:
-        return [], result.unsupported
-    seq_all = np.concatenate(seq)
-    comp = _components(len(roots), np.concatenate(ends), seq_all)
-    by_group: dict[int, list[Block]] = {}
-    for b in table.blocks:
-        if b.base in firsts:
-            by_group.setdefault(int(comp[firsts[b.base]]), []).append(b)
+    return firsts, seq
+
+
+def _atoms_by_component(comp: np.ndarray, seq_all: np.ndarray) -> dict[int, np.ndarray]:
+    """The distinct atoms of each component, in order of first appearance in ``seq_all``."""
     uniq, first_at = np.unique(seq_all, return_index=True)
-    ordered = uniq[np.argsort(first_at, kind="stable")]  # atoms in order of first appearance
-    atoms_of: dict[int, np.ndarray] = {}
+    ordered = uniq[np.argsort(first_at, kind="stable")]
     order = np.argsort(comp[ordered], kind="stable")
-    labels_sorted = comp[ordered][order]
-    cuts = np.nonzero(np.diff(labels_sorted))[0] + 1
-    for chunk in np.split(order, cuts):
-        atoms_of[int(comp[ordered[chunk[0]]])] = ordered[chunk]
-    position = np.full(len(roots), -1, dtype=np.int64)
-    frozen_roots = np.fromiter(table.frozen.keys(), dtype=np.int64, count=len(table.frozen))
-    approx_roots = np.fromiter(table.approx.keys(), dtype=np.int64, count=len(table.approx))
-    groups: list[Group] = []
-    for gid, (g, blocks) in enumerate(sorted(by_group.items(), key=lambda kv: min(b.base for b in kv[1]))):
-        atoms = atoms_of[g]
-        position[atoms] = np.arange(len(atoms))
-        frozen = {int(i): table.frozen[int(atoms[i])] for i in np.nonzero(np.isin(atoms, frozen_roots))[0]}
-        approx_hits = np.nonzero(np.isin(atoms, approx_roots))[0]
+    cuts = np.nonzero(np.diff(comp[ordered][order]))[0] + 1
+    return {int(comp[ordered[chunk[0]]]): ordered[chunk] for chunk in np.split(order, cuts)}
+
+
+class _GroupMaker:
+    """Builds each :class:`Group` from its atoms, with the frozen and approximate flags of the table."""
+
+    def __init__(self, table: SlotTable, roots_of: dict[int, np.ndarray], n: int):
+        self.table, self.roots_of = table, roots_of
+        self.frozen_roots = np.fromiter(table.frozen.keys(), dtype=np.int64, count=len(table.frozen))
+        self.approx_roots = np.fromiter(table.approx.keys(), dtype=np.int64, count=len(table.approx))
+        self.position = np.full(n, -1, dtype=np.int64)  # atom index of each root within its group
+
+    def __call__(self, gid: int, atoms: np.ndarray, blocks: list[Block]) -> Group:
+        table = self.table
+        self.position[atoms] = np.arange(len(atoms))
+        hits = np.nonzero(np.isin(atoms, self.frozen_roots))[0]
+        frozen = {int(i): table.frozen[int(atoms[i])] for i in hits}
+        approx_hits = np.nonzero(np.isin(atoms, self.approx_roots))[0]
         approx = table.approx[int(atoms[approx_hits[0]])] if len(approx_hits) else None
         grp = Group(gid, atoms, blocks, frozen, approx)
-        grp.block_atom_index = {b.base: position[roots_of[b.base]] for b in blocks}
+        grp.block_atom_index = {b.base: self.position[self.roots_of[b.base]] for b in blocks}
         # channels per atom of the narrowest layer: > 1 for grouped convs and GroupNorm
         grp.divisor = min(
             (b.size // max(len(np.unique(grp.block_atom_index[b.base])), 1) for b in blocks if not b.passive),
             default=1,
         )
-        groups.append(grp)
-    _attach_constraints(result, groups, table)
-    return groups, result.unsupported
+        return grp
 
 
-def _attach_constraints(result: PropagationResult, groups: list[Group], table) -> None:
+def _attach_constraints(result: PropagationResult, groups: list[Group], table: SlotTable) -> None:
+    """Record ``chunk`` pieces as equal-parts constraints of the group that holds them."""
     where = {}
     for g in groups:
         for i, r in enumerate(g.atoms.tolist()):

@@ -121,45 +121,50 @@ def reshape_labels(
     out: Labels = {}
     for gi, gj in groups:
         lab_dims = [d for d in gi if d in labels]
-        if not lab_dims:
-            continue
         if len(lab_dims) > 1:
             for d in lab_dims:
                 table.freeze(labels[d], f"{where}: reshape mixes two channel dims")
-            continue
-        d = lab_dims[0]
-        lab = labels[d]
-        big_out = [j for j in gj if out_shape[j] > 1]
-        if len(big_out) == 1:
-            j = big_out[0]
-            if adaptive is not None and not adaptive[j] and len(gi) == 1:
-                table.freeze(lab, f"{where}: channel size written as a constant")
-                continue
-            # merge: row-major positions of the input group; the label follows the channel index
-            sub_shape = [in_shape[k] for k in gi]
-            pos = gi.index(d)
-            view = [1] * len(gi)
-            view[pos] = in_shape[d]
-            merged = np.broadcast_to(lab.reshape(view), sub_shape).reshape(-1)
-            if len(gi) > 1 and adaptive is not None and not adaptive[j]:
-                table.freeze(lab, f"{where}: flattened size written as a constant")
-                continue
-            out[j] = merged
-            continue
-        big_in = [k for k in gi if in_shape[k] > 1]
-        if big_in != [d]:
-            table.freeze(lab, f"{where}: reshape mixes channels with other dims")
-            continue
-        # split of a channel dim into several
-        free = [j for j in big_out if adaptive is None or adaptive[j]]
-        if len(free) != 1:
-            table.freeze(lab, f"{where}: channel dim split with constant sizes")
-            continue
-        j_free = free[0]
-        split = lab.reshape([out_shape[j] for j in gj])
-        axis = gj.index(j_free)
-        moved = np.moveaxis(split, axis, -1).reshape(-1, out_shape[j_free])
-        for row in moved[1:]:
-            table.union(moved[0], row)
-        out[j_free] = moved[0].copy()
+        elif lab_dims:
+            d = lab_dims[0]
+            found = _reshape_run(table, in_shape, labels[d], d, out_shape, gi, gj, adaptive)
+            if isinstance(found, str):
+                table.freeze(labels[d], f"{where}: {found}")
+            else:
+                out[found[0]] = found[1]
     return out
+
+
+def _reshape_run(
+    table: SlotTable,
+    in_shape: Sequence[int],
+    lab: np.ndarray,
+    d: int,
+    out_shape: Sequence[int],
+    gi: list[int],
+    gj: list[int],
+    adaptive: Sequence[bool] | None,
+) -> tuple[int, np.ndarray] | str:
+    """The (output dim, labels) of channel dim ``d`` of input run ``gi`` reshaped to output run ``gj``.
+
+    Returns why the channels must freeze instead, when they cannot follow the reshape.
+    """
+    big_out = [j for j in gj if out_shape[j] > 1]
+    if len(big_out) == 1:
+        j = big_out[0]
+        if adaptive is not None and not adaptive[j]:
+            return f"{'channel' if len(gi) == 1 else 'flattened'} size written as a constant"
+        # merge: row-major positions of the input group; the label follows the channel index
+        view = [1] * len(gi)
+        view[gi.index(d)] = in_shape[d]
+        return j, np.broadcast_to(lab.reshape(view), [in_shape[k] for k in gi]).reshape(-1)
+    if [k for k in gi if in_shape[k] > 1] != [d]:
+        return "reshape mixes channels with other dims"
+    # split of a channel dim into several: the one adaptive factor keeps the channels, the others couple
+    free = [j for j in big_out if adaptive is None or adaptive[j]]
+    if len(free) != 1:
+        return "channel dim split with constant sizes"
+    split = lab.reshape([out_shape[j] for j in gj])
+    moved = np.moveaxis(split, gj.index(free[0]), -1).reshape(-1, out_shape[free[0]])
+    for row in moved[1:]:
+        table.union(moved[0], row)
+    return free[0], moved[0].copy()
