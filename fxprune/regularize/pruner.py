@@ -32,6 +32,13 @@ from ..plan import Plan, Planner, plan_from_counts
 from ..prune import PruneReport, apply_plan
 from ..targets import plan_for_target
 from .channels import GroupChannels
+from .distributed import (
+    average_across_ranks,
+    check_same_across_ranks,
+    plan_fingerprint,
+    unwrap_model,
+    weights_fingerprint,
+)
 from .method import Method, get_method, make_options
 
 __all__ = ["Pruner", "SCOPES"]
@@ -63,6 +70,10 @@ class Pruner:
 
     AMP: pass ``scaler`` to ``after_backward`` while gradients are still scaled. Gradient accumulation:
     call ``after_backward()`` and ``step()`` once per optimizer step, and scale ``penalty()`` like the loss.
+
+    Distributed training: give each rank's Pruner the DDP-wrapped model (or its ``.module``). Scores are
+    averaged across ranks, and the Pruner checks at creation and at :meth:`prune` that every rank holds the
+    same weights and chose the same channels (``RankMismatchError`` names the ranks that differ).
     """
 
     def __init__(
@@ -98,6 +109,7 @@ class Pruner:
             )
         cls = get_method(method)
         opts = make_options(cls, options)
+        model = unwrap_model(model)
         self.model = model
         self.example_inputs = example_inputs
         self.scope = scope
@@ -118,6 +130,7 @@ class Pruner:
                 channels.append(ch)
         if not channels:
             raise ValueError(f"no prunable group for method {method!r} in scope {scope!r}")
+        check_same_across_ranks(weights_fingerprint(model), "weights when the Pruner was created")
         self.channels = channels
         self.view = dataclasses.replace(self.analysis, groups=[c.group for c in channels])
         self.method: Method = cls(model, channels, opts)
@@ -176,7 +189,7 @@ class Pruner:
 
     # -- choosing and removing channels ----------------------------------------------------------------
     def _choose(self) -> None:
-        scores = self.method.selection_scores()
+        scores = average_across_ranks(self.method.selection_scores())  # identical choices on every rank
         importance = lambda model, group: scores[group.id]  # noqa: E731
         counts = self.method.removal_counts()
         if counts is not None:  # the method sets every group's width itself
@@ -235,6 +248,7 @@ class Pruner:
             log.warning(
                 "pruning at iteration %d before regularization finished (%s)", self.method.t, self.phase
             )
+        check_same_across_ranks(weights_fingerprint(self.model), "weights at prune()")
         weights = self.method.hard_prune()
         if weights is not None:  # the method zeroed weights itself (unstructured): no shape changes
             self.report = weights
@@ -242,6 +256,7 @@ class Pruner:
         if self.plan is None or self.method.wants_plan:
             self._choose()
         self.method.close()
+        check_same_across_ranks(plan_fingerprint(self.plan.remove), "chosen channels at prune()")
         self.report = apply_plan(self.view, self.plan, self.example_inputs, verify=verify, tol=tol)
         log.info("pruned: FLOPs %.3gx, params %.3gx", self.report.flops_ratio, self.report.params_ratio)
         return self.report
