@@ -274,3 +274,13 @@ def test_latency_planner_meets_the_estimated_budget(tmp_path):
     assert all(w % 4 == 0 for w in widths) and sum(widths) < 64
     with pytest.raises(ValueError, match="0.5x or 12ms"):
         LatencyPlanner("half")
+
+
+def test_deploy_prune_passes_through_without_a_latency_target():
+    import fxprune.deploy
+
+    model = net(16)
+    report = fxprune.deploy.prune(model, X, 0.5, global_ranking=False)
+    assert [model[0].out_channels, model[3].out_channels] == [8, 8] and report.verified
+    with pytest.raises(ValueError, match="does not combine with target_flops"):
+        fxprune.deploy.prune(net(16), X, target_latency="0.5x", target_flops=0.5)
