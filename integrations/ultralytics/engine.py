@@ -17,6 +17,7 @@ from torch import nn
 
 from fxprune import Pruner
 from fxprune.measure import count_flops, count_params
+from fxprune.regularize import Method
 
 from .interface import example_input, sync_width_attributes, yolo_interface
 from .options import PruningOptions
@@ -112,6 +113,18 @@ def _unwrap(model: nn.Module) -> nn.Module:
     from ultralytics.utils.torch_utils import unwrap_model
 
     return unwrap_model(model)
+
+
+def calibration_batches(trainer: Any, images: int = 64) -> list[torch.Tensor]:
+    """The first training batches (preprocessed images, about ``images`` of them) for calibration."""
+    out, seen = [], 0
+    for batch in trainer.train_loader:
+        img = trainer.preprocess_batch(batch)["img"]
+        out.append(img)
+        seen += int(img.shape[0])
+        if seen >= images:
+            break
+    return out
 
 
 def rebuild_after_slimming(trainer: Any) -> None:
@@ -223,21 +236,29 @@ class PruningEngine:
         model = _unwrap(trainer.model)
         if isinstance(getattr(model, "criterion", None), PenaltyLoss):
             model.criterion = model.criterion.criterion
-        report = self.pruner.prune()
+        calibration = calibration_batches(trainer) if self._wants_calibration() else None
+        report = self.pruner.prune(calibration=calibration) if calibration else self.pruner.prune()
         sync_width_attributes(model)
-        self.summary["pruned"] = {"params": report.params_after, "flops": report.flops_after}
+        x = example_input(model, int(trainer.args.imgsz))
+        self.summary["pruned"] = {"params": count_params(model), "flops": count_flops(model, x)}
         self.summary["at"] = {"epoch": int(getattr(trainer, "epoch", 0)), "iteration": self.pruner.iteration}
-        self.summary["widths"] = [[gid, name, before, after] for gid, name, before, after in report.widths]
+        self.summary["widths"] = [list(w) for w in getattr(report, "widths", [])]
         self.pruner, self.loss, self.phase = None, None, "pruned"
         rebuild_after_slimming(trainer)
+        dense, pruned = self.summary["dense"], self.summary["pruned"]
         log.info(
-            "fxprune: pruned with %s (%s): params %d -> %d, FLOPs %.3gx fewer",
+            "fxprune: pruned with %s (%s): params %d -> %d, FLOPs %d -> %d",
             self.options.method,
             self.options.size,
-            report.params_before,
-            report.params_after,
-            report.flops_ratio,
+            dense["params"],
+            pruned["params"],
+            dense["flops"],
+            pruned["flops"],
         )
+
+    def _wants_calibration(self) -> bool:
+        """A method choosing from feature maps (``ccm``) that has not trained yet needs a few batches."""
+        return type(self.pruner.method).calibrate is not Method.calibrate and self.pruner.iteration == 0
 
     def state(self) -> dict[str, Any]:
         """The pruning state saved with every checkpoint (plain data: loads with ``weights_only=True``)."""
