@@ -2,21 +2,28 @@
 
 from .analysis import Analysis, analyze
 from .capture import CaptureError
+from .groups.grouping import Group
 from .io import load, save
+from .plan import Plan, Planner
 from .prune import PruneReport, VerificationError, apply_plan, prune
 from .regularize import Pruner
+from .targets import plan_for_target
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Analysis",
     "CaptureError",
+    "Group",
+    "Plan",
+    "Planner",
     "PruneReport",
     "Pruner",
     "VerificationError",
     "analyze",
     "apply_plan",
     "load",
+    "plan_for_target",
     "prune",
     "save",
 ]

@@ -13,12 +13,14 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .capture import Captured, as_args_kwargs, capture
+from .capture.inputs import ExampleInputs
 from .capture.outputs import OutputSelector, select_outputs
 from .groups.channel_constants import ChannelConstant
 from .groups.context import Unsupported
 from .groups.grouping import Group, build_groups, matches_module
 from .groups.propagate import ChannelPropagation, PropagationResult
 from .importance import get_importance
+from .importance.registry import Importance
 from .plan import Plan, make_plan
 from .threads import one_thread
 
@@ -53,7 +55,7 @@ class Analysis:
         self,
         ratio: float,
         *,
-        importance="l2",
+        importance: str | Importance = "l2",
         ratios: dict[str, float] | None = None,
         round_to: int = 1,
         min_width: int = 1,
@@ -125,10 +127,10 @@ def _check_ignore(model: nn.Module, ignore: Iterable) -> tuple[list[str], list[t
 
 def analyze(
     model: nn.Module,
-    example_inputs,
+    example_inputs: ExampleInputs,
     *,
-    ignore: Iterable = (),
-    leaf_modules: Iterable = (),
+    ignore: Iterable[str | type | nn.Module] = (),
+    leaf_modules: Iterable[str | type] = (),
     use_export: bool = True,
     outputs: OutputSelector | None = None,
 ) -> Analysis:

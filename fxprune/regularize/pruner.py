@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from ..analysis import analyze
+from ..capture.inputs import ExampleInputs
 from ..capture.outputs import OutputSelector
 from ..plan import Plan, Planner, plan_from_counts
 from ..prune import PruneReport, apply_plan
@@ -79,7 +81,7 @@ class Pruner:
     def __init__(
         self,
         model: nn.Module,
-        example_inputs: Any,
+        example_inputs: ExampleInputs,
         method: str = "l1",
         ratio: float = 0.5,
         *,
@@ -87,8 +89,8 @@ class Pruner:
         target_flops: float | None = None,
         planner: Planner | None = None,
         scope: str = "group",
-        ignore=(),
-        leaf_modules=(),
+        ignore: Iterable[str | type | nn.Module] = (),
+        leaf_modules: Iterable[str | type] = (),
         round_to: int = 1,
         min_width: int = 1,
         global_ranking: bool = False,
