@@ -122,8 +122,16 @@ def part_latency(name: str, args, tmp: Path) -> dict[str, Any]:
     dense.eval()
     x = torch.randn(*shape)
     round_to = int8_multiple("cpu")
-    pruned = copy.deepcopy(dense)
-    report = fxprune.prune(pruned, x, target_flops=target, round_to=round_to)
+    while True:  # narrow models (YOLOv8n: 16..256 channels) cannot reach the target with 64-channel steps
+        pruned = copy.deepcopy(dense)
+        try:
+            report = fxprune.prune(pruned, x, target_flops=target, round_to=round_to)
+            break
+        except ValueError as e:
+            if round_to <= 8:
+                raise
+            log(f"{name}: round_to {round_to}: {e}; trying {round_to // 2}")
+            round_to //= 2
     pruned.eval()
     flops_ratio = count_flops(dense, x) / count_flops(pruned, x)
     calib = [torch.randn(*shape) for _ in range(args.calib_samples)]
@@ -236,19 +244,22 @@ def main() -> None:
         "results": [],
     }
     parts = args.parts.split(",")
+    out = Path(args.out) if args.out else None
+    previous = json.loads(out.read_text()) if out and out.exists() else []
+
+    def add(result: dict[str, Any]) -> None:  # the file is rewritten after every result
+        row["results"].append(result)
+        if out:
+            out.write_text(json.dumps(previous + [row], indent=1))
+
     with tempfile.TemporaryDirectory() as tmp:
         if "cifar" in parts:
-            row["results"].append({"part": "cifar", **part_cifar(args, Path(tmp))})
-        if "latency" in parts:
-            for name in args.models.split(","):
-                row["results"].append({"part": "latency", **part_latency(name, args, Path(tmp))})
-        if "sweep" in parts:
-            for name in args.models.split(","):
-                row["results"].append({"part": "sweep", **part_sweep(name, args, Path(tmp))})
-    if args.out:
-        out = Path(args.out)
-        previous = json.loads(out.read_text()) if out.exists() else []
-        out.write_text(json.dumps(previous + [row], indent=1))
+            add({"part": "cifar", **part_cifar(args, Path(tmp))})
+        for part, run in (("latency", part_latency), ("sweep", part_sweep)):
+            if part in parts:
+                for name in args.models.split(","):
+                    add({"part": part, **run(name, args, Path(tmp))})
+    if out:
         log(f"written to {out}")
 
 

@@ -138,13 +138,15 @@ def int8_sources(
 
 
 def _agreement(ref: np.ndarray, got: np.ndarray, detection: bool) -> float:
-    """Top-1 agreement: per row for (N, C) logits; per confident anchor for (N, 4 + classes, anchors)."""
-    if ref.ndim == 2:
-        return float((ref.argmax(1) == got.argmax(1)).mean())
-    scores_ref, scores_got = (ref[:, 4:], got[:, 4:]) if detection else (ref, got)
-    keep = scores_ref.max(1) > 0.25 if detection else np.ones(scores_ref.max(1).shape, bool)
-    keep = keep if keep.any() else np.ones_like(keep)
-    return float((scores_ref.argmax(1) == scores_got.argmax(1))[keep].mean())
+    """Top-1 agreement: per row for (N, C) logits; per confident anchor for (N, 4 + classes, anchors).
+
+    A row agrees when the file's score at torch's top class is its own top score (exact ties count)."""
+    if ref.ndim > 2 and detection:
+        ref, got = ref[:, 4:], got[:, 4:]
+    top = np.take_along_axis(got, ref.argmax(1)[:, None], 1)[:, 0]
+    agree = top >= got.max(1)
+    keep = ref.max(1) > 0.25 if detection and ref.ndim > 2 else np.ones(agree.shape, bool)
+    return float(agree[keep].mean() if keep.any() else agree.mean())
 
 
 def _parity(path: Path, model: nn.Module, inputs: list[torch.Tensor], threads: int, detection: bool) -> dict:
