@@ -34,10 +34,14 @@ class SlotTable:
     A class of slots that ends up frozen can never be removed (an op we do not understand touched it,
     it reaches a model output, ...); one marked approximate touches a channel-mixing layer (LayerNorm,
     GroupNorm) so removing it changes the remaining channels' values slightly.
+
+    The parent links live in a numpy array and whole arrays of slots are coupled at once. The root of a
+    class is always its smallest slot, so ``roots`` does not depend on the order of the unions.
     """
 
     def __init__(self) -> None:
-        self.parent: list[int] = []
+        self._parent = np.zeros(1024, dtype=np.int64)
+        self._size = 0
         self.frozen: dict[int, str] = {}
         self.approx: dict[int, str] = {}
         self.blocks: list[Block] = []
@@ -45,12 +49,22 @@ class SlotTable:
         self._slots_of: dict[tuple[str, int], np.ndarray] = {}
 
     def __len__(self) -> int:
-        return len(self.parent)
+        return self._size
+
+    @property
+    def parent(self) -> np.ndarray:
+        """The parent link of every slot (a view: follow it to the root, or use ``roots``)."""
+        return self._parent[: self._size]
 
     def new(self, n: int) -> np.ndarray:
         """Fresh, unrelated slots."""
-        base = len(self.parent)
-        self.parent.extend(range(base, base + n))
+        base = self._size
+        if base + n > len(self._parent):
+            grown = np.zeros(max(2 * len(self._parent), base + n), dtype=np.int64)
+            grown[:base] = self._parent[:base]
+            self._parent = grown
+        self._parent[base : base + n] = np.arange(base, base + n)
+        self._size = base + n
         return np.arange(base, base + n)
 
     def block(
@@ -63,7 +77,7 @@ class SlotTable:
         key = tuple(members)
         blk = self._block_by_key.get(key)
         if blk is None:
-            blk = Block(module, key, len(self.parent), size, passive)
+            blk = Block(module, key, self._size, size, passive)
             self.new(size)
             self.blocks.append(blk)
             self._block_by_key[key] = blk
@@ -83,20 +97,28 @@ class SlotTable:
         return blk.slots
 
     def find(self, x: int) -> int:
-        parent = self.parent
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
+        return int(self._find_many(np.asarray([x], dtype=np.int64))[0])
+
+    def _find_many(self, slots: np.ndarray) -> np.ndarray:
+        """Roots of a 1-D array of slots, compressing their paths."""
+        parent = self._parent
+        roots = parent[slots]
+        while True:
+            up = parent[roots]
+            if np.array_equal(up, roots):
+                break
+            roots = up
+        parent[slots] = roots
+        return roots
 
     def roots(self, slots: np.ndarray) -> np.ndarray:
         """The class representative of each slot."""
-        find = self.find
-        return np.fromiter((find(int(s)) for s in slots.ravel()), dtype=np.int64, count=slots.size).reshape(
-            slots.shape
-        )
+        slots = np.asarray(slots, dtype=np.int64)
+        return self._find_many(slots.ravel()).reshape(slots.shape)
+
+    def all_roots(self) -> np.ndarray:
+        """The class representative of every slot ``0..len-1``."""
+        return self._find_many(np.arange(self._size, dtype=np.int64))
 
     def _union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
@@ -104,7 +126,7 @@ class SlotTable:
             return
         if rb < ra:
             ra, rb = rb, ra
-        self.parent[rb] = ra
+        self._parent[rb] = ra
         if rb in self.frozen:
             self.frozen.setdefault(ra, self.frozen.pop(rb))
         if rb in self.approx:
@@ -112,16 +134,58 @@ class SlotTable:
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
         """Couple slots elementwise (``a`` and ``b`` broadcast against each other)."""
-        a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
-        for x, y in zip(a.ravel().tolist(), b.ravel().tolist()):
-            if x != y:
+        a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+        if a.size == 0:
+            return
+        ra, rb = self._find_many(a.ravel()), self._find_many(b.ravel())
+        differ = ra != rb
+        if differ.any():
+            self._merge(ra[differ], rb[differ])
+
+    def _merge(self, ra: np.ndarray, rb: np.ndarray) -> None:
+        """Join the classes of roots ``ra[i]`` and ``rb[i]``; each new class keeps its smallest root."""
+        nodes, index = np.unique(np.concatenate([ra, rb]), return_inverse=True)
+        u, v = index[: len(ra)], index[len(ra) :]
+        label = np.arange(len(nodes))
+        while True:  # smallest label of each component (nodes are sorted, so it is the smallest root)
+            low = np.minimum(label[u], label[v])
+            new = label.copy()
+            np.minimum.at(new, u, low)
+            np.minimum.at(new, v, low)
+            while True:
+                jumped = new[new]
+                if np.array_equal(jumped, new):
+                    break
+                new = jumped
+            if np.array_equal(new, label):
+                break
+            label = new
+        if self._flags_collide(nodes, label):
+            for x, y in zip(ra.tolist(), rb.tolist()):  # the order of the unions picks the reason kept
                 self._union(x, y)
+            return
+        top = nodes[label]
+        self._parent[nodes] = top
+        for flags in (self.frozen, self.approx):
+            for r, t in zip(nodes.tolist(), top.tolist()):
+                if r != t and r in flags:
+                    flags[t] = flags.pop(r)
+
+    def _flags_collide(self, nodes: np.ndarray, label: np.ndarray) -> bool:
+        """Whether a new class joins two flagged classes (then the reason kept depends on the order)."""
+        for flags in (self.frozen, self.approx):
+            if len(flags) < 2:
+                continue
+            hit = [lab for r, lab in zip(nodes.tolist(), label.tolist()) if r in flags]
+            if len(hit) != len(set(hit)):
+                return True
+        return False
 
     def union_all(self, slots: np.ndarray) -> None:
         """Couple every slot of ``slots`` into one class."""
-        flat = np.asarray(slots).ravel().tolist()
-        for y in flat[1:]:
-            self._union(flat[0], y)
+        flat = np.asarray(slots, dtype=np.int64).ravel()
+        if flat.size > 1:
+            self.union(flat[:1], flat[1:])
 
     def freeze_new(self, n: int, reason: str) -> np.ndarray:
         """Fresh slots that can never be removed (padding, outputs of ops we do not understand)."""
@@ -130,11 +194,9 @@ class SlotTable:
         return slots
 
     def freeze(self, slots: np.ndarray, reason: str) -> None:
-        for s in np.asarray(slots).ravel().tolist():
-            r = self.find(s)
+        for r in dict.fromkeys(self.roots(slots).ravel().tolist()):
             self.frozen.setdefault(r, reason)
 
     def mark_approx(self, slots: np.ndarray, reason: str) -> None:
-        for s in np.asarray(slots).ravel().tolist():
-            r = self.find(s)
+        for r in dict.fromkeys(self.roots(slots).ravel().tolist()):
             self.approx.setdefault(r, reason)
