@@ -244,7 +244,7 @@ def prune_run(name: str, dense, stream, test, test_frames, args, x1) -> dict:
     )
     rec = {"method": method, "options": opts}
     if method != "l1":
-        train(model, stream, args.reg_iters, args.ft_lr, pruner, tag=method, until_done=True)
+        train(model, stream, args.reg_iters, args.reg_lr or args.ft_lr, pruner, tag=method, until_done=True)
         rec["reg_iterations"] = pruner.iteration
         rec["before_prune"] = evaluate(model, test, test_frames, args)
         log(f"{name} before the hard prune: {rec['before_prune']}")
@@ -306,6 +306,7 @@ def parse_args(argv=None):
         help="JSON options of the method; the default is a shortened SLR/ADMM schedule (the paper: one "
         "update per epoch, 100 rounds)",
     )
+    p.add_argument("--reg-lr", type=float, default=0.0, help="Adam lr while regularizing (default: --ft-lr)")
     p.add_argument("--ft-iters", type=int, default=200, help="fine-tuning iterations after each prune")
     p.add_argument("--ft-lr", type=float, default=3e-4)
     p.add_argument("--backends", default="ort,openvino")
