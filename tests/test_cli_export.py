@@ -32,6 +32,7 @@ def slim_and_calib(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_export_writes_every_file_with_parity_and_latency(slim_and_calib, tmp_path, capsys, single_thread):
     out = tmp_path / "out"
     argv = [

@@ -73,6 +73,7 @@ def trained():
     return net, test_x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,suffix", [("openvino", ".xml"), ("onnx", ".onnx")])
 def test_quantized_model_is_int8_and_agrees_with_fp32(trained, backend, suffix, tmp_path, single_thread):
     net, test_x = trained
