@@ -155,6 +155,19 @@ def _export(model: nn.Module, args: tuple, path: Path) -> None:
         ) from e
 
 
+def _nncf_inputs(backend: str, source: Path, batches: CalibrationBatches) -> tuple[Any, list[str], Any]:
+    """The model NNCF quantizes (``ov.Model`` or ``ModelProto``), its op names and the calibration set."""
+    nncf = require("nncf")
+    names = onnx_input_names(source)
+    if backend == "openvino":
+        target = require("openvino").convert_model(str(source))
+        op_names = [op.get_friendly_name() for op in target.get_ordered_ops()]
+        return target, op_names, nncf.Dataset(batches, lambda a: a[0] if len(a) == 1 else list(a))
+    target = require("onnx").load(str(source))
+    op_names = [n.name for n in target.graph.node]
+    return target, op_names, nncf.Dataset(batches, lambda a: dict(zip(names, a)))
+
+
 def _count_quantized(backend: str, model: Any) -> int:
     if backend == "openvino":
         return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
@@ -193,6 +206,7 @@ def quantize(
     nncf = require("nncf")
     onnx = require("onnx")
     ov = require("openvino") if backend == "openvino" else None
+    _scope(nncf, ignored_scope, [])  # a bad ignored_scope fails before any work
     args, kwargs = as_args_kwargs(example_inputs)
     if kwargs:
         raise ValueError("quantization needs positional example inputs (a tensor or a tuple of tensors)")
@@ -217,15 +231,7 @@ def quantize(
     source = out.with_name(out.stem + "-fp32.onnx")
     _export(model, tuple(args), source)
     heads = detection_head_names(model) if keep_head_float else []
-    names = onnx_input_names(source)
-    if backend == "openvino":
-        target = ov.convert_model(str(source))
-        op_names = [op.get_friendly_name() for op in target.get_ordered_ops()]
-        data = nncf.Dataset(batches, lambda a: a[0] if len(a) == 1 else list(a))
-    else:
-        target = onnx.load(str(source))
-        op_names = [n.name for n in target.graph.node]
-        data = nncf.Dataset(batches, lambda a: dict(zip(names, a)))
+    target, op_names, data = _nncf_inputs(backend, source, batches)
     head_ops = head_float_ops(op_names, heads)
     chosen = preset or ("mixed" if heads else "performance")
     nncf_preset = nncf.QuantizationPreset.MIXED if chosen == "mixed" else nncf.QuantizationPreset.PERFORMANCE
