@@ -22,6 +22,7 @@ from fxprune.plan import Plan
 from fxprune.prune import PruneReport
 from fxprune.prune import prune as prune_model
 
+from .alignment import default_round_to
 from .budget import BudgetResult, parse_latency_target, plan_for_latency
 from .latency_model import LatencyModel
 from .lut import LatencyTable
@@ -96,12 +97,14 @@ def prune(
 ) -> PruneReport:
     """:func:`fxprune.prune`, plus ``target_latency`` (``"0.5x"`` of the dense latency or ``"12ms"``).
 
-    With ``target_latency`` the plan comes from :class:`LatencyPlanner` on ``backend`` (``round_to``
-    defaulting to the backend's alignment); without it, every argument goes to :func:`fxprune.prune`
-    (``options``: ``ratios``, ``global_ranking``, ``target_flops``, ``target_params``, ``planner``).
+    ``round_to`` defaults to ``backend``'s alignment (:func:`default_round_to`). With ``target_latency``
+    the plan comes from :class:`LatencyPlanner` on ``backend``; without it, every argument goes to
+    :func:`fxprune.prune` (``options``: ``ratios``, ``global_ranking``, ``target_flops``,
+    ``target_params``, ``planner``).
     """
     common = dict(importance=importance, ignore=ignore, leaf_modules=leaf_modules, verify=verify, tol=tol)
     if target_latency is None:
+        round_to = default_round_to(backend) if round_to is None else round_to
         return prune_model(
             model, example_inputs, ratio, round_to=round_to, min_width=min_width, **common, **options
         )

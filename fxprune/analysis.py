@@ -13,15 +13,17 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .capture import Captured, as_args_kwargs, capture
+from .capture.fit import check_inputs_fit, match_parameters
 from .capture.inputs import ExampleInputs
 from .capture.outputs import OutputSelector, select_outputs
 from .groups.channel_constants import ChannelConstant
 from .groups.context import Unsupported
 from .groups.grouping import Group, build_groups, matches_module
+from .groups.literals import freeze_attribute_literals
 from .groups.propagate import ChannelPropagation, PropagationResult
 from .importance import get_importance
 from .importance.registry import Importance
-from .plan import Plan, make_plan
+from .plan import Plan, make_plan, resolve_round_to
 from .threads import one_thread
 
 __all__ = ["Analysis", "analyze"]
@@ -57,12 +59,14 @@ class Analysis:
         *,
         importance: str | Importance = "l2",
         ratios: dict[str, float] | None = None,
-        round_to: int = 1,
+        round_to: int | None = None,
         min_width: int = 1,
         global_ranking: bool = False,
     ) -> Plan:
-        """Choose the atoms to remove (see :func:`fxprune.plan.make_plan`)."""
+        """Choose the atoms to remove (see :func:`fxprune.plan.make_plan`; ``round_to`` None:
+        :data:`fxprune.plan.DEFAULT_ROUND_TO`, 1 keeps any width)."""
         self.check_ratio_patterns(ratios)
+        round_to = resolve_round_to(round_to)
         return make_plan(
             self.groups, self.scores(importance), ratio, ratios, round_to, min_width, global_ranking
         )
@@ -139,14 +143,18 @@ def analyze(
     ``ignore``: module names (glob patterns), module objects or types whose channels must not change.
     ``leaf_modules``: module types or name patterns that tracing must not enter (their channels freeze).
     Model outputs never change shape; ops the analysis does not understand freeze the channels they touch
-    and are listed in ``Analysis.unsupported``. ``outputs`` maps the model's output (as the captured graph
-    returns it) to the tensors that are its interface; the other outputs may change width (for example
-    feature maps returned only for their sizes).
+    and are listed in ``Analysis.unsupported`` (so does a custom ``torch.autograd.Function``: its
+    ``forward`` is not looked into). ``outputs`` maps the model's output (as the captured graph returns it)
+    to the tensors that are its interface; the other outputs may change width (for example feature maps
+    returned only for their sizes). Example inputs the model cannot run on raise
+    :class:`fxprune.capture.fit.InputMismatchError` (a ``ValueError``) naming its first layer.
     """
     start = time.perf_counter()
     patterns, types = _check_ignore(model, ignore)
     if types:
         patterns += [n for n, m in model.named_modules() if isinstance(m, tuple(types))]
+    if not match_parameters(model, example_inputs):
+        check_inputs_fit(model, example_inputs)  # a dtype or device the shape-only analysis would miss
     was_training = model.training
     model.eval()
     try:
@@ -154,7 +162,13 @@ def analyze(
             captured = capture(model, example_inputs, leaf_modules, use_export)
             if outputs is not None:
                 select_outputs(captured, outputs, example_inputs)
-            prop = _propagate(captured, example_inputs, model)
+            try:
+                prop = _propagate(captured, example_inputs, model)
+            except Exception:
+                check_inputs_fit(model, example_inputs, captured.graph_module)  # names a misfit input
+                raise
+            if captured.method != "export":
+                freeze_attribute_literals(prop, captured.graph_module, model)
     finally:
         model.train(was_training)
     groups, unsupported = build_groups(prop, model)

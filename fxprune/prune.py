@@ -17,11 +17,12 @@ from .capture.inputs import ExampleInputs
 from .capture.outputs import OutputSelector, selected_tensors
 from .groups.grouping import Group
 from .importance.registry import Importance
-from .measure import count_flops, count_params
-from .plan import Plan, Planner, RatioPlanner
+from .measure import count_params, try_count_flops
+from .plan import Plan, Planner, RatioPlanner, resolve_round_to
 from .slim import slim_model
 from .targets import SizeTargetPlanner
 from .verify import compare_outputs, masked_copy
+from .verify.precision import cast_inputs, promote_to_fp32, restore_dtypes
 
 __all__ = ["PruneReport", "VerificationError", "apply_plan", "prune"]
 
@@ -32,12 +33,15 @@ class VerificationError(RuntimeError):
 
 @dataclass
 class PruneReport:
-    """What ``prune`` did: sizes before/after, per-group widths, verification figures, timings."""
+    """What ``prune`` did: sizes before/after, per-group widths, verification figures, timings.
+
+    ``flops_before``/``flops_after`` are None when they could not be counted (``warnings`` says why).
+    """
 
     params_before: int
     params_after: int
-    flops_before: int
-    flops_after: int
+    flops_before: int | None
+    flops_after: int | None
     widths: list[tuple[int, str, int, int]]  # (group id, first module, before, after)
     exact_error: float | None
     approx_error: float | None
@@ -47,9 +51,14 @@ class PruneReport:
     slim_seconds: float
     changes: dict[str, tuple[int, int]] = field(default_factory=dict)
     spec: dict[str, list[int]] = field(default_factory=dict)
+    round_to: int | None = None  # the channel multiple the plan kept (None: the plan came from elsewhere)
+    warnings: list[str] = field(default_factory=list)  # report figures that could not be computed
 
     @property
     def flops_ratio(self) -> float:
+        """Dense FLOPs / slim FLOPs (nan when either could not be counted)."""
+        if self.flops_before is None or self.flops_after is None:
+            return float("nan")
         return self.flops_before / max(self.flops_after, 1)
 
     @property
@@ -106,7 +115,10 @@ def apply_plan(
     model = analysis.model
     was_training = model.training
     model.eval()
-    params_before, flops_before = count_params(model), count_flops(model, example_inputs)
+    warnings: list[str] = []
+    params_before, flops_before = count_params(model), _count_flops(model, example_inputs, warnings)
+    low_precision = promote_to_fp32(model) if verify else {}  # fp16/bf16: verified in fp32, cast back
+    example_inputs = cast_inputs(example_inputs, torch.float32) if low_precision else example_inputs
     reference = copy.deepcopy(model) if verify else None
     start = time.perf_counter()
     changes = slim_model(model, analysis.groups, plan, analysis.constants)
@@ -123,6 +135,7 @@ def apply_plan(
             problems += more
         else:
             exact_error, problems = _check(analysis, reference, model, plan, True, example_inputs)
+        restore_dtypes(model, low_precision)
         if problems:
             raise VerificationError("slimming changed the model's outputs: " + "; ".join(problems))
         if exact_error > tol:
@@ -130,7 +143,7 @@ def apply_plan(
                 f"slim model differs from the masked original by {exact_error:.3g} (relative) > {tol:g}; "
                 "please report this model: an op was handled wrongly"
             )
-    flops_after, params_after = count_flops(model, example_inputs), count_params(model)
+    flops_after, params_after = _count_flops(model, example_inputs, warnings), count_params(model)
     model.train(was_training)
     widths = []
     for g in analysis.groups:
@@ -152,7 +165,16 @@ def apply_plan(
         slim_seconds,
         changes,
         spec,
+        warnings=list(dict.fromkeys(warnings)),
     )
+
+
+def _count_flops(model: nn.Module, example_inputs: Any, warnings: list[str]) -> int | None:
+    """FLOPs of ``model``, or None with the reason added to ``warnings``: a report figure is never fatal."""
+    count, problem = try_count_flops(model, example_inputs)
+    if problem:
+        warnings.append(problem)
+    return count
 
 
 def prune(
@@ -181,7 +203,10 @@ def prune(
     (:func:`fxprune.targets.plan_for_target`).
     ``planner`` (a :class:`fxprune.plan.Planner`) makes the plan instead of the ratio settings, e.g.
     ``fxprune.deploy.LatencyPlanner("0.5x", backend="ort")`` for a latency budget
-    (``fxprune.deploy.prune(..., target_latency="0.5x")`` is the one-call form). ``round_to`` defaults to 1.
+    (``fxprune.deploy.prune(..., target_latency="0.5x")`` is the one-call form). Kept widths are multiples of
+    ``round_to``; None is :data:`fxprune.plan.DEFAULT_ROUND_TO` (8: fast on CPU SIMD and GPU tensor cores;
+    ``fxprune.deploy.default_round_to`` gives a backend's own multiple), 1 keeps any width. The value used
+    is ``report.round_to``.
     The slim model is checked against the original with the removed channels masked out (``verify``;
     relative tolerance ``tol``).
     ``outputs`` picks the interface from the model's output (see :func:`fxprune.analyze`); only those
@@ -193,10 +218,11 @@ def prune(
         raise TypeError(
             f"planner must have a plan(analysis, example_inputs, importance) method, got {planner!r}"
         )
+    round_to = resolve_round_to(round_to)
     analysis = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, outputs=outputs)
     settings = dict(
         ratios=ratios,
-        round_to=1 if round_to is None else round_to,
+        round_to=round_to,
         min_width=min_width,
         global_ranking=global_ranking,
     )
@@ -207,4 +233,13 @@ def prune(
     elif planner is None:
         planner = RatioPlanner(ratio, **settings)
     plan = planner.plan(analysis, example_inputs, importance)
-    return apply_plan(analysis, plan, example_inputs, verify=verify, tol=tol)
+    report = apply_plan(analysis, plan, example_inputs, verify=verify, tol=tol)
+    report.round_to = _planned_round_to(planner)
+    return report
+
+
+def _planned_round_to(planner: Planner) -> int | None:
+    """The channel multiple a planner kept: its ``round_to``, or the one its result reports."""
+    result = getattr(planner, "result", None)
+    used = getattr(result, "round_to", None) or getattr(planner, "round_to", None)
+    return used if isinstance(used, int) else None

@@ -20,7 +20,7 @@ from .analysis import Analysis
 from .capture.inputs import ExampleInputs
 from .importance.registry import Importance
 from .measure import count_flops, count_params
-from .plan import Plan, bisect_ratio, make_plan
+from .plan import Plan, bisect_ratio, make_plan, resolve_round_to
 from .slim import slim_model
 
 __all__ = ["METRICS", "SizeTargetPlanner", "SlimmedSize", "plan_for_target", "slimmed_copy"]
@@ -98,7 +98,7 @@ def plan_for_target(
     *,
     importance: str | Importance = "l2",
     ratios: dict[str, float] | None = None,
-    round_to: int = 1,
+    round_to: int | None = None,
     min_width: int = 1,
     global_ranking: bool = False,
 ) -> Plan:
@@ -106,11 +106,13 @@ def plan_for_target(
 
     The scores are computed once; :func:`fxprune.plan.bisect_ratio` then searches the ratio of
     :func:`fxprune.plan.make_plan` (same ``ratios``, ``round_to``, ``min_width``, ``global_ranking``),
-    counting every candidate with :class:`SlimmedSize` (the analysed model is not changed).
+    counting every candidate with :class:`SlimmedSize` (the analysed model is not changed). ``round_to``
+    None is :data:`fxprune.plan.DEFAULT_ROUND_TO`: the nearest aligned plan at or below the target.
     """
     if not 0.0 < target < 1.0:
         raise ValueError(f"target {metric} fraction must be in (0, 1), got {target}")
     analysis.check_ratio_patterns(ratios)
+    round_to = resolve_round_to(round_to)
     scores = analysis.scores(importance)
     size = SlimmedSize(analysis, example_inputs, metric)
 
@@ -127,7 +129,7 @@ class SizeTargetPlanner:
     target: float
     metric: str = "flops"
     ratios: dict[str, float] | None = None
-    round_to: int = 1
+    round_to: int | None = None
     min_width: int = 1
     global_ranking: bool = False
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import fxprune
 from fxprune.importance import get_importance
-from fxprune.plan import Plan, make_plan
+from fxprune.plan import Plan, make_plan, resolve_round_to
 from fxprune.verify.compare import flatten_outputs
 
 __all__ = ["PruneCheck", "check_pruned", "output_shapes", "randomize_", "relative_error", "zero_removed_"]
@@ -203,7 +203,8 @@ def check_pruned(
     targeted = kw.get("target_flops") is not None or kw.get("target_params") is not None
     if check_zeroed and not report.approx_groups and not targeted and recorder.groups:
         groups = [recorder.groups[i] for i in sorted(recorder.groups)]
-        plan = make_plan(groups, recorder.scores, ratio, kw.get("ratios"), kw.get("round_to", 1),
+        round_to = resolve_round_to(kw.get("round_to"))
+        plan = make_plan(groups, recorder.scores, ratio, kw.get("ratios"), round_to,
                          kw.get("min_width", 1), kw.get("global_ranking", False))
         assert plan.removed_count() > 0
         zero_removed_(dense, groups, plan)

@@ -317,7 +317,7 @@ def test_round_to_in_the_plan(resnet_analysis):
 def test_min_width(min_width):
     model = resnet18()
     before = conv_widths(model)
-    check_pruned(model, torch.randn(X64), 0.95, min_width=min_width, min_flops_ratio=3.0)
+    check_pruned(model, torch.randn(X64), 0.95, min_width=min_width, round_to=1, min_flops_ratio=3.0)
     after = conv_widths(model)
     assert any(after[n] < before[n] for n in after)
     for n in after:
@@ -329,7 +329,7 @@ def test_min_width(min_width):
 def test_every_layer_keeps_a_channel():
     """At 0.99 many layers go down to a single channel; none to zero, and the slim model still matches."""
     model = randomize_(torchvision.models.mobilenet_v3_small()).eval()
-    check_pruned(model, torch.randn(X64), 0.99, min_flops_ratio=5.0)
+    check_pruned(model, torch.randn(X64), 0.99, round_to=1, min_flops_ratio=5.0)
     widths = sorted(conv_widths(model).values())
     assert widths[0] == 1 and widths.count(1) >= 10, widths
 

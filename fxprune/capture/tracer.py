@@ -1,8 +1,13 @@
-"""A symbolic tracer that keeps parametric layers as leaves and can iterate over chunk/split results."""
+"""A symbolic tracer that keeps parametric layers as leaves and can iterate over chunk/split results.
+
+Custom ``torch.autograd.Function`` calls stay opaque: the graph holds one call of ``Fn.apply`` (the channel
+analysis then freezes what it touches) rather than whatever the Python of its ``forward`` did.
+"""
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dis
 import fnmatch
 import inspect
@@ -118,5 +123,37 @@ class LeafTracer(fx.Tracer):
     def trace_module(self, root: nn.Module) -> fx.GraphModule:
         """Trace ``root`` into a GraphModule that shares its submodules and parameters."""
         self.scope_stack = []
-        graph = self.trace(root)
+        with _opaque_autograd_functions(self):
+            graph = self.trace(root)
         return fx.GraphModule(root, graph, root.__class__.__name__)
+
+
+def _opaque_call(cls: type) -> Any:
+    """A function calling ``cls.apply``, named after ``cls`` (how the graph and the reports show it)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return cls.apply(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = f"{cls.__name__}.apply"
+    call.__module__ = cls.__module__
+    return call
+
+
+@contextlib.contextmanager
+def _opaque_autograd_functions(tracer: fx.Tracer) -> Iterator[None]:
+    """While tracing, ``Fn.apply`` on proxies of a Function defined outside torch records one opaque call."""
+    function = torch.autograd.Function
+    original = function.__dict__["apply"]
+
+    def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+        found: list[bool] = []
+        fx.node.map_aggregate((args, kwargs), lambda a: found.append(isinstance(a, fx.Proxy)))
+        if any(found) and not cls.__module__.startswith("torch"):
+            return tracer.create_proxy("call_function", _opaque_call(cls), args, kwargs)
+        return original.__func__(cls, *args, **kwargs)
+
+    function.apply = classmethod(apply)
+    try:
+        yield
+    finally:
+        function.apply = original

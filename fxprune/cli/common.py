@@ -154,10 +154,9 @@ def group_summary(analysis: Analysis, report: PruneReport) -> str:
 
 
 def metric_rows(report: PruneReport, latency: dict[str, tuple[float, float]]) -> list[Metric]:
-    rows = [
-        Metric("parameters", report.params_before, report.params_after, "count"),
-        Metric("FLOPs", report.flops_before, report.flops_after, "flops"),
-    ]
+    rows = [Metric("parameters", report.params_before, report.params_after, "count")]
+    if report.flops_before is not None and report.flops_after is not None:  # else a warning says why
+        rows.append(Metric("FLOPs", report.flops_before, report.flops_after, "flops"))
     rows += [Metric(name, dense, slim, "ms") for name, (dense, slim) in latency.items()]
     return rows
 

@@ -14,7 +14,7 @@ from rich.markup import escape
 from ..analysis import Analysis
 from ..io import save
 from ..measure import is_slower
-from ..plan import Plan
+from ..plan import DEFAULT_ROUND_TO, Plan
 from ..prune import PruneReport, apply_plan
 from ..report import Metric, before_after_table, format_ratio, format_value
 from ..targets import plan_for_target
@@ -108,7 +108,8 @@ def add_parser(sub, fmt) -> None:
         "--round-to",
         metavar="N",
         type=positive_int,
-        help="keep channel counts multiples of N (default 1; with --target-latency the backend's alignment)",
+        help="keep channel counts multiples of N (default: the first --backend's alignment, e.g. 16 for ort "
+        "on AVX-512, else 8; 1 keeps any width)",
     )
     pr.add_argument(
         "--min-width",
@@ -142,7 +143,7 @@ def _plan(analysis: Analysis, x: torch.Tensor, args: argparse.Namespace, steps: 
     kw: dict[str, Any] = dict(
         importance=args.importance,
         ratios=dict(args.ratio_for) or None,
-        round_to=args.round_to or 1,
+        round_to=args.round_to,
         min_width=args.min_width,
         global_ranking=args.global_ranking,
     )
@@ -158,6 +159,18 @@ def _plan(analysis: Analysis, x: torch.Tensor, args: argparse.Namespace, steps: 
         )
     ratio = 0.5 if args.ratio is None else args.ratio
     return analysis.plan(ratio, **kw), f"ratio {ratio:g}"
+
+
+def _alignment(args: argparse.Namespace) -> tuple[int, str]:
+    """The ``round_to`` to plan with and where it comes from (--round-to, the backend, or the default)."""
+    if args.round_to:
+        return args.round_to, "--round-to"
+    if args.backend or args.target_latency is not None:
+        from fxprune.deploy.alignment import default_round_to
+
+        backend = (args.backend or ["ort"])[0]
+        return default_round_to(backend), f"{backend} fp32 alignment"
+    return DEFAULT_ROUND_TO, "default alignment"
 
 
 def _plan_latency(analysis: Analysis, x: torch.Tensor, args: argparse.Namespace, steps: Steps):
@@ -194,6 +207,7 @@ def _write_report(
         {"setting": "importance", "value": args.importance},
         {"setting": "ranking", "value": "global" if args.global_ranking else "per group"},
         {"setting": "capture", "value": report.capture_method},
+        {"setting": "round_to", "value": str(report.round_to)},
     ]
     checks = [{"check": line} for line in verification_lines(report)] + [
         {"check": group_summary(analysis, report)}
@@ -238,12 +252,17 @@ def run(args: argparse.Namespace, console: Console) -> int:
     torch.manual_seed(0)
     model, x = load_input(args, steps)
     analysis = analyze_model(model, x, args, steps)
+    args.round_to, alignment = _alignment(args)
     with steps("planning") as info:
         plan, target = _plan(analysis, x, args, steps)
-        info["detail"] = f"{target}, {args.importance} importance: {plan.removed_count()} channels to remove"
+        info["detail"] = (
+            f"{target}, {args.importance} importance, round_to {args.round_to}: "
+            f"{plan.removed_count()} channels to remove"
+        )
     dense = None if args.no_latency else copy.deepcopy(model)
     with steps("slimming and verification") as info:
         report = apply_plan(analysis, plan, x)
+        report.round_to = args.round_to
         info["detail"] = f"slimmed in {report.slim_seconds:.2f} s"
     latency: dict[str, tuple[float, float]] = {}
     if dense is not None and args.backend:
@@ -275,6 +294,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     for line in verification_lines(report):
         console.print(escape(line))
     console.print(escape(group_summary(analysis, report)))
+    keep_any = "" if args.round_to == 1 else "; --round-to 1 keeps any width"
+    console.print(escape(f"channel counts: multiples of {args.round_to} (round_to, {alignment}{keep_any})"))
+    for warning in report.warnings:
+        console.print(f"[yellow]warning: {escape(warning)}[/]")
     if args.out:
         save(model, args.out, spec=args.spec)
         console.print(escape(f"saved to {args.out}; load it with fxprune.load({args.spec!r}, {args.out!r})"))

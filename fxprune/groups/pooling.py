@@ -1,4 +1,8 @@
-"""Ops over the trailing spatial dims (pooling, interpolation, flip, roll): the leading dims keep channels."""
+"""Ops over the trailing spatial dims (pooling, interpolation, flip, roll): the leading dims keep channels.
+
+A flip along a channel dim reverses its channels (the slim model flips the kept ones in the same order);
+a roll along one cannot follow pruning (the shift is in channels), so those channels freeze.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ from torch.nn.modules import pooling
 
 from .context import OpContext
 from .labels import Labels
-from .registry import module_classes_in, register_module_handler, register_op_handler
+from .registry import handles_ops, module_classes_in, register_module_handler, register_op_handler
 
-__all__ = ["POOLING_MODULES", "SPATIAL", "spatial"]
+__all__ = ["POOLING_MODULES", "SPATIAL", "flip_or_roll", "spatial"]
 
 # op name -> number of trailing spatial dims (None: every dim after batch and channels)
 SPATIAL: dict[str, int | None] = {
@@ -36,8 +40,6 @@ SPATIAL: dict[str, int | None] = {
     "upsample_bicubic2d": 2,
     "upsample_linear1d": 1,
     "upsample_trilinear3d": 3,
-    "roll": None,
-    "flip": None,
 }
 
 
@@ -60,6 +62,35 @@ def spatial(n_spatial: int | None) -> Callable[[OpContext], Any]:
         return result
 
     return handler
+
+
+def _dims_arg(ctx: OpContext, position: int, name: str, ndim: int) -> list[int] | None:
+    """The dims of a flip/roll as non-negative ints (``x.flip(1, 2)`` passes them one by one)."""
+    if ctx.node.op == "call_method" and ctx.op_name == "flip" and len(ctx.args) > 2:
+        dims = ctx.args[1:]
+    else:
+        dims = ctx.arg(position, name)
+    if dims is None:
+        return None
+    return [d % ndim for d in ([dims] if isinstance(dims, int) else dims)]
+
+
+@handles_ops("flip", "roll")
+def flip_or_roll(ctx: OpContext) -> Labels:
+    """``flip``: channel dims it reverses carry reversed labels. ``roll``: channel dims it shifts freeze."""
+    x = ctx.arg(0, "input")
+    lab = ctx.larg(0, "input") or {}
+    is_flip = ctx.op_name == "flip"
+    dims = _dims_arg(ctx, 1 if is_flip else 2, "dims", x.dim())
+    out: Labels = {}
+    for d, arr in lab.items():
+        if dims is not None and d not in dims:
+            out[d] = arr
+        elif is_flip:
+            out[d] = arr[::-1].copy()
+        else:
+            ctx.table.freeze(arr, f"{ctx.where}: roll along a channel dim")
+    return out
 
 
 def _pooling_module(ctx: OpContext, m: nn.Module) -> Any:

@@ -12,6 +12,7 @@ from torch import nn
 from . import registry
 from .context import OpContext, Unsupported, iter_labels, op_name, structure_like
 from .slots import SlotTable
+from .tied import couple_tied, tensor_aliases
 
 __all__ = ["ChannelPropagation", "PropagationResult"]
 
@@ -55,6 +56,9 @@ class ChannelPropagation(fx.Interpreter):
         self.module_io: dict[str, list[tuple[Any, Any]]] = {}
         self._attr_names = {id(p): n for n, p in gm.named_parameters(remove_duplicate=False)}
         self._attr_names.update({id(b): n for n, b in gm.named_buffers(remove_duplicate=False)})
+        if model is not None:  # tensors the capture made (traced constants) are not the model's to slice
+            owned = {id(t) for t in [*model.parameters(), *model.buffers()]}
+            self._attr_names = {i: n for i, n in self._attr_names.items() if i in owned}
 
     def propagate(self, *args: Any, **kwargs: Any) -> PropagationResult:
         with torch.no_grad():
@@ -62,6 +66,7 @@ class ChannelPropagation(fx.Interpreter):
                 placeholders = [n.target for n in self.graph.nodes if n.op == "placeholder"]
                 args = tuple(args) + tuple(kwargs[p] for p in placeholders[len(args) :] if p in kwargs)
             self.run(*args)
+        couple_tied(self.table, tensor_aliases(self.model if self.model is not None else self.module))
         return PropagationResult(
             self.table, self.node_labels, self.unsupported, self.constraints, self.module_io, self.constants
         )

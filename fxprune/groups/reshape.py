@@ -166,13 +166,22 @@ def movedim(ctx: OpContext) -> Labels:
 
 @handles_ops("expand", "expand_as", "expand_copy")
 def expand(ctx: OpContext) -> Labels:
-    """``expand``: channel dims keep their labels where the size stays; broadcast ones freeze."""
+    """``expand``: channel dims keep their labels where the size stays; broadcast ones freeze.
+
+    A channel dim whose size is written as a constant (``x.expand(n, self.width, h, w)`` in a traced
+    graph) freezes too: the constant would not follow pruning. (Exported graphs write every size as a
+    constant; there only broadcast dims freeze.)
+    """
     x = ctx.arg(0, "input")
     lab = ctx.larg(0, "input") or {}
     off = ctx.out.dim() - x.dim()
+    sizes, adaptive = _shape_args(ctx) if ctx.op_name == "expand" else ([], None)
     out = {}
     for d, a in lab.items():
-        if ctx.out.shape[d + off] == x.shape[d]:
+        constant = adaptive is not None and not ctx.graph_is_export and not adaptive[d + off]
+        if constant and ctx.out.shape[d + off] > 1:
+            ctx.table.freeze(a, f"{ctx.where}: channel size written as a constant")
+        elif ctx.out.shape[d + off] == x.shape[d]:
             out[d + off] = a
         else:
             ctx.table.freeze(a, ctx.where)

@@ -33,7 +33,7 @@ def magnitude_scores(model: nn.Module, group, p: int = 2, mean: bool = False) ->
             with torch.no_grad():
                 t = t.detach().float()
                 dims = [d for d in range(t.dim()) if d != dim]
-                per = t.abs().pow(p)
+                per = t.square() if p == 2 else t.abs().pow(p)  # same values, one pass fewer
                 per = (per.sum(dims) if dims else per).double().numpy()
             ok = idx >= 0
             np.add.at(scores, idx[ok], per[ok])

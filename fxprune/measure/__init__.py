@@ -1,7 +1,7 @@
 """Model cost measurements: FLOPs, parameter counts and CPU latency, and the one latency result type."""
 
 from .cpu_latency import interleaved_rounds, measure_cpu_latency
-from .flops import count_flops, count_params
+from .flops import count_flops, count_params, try_count_flops
 from .measurement import SLOWER_THAN_DENSE_TOLERANCE, Measurement, is_slower, percentile, speedup
 
 LatencyResult = Measurement  # former name of the CPU latency result
@@ -17,4 +17,5 @@ __all__ = [
     "measure_cpu_latency",
     "percentile",
     "speedup",
+    "try_count_flops",
 ]

@@ -32,3 +32,12 @@ def count_params(model: nn.Module) -> int:
         seen.add(id(param))
         total += param.numel()
     return total
+
+
+def try_count_flops(model: nn.Module, example_inputs: ExampleInputs) -> tuple[int | None, str | None]:
+    """:func:`count_flops`, or ``(None, why)`` when counting fails (a figure for a report, never fatal)."""
+    try:
+        return count_flops(model, example_inputs), None
+    except Exception as e:  # a dispatch-mode or hook failure inside torch's counter
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return None, f"FLOPs could not be counted ({type(e).__name__}: {reason})"

@@ -1,5 +1,6 @@
 """Pruning plans: which atoms of which groups to remove, and the rules every planner follows."""
 
+from .alignment import DEFAULT_ROUND_TO, resolve_round_to
 from .planner import Plan, group_ratio, make_plan, plan_from_counts
 from .protocol import Planner, RatioPlanner
 from .rules import (
@@ -15,6 +16,7 @@ from .rules import (
 from .search import bisect_ratio
 
 __all__ = [
+    "DEFAULT_ROUND_TO",
     "Plan",
     "Planner",
     "RatioPlanner",
@@ -30,4 +32,5 @@ __all__ = [
     "removal_costs",
     "removal_order",
     "removal_rank",
+    "resolve_round_to",
 ]

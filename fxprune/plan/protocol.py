@@ -34,12 +34,13 @@ class Planner(Protocol):
 class RatioPlanner:
     """Remove ``ratio`` of every group's prunable atoms (``ratios``: per-module-glob ratios).
 
-    See :func:`fxprune.plan.make_plan` for ``round_to``, ``min_width`` and ``global_ranking``.
+    See :func:`fxprune.plan.make_plan` for ``round_to`` (None: :data:`fxprune.plan.DEFAULT_ROUND_TO`),
+    ``min_width`` and ``global_ranking``.
     """
 
     ratio: float = 0.5
     ratios: dict[str, float] | None = None
-    round_to: int = 1
+    round_to: int | None = None
     min_width: int = 1
     global_ranking: bool = False
 

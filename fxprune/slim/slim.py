@@ -35,13 +35,24 @@ def _set_tensor(model: nn.Module, name: str, old: torch.Tensor, new: torch.Tenso
         setattr(owner, attr, new)
 
 
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    """The layout ``t`` is in: channels-last for 4-D/5-D tensors stored that way, else contiguous."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if t.dim() == 5 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def slim_model(
     model: nn.Module, groups: list[Group], plan: Plan, constants: list[ChannelConstant] = ()
 ) -> dict[str, tuple[int, int]]:
     """Slice every parameter dimension of the planned atoms out of ``model`` (in place).
 
     Returns ``{"module.param[dim]": (before, after)}``. The model keeps its class and module tree;
-    parameters are replaced by new ``nn.Parameter`` objects (re-create optimizers afterwards).
+    parameters are replaced by new ``nn.Parameter`` objects (re-create optimizers afterwards) on the same
+    device, with the same dtype and memory format (channels-last stays channels-last); a parameter
+    shared between modules stays one object.
     """
     with one_thread():
         return _slim(model, groups, plan, constants)
@@ -51,6 +62,7 @@ def _slim(
     model: nn.Module, groups: list[Group], plan: Plan, constants: list[ChannelConstant]
 ) -> dict[str, tuple[int, int]]:
     aliases = _aliases(model)
+    canonical = {alias: names[0] for names in aliases.values() for alias in names}
     tensors = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(dict(model.named_buffers(remove_duplicate=False)))
     done: set[tuple[str, int]] = set()
@@ -67,12 +79,14 @@ def _slim(
                 continue
             keep_t = torch.as_tensor(keep, dtype=torch.long)
             for name, dim in b.members:
-                if (name, dim) in done or name not in tensors:
+                key = (canonical.get(name, name), dim)  # a tied tensor is cut once
+                if key in done or name not in tensors:
                     continue
-                done.add((name, dim))
+                done.add(key)
                 old = tensors[name]
                 with torch.no_grad():
-                    data = old.detach().index_select(dim, keep_t.to(old.device)).clone()
+                    data = old.detach().index_select(dim, keep_t.to(old.device))
+                    data = data.contiguous(memory_format=_memory_format(old))
                 new = (
                     nn.Parameter(data, requires_grad=old.requires_grad)
                     if isinstance(old, nn.Parameter)

@@ -1,8 +1,14 @@
-"""The masked original: a copy of the model whose layers see zeros in every removed channel."""
+"""The masked original: the model with every removed channel zero, to compare the slim model against.
+
+The masks are computed once, when they are attached: one 0/1 vector per labelled dim of every input and
+output of every layer call, multiplied in by forward hooks.
+"""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -11,30 +17,157 @@ from torch import nn
 
 from ..groups.slots import Block, SlotTable
 
-__all__ = ["masked_copy"]
+__all__ = ["MaskSet", "masked", "masked_copy", "removed_slots"]
 
 
-def _mask_for(table: SlotTable, labels: dict | None, removed: set[int], ndim: int) -> list[torch.Tensor]:
-    masks = []
-    for d, lab in (labels or {}).items():
-        keep = ~np.isin(table.roots(lab), list(removed))
-        if keep.all():
-            continue
-        shape = [1] * ndim
-        shape[d] = len(keep)
-        masks.append(torch.as_tensor(keep, dtype=torch.float32).reshape(shape))
-    return masks
+def removed_slots(table: SlotTable, removed: set[int]) -> np.ndarray:
+    """For every slot of ``table``: whether its class (its root) is in ``removed``."""
+    gone = np.zeros(len(table), dtype=bool)
+    if removed:
+        gone[np.fromiter(removed, dtype=np.int64, count=len(removed))] = True
+    return gone[table.all_roots()]
 
 
-def _apply(value: Any, labels: Any, table: SlotTable, removed: set[int]) -> Any:
-    if isinstance(value, torch.Tensor) and isinstance(labels, dict):
-        for m in _mask_for(table, labels, removed, value.dim()):
-            value = value * m.to(value.device, value.dtype)
+class DimMasks(list):
+    """The masks of one tensor: ``(dim, keep)`` pairs, ``keep`` a float 0/1 vector over that dim."""
+
+
+def tensor_masks(labels: Any, gone: np.ndarray) -> Any:
+    """The masks for a value whose labels are ``labels`` (a dict per tensor, nested lists for sequences)."""
+    if isinstance(labels, dict):
+        out = DimMasks()
+        for d, lab in labels.items():
+            keep = ~gone[np.asarray(lab, dtype=np.int64)]
+            if not keep.all():
+                out.append((d, torch.as_tensor(keep, dtype=torch.float32)))
+        return out
+    if isinstance(labels, (list, tuple)):
+        return [tensor_masks(lab, gone) for lab in labels]
+    return None
+
+
+def _has_mask(masks: Any) -> bool:
+    if isinstance(masks, DimMasks):
+        return len(masks) > 0
+    return isinstance(masks, list) and any(_has_mask(m) for m in masks)
+
+
+def apply_masks(value: Any, masks: Any) -> Any:
+    """``value`` with its removed channels multiplied by zero."""
+    if isinstance(value, torch.Tensor) and isinstance(masks, DimMasks):
+        for d, keep in masks:
+            shape = [1] * value.dim()
+            shape[d] = len(keep)
+            value = value * keep.to(value.device, value.dtype).reshape(shape)
         return value
-    if isinstance(value, (list, tuple)) and isinstance(labels, (list, tuple)) and len(labels) == len(value):
-        out = [_apply(v, lab, table, removed) for v, lab in zip(value, labels)]
+    if isinstance(value, (list, tuple)) and isinstance(masks, list) and len(masks) == len(value):
+        out = [apply_masks(v, m) for v, m in zip(value, masks)]
         return type(value)(out) if not hasattr(value, "_fields") else type(value)(*out)
     return value
+
+
+def _masked_by_hooks(block_roots: np.ndarray, calls: list[tuple[Any, Any]], roots: np.ndarray) -> bool:
+    """Whether a layer's parameter channels are exactly the channels of one of its inputs or outputs.
+
+    Then the hooks already zero those channels (a conv's output rows, a BN's channels) and zeroing the
+    parameter rows as well changes nothing.
+    """
+    def covers(in_labels: Any, out_labels: Any) -> bool:
+        hooked = [in_labels, out_labels] if isinstance(in_labels, (list, tuple)) else [out_labels]
+        return any(
+            len(lab) == len(block_roots) and np.array_equal(roots[lab], block_roots)
+            for lab in _label_arrays(hooked)
+        )
+
+    return len(calls) > 0 and all(covers(i, o) for i, o in calls)
+
+
+def _label_arrays(labels: Any) -> Iterator[np.ndarray]:
+    if isinstance(labels, dict):
+        yield from (np.asarray(lab, dtype=np.int64) for lab in labels.values())
+    elif isinstance(labels, (list, tuple)):
+        for lab in labels:
+            yield from _label_arrays(lab)
+
+
+class MaskSet:
+    """Every mask of one removal: per layer call (inputs, outputs), and the zeroed rows of ``blocks``."""
+
+    def __init__(
+        self,
+        module_io: dict[str, list[tuple[Any, Any]]],
+        table: SlotTable,
+        removed: set[int],
+        blocks: list[Block] = (),
+    ) -> None:
+        gone = removed_slots(table, removed)
+        self.calls: dict[str, list[tuple[Any, Any]]] = {}
+        for name, calls in module_io.items():
+            masks = [
+                (tensor_masks(i, gone) if isinstance(i, (list, tuple)) else None, tensor_masks(o, gone))
+                for i, o in calls
+            ]
+            masks = [(i if _has_mask(i) else None, o if _has_mask(o) else None) for i, o in masks]
+            if any(i is not None or o is not None for i, o in masks):
+                self.calls[name] = masks
+        roots = table.all_roots()
+        self.block_rows: list[tuple[Block, torch.Tensor]] = []
+        for b in blocks:
+            rows = np.nonzero(gone[b.slots])[0]
+            if len(rows) and not _masked_by_hooks(roots[b.slots], module_io.get(b.module, ()), roots):
+                self.block_rows.append((b, torch.as_tensor(rows, dtype=torch.int64)))
+
+    def attach(self, model: nn.Module) -> list[Any]:
+        """Hook the masks into ``model``'s layers; the hook handles."""
+        handles = []
+        for name, masks in self.calls.items():
+            try:
+                m = model.get_submodule(name)
+            except AttributeError:
+                continue
+            hooks = _CallMask(masks)
+            handles += [m.register_forward_pre_hook(hooks.pre), m.register_forward_hook(hooks.post)]
+        return handles
+
+    def zero_blocks(self, model: nn.Module) -> list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]]:
+        """Zero the removed rows of the blocks' parameters; what was there, to put back."""
+        params = dict(model.named_parameters(remove_duplicate=False))
+        saved = []
+        with torch.no_grad():
+            for b, rows in self.block_rows:
+                for name, dim in b.members:
+                    if name in params:
+                        p = params[name]
+                        idx = rows.to(p.device)
+                        saved.append((p, dim, idx, p.index_select(dim, idx)))
+                        p.index_fill_(dim, idx, 0.0)
+        return saved
+
+
+@contextmanager
+def masked(
+    model: nn.Module,
+    module_io: dict[str, list[tuple[Any, Any]]],
+    table: SlotTable,
+    removed: set[int],
+    blocks: list[Block] = (),
+) -> Iterator[nn.Module]:
+    """``model`` itself with the removed channels zero, for the duration of the ``with`` block.
+
+    Hooks are removed and zeroed parameter rows restored on exit, so no copy of the model is made.
+    """
+    masks = MaskSet(module_io, table, removed, blocks)
+    saved = masks.zero_blocks(model)
+    handles = []
+    try:
+        handles = masks.attach(model)
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for p, dim, idx, rows in reversed(saved):
+                p.index_copy_(dim, idx, rows)
 
 
 def masked_copy(
@@ -49,45 +182,32 @@ def masked_copy(
     Leaf layers zero the removed channels of their inputs and outputs, and the parameter slices of the
     removed channels in ``blocks`` are zeroed (channels inside a layer, such as attention heads).
     """
-    masked = copy.deepcopy(model)
-    params = dict(masked.named_parameters(remove_duplicate=False))
-    with torch.no_grad():
-        for b in blocks:
-            gone = np.nonzero(np.isin(table.roots(b.slots), list(removed)))[0]
-            if len(gone) == 0:
-                continue
-            for name, dim in b.members:
-                if name in params:
-                    params[name].index_fill_(dim, torch.as_tensor(gone, device=params[name].device), 0.0)
-    for name, calls in module_io.items():
-        try:
-            m = masked.get_submodule(name)
-        except AttributeError:
-            continue
-        _CallMask(calls, table, removed).attach(m)
-    return masked
+    copied = copy.deepcopy(model)
+    masks = MaskSet(module_io, table, removed, blocks)
+    masks.zero_blocks(copied)
+    masks.attach(copied)
+    return copied
 
 
 class _CallMask:
-    """Masks for a module called several times per forward (a shared ReLU): one entry per call, cycling."""
+    """Masks for a module called several times per forward (a shared ReLU): one entry per call, cycling.
 
-    def __init__(self, calls: list[tuple[Any, Any]], table: SlotTable, removed: set[int]):
-        self.calls, self.table, self.removed, self.i = calls, table, removed, 0
+    An entry is ``(input masks, output masks)``, None where nothing is masked.
+    """
 
-    def attach(self, m: nn.Module) -> None:
-        m.register_forward_pre_hook(self.pre)
-        m.register_forward_hook(self.post)
+    def __init__(self, masks: list[tuple[Any, Any]]):
+        self.masks, self.i = masks, 0
 
     def pre(self, mod: nn.Module, args: tuple) -> tuple | None:
-        in_labels = self.calls[self.i % len(self.calls)][0]
-        if not isinstance(in_labels, (list, tuple)):
+        in_masks = self.masks[self.i % len(self.masks)][0]
+        if in_masks is None:
             return None
         return tuple(
-            _apply(a, lab, self.table, self.removed) if isinstance(a, torch.Tensor) else a
-            for a, lab in zip(args, list(in_labels) + [None] * (len(args) - len(in_labels)))
+            apply_masks(a, m) if isinstance(a, torch.Tensor) else a
+            for a, m in zip(args, list(in_masks) + [None] * (len(args) - len(in_masks)))
         )
 
     def post(self, mod: nn.Module, args: tuple, out: Any) -> Any:
-        out_labels = self.calls[self.i % len(self.calls)][1]
+        out_masks = self.masks[self.i % len(self.masks)][1]
         self.i += 1
-        return _apply(out, out_labels, self.table, self.removed)
+        return None if out_masks is None else apply_masks(out, out_masks)

@@ -1,0 +1,54 @@
+"""Half-precision models (fp16, bf16) are verified in fp32.
+
+The masked original and the slim model sum the kept channels in different orders; in fp16 or bf16 that
+alone moves outputs by 1e-3 .. 1e-2 (relative), far above the tolerance that catches a wrong slice. The
+model's fp16/bf16 tensors are therefore cast to fp32 for the verification passes and cast back afterwards
+(both casts are exact), so the model keeps its dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["LOW_PRECISION", "cast_inputs", "promote_to_fp32", "restore_dtypes"]
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def cast_inputs(example_inputs: Any, dtype: torch.dtype) -> Any:
+    """The example inputs with every fp16/bf16 tensor cast to ``dtype`` (nested tuples, lists, dicts)."""
+    if isinstance(example_inputs, torch.Tensor):
+        return example_inputs.to(dtype) if example_inputs.dtype in LOW_PRECISION else example_inputs
+    if isinstance(example_inputs, Mapping):
+        return {k: cast_inputs(v, dtype) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (tuple, list)):
+        return type(example_inputs)(cast_inputs(v, dtype) for v in example_inputs)
+    return example_inputs
+
+
+def promote_to_fp32(model: nn.Module) -> dict[str, torch.dtype]:
+    """Cast ``model``'s fp16/bf16 parameters and buffers to fp32 in place (Parameter objects are kept, so
+    tied parameters stay tied); returns their names and dtypes for :func:`restore_dtypes`."""
+    cast: dict[str, torch.dtype] = {}
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    with torch.no_grad():
+        for name, t in named:
+            if t.dtype in LOW_PRECISION:
+                cast[name] = t.dtype
+                t.data = t.data.float()
+    return cast
+
+
+def restore_dtypes(model: nn.Module, dtypes: dict[str, torch.dtype]) -> None:
+    """Give the tensors named in ``dtypes`` their dtype back (fp16/bf16 -> fp32 -> back is lossless)."""
+    if not dtypes:
+        return
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    with torch.no_grad():
+        for name, t in named:
+            if name in dtypes and t.dtype != dtypes[name]:
+                t.data = t.data.to(dtypes[name])
