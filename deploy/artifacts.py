@@ -16,7 +16,14 @@ import torch
 from .backends import Backend, get_backend
 from .backends.openvino import OpenVinoCpu
 
-__all__ = ["ARTIFACT_RUNTIMES", "OpenVinoFiles", "artifact_runner", "file_backend", "run_artifact"]
+__all__ = [
+    "ARTIFACT_RUNTIMES",
+    "OpenVinoFiles",
+    "artifact_runner",
+    "file_backend",
+    "ir_input_shape",
+    "run_artifact",
+]
 
 ARTIFACT_RUNTIMES = {".onnx": "ort", ".xml": "openvino"}
 
@@ -30,6 +37,16 @@ class OpenVinoFiles(OpenVinoCpu):
 def file_backend(name: str) -> Backend:
     """Backend timing model files: ``openvino`` reads ``.xml`` IR as well as ONNX; others as registered."""
     return OpenVinoFiles() if name == "openvino" else get_backend(name)
+
+
+def ir_input_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """Static shape of the first input of an OpenVINO IR (``.xml``); ValueError when it is dynamic."""
+    import openvino as ov
+
+    shape = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()
+    if shape.is_dynamic:
+        raise ValueError(f"{path} has a dynamic input shape; give one with --input, e.g. 1,3,224,224")
+    return tuple(int(d) for d in shape.to_shape())
 
 
 def artifact_runner(

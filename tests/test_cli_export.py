@@ -68,6 +68,9 @@ def test_export_writes_every_file_with_parity_and_latency(slim_and_calib, tmp_pa
     timed = {(r["runtime"], r["format"], r["model"]) for r in report["latency"]}
     assert ("ort", "onnx-int8", "pruned") in timed and ("openvino", "openvino-int8", "dense") in timed
     assert all(r["median ms"] > 0 for r in report["latency"])
+    ir = ["bench", str(out / "dense-int8.xml"), "--pruned", str(out / "pruned-int8.xml")]
+    assert main([*ir, "--backend", "openvino", "--repeats", "2", "--seconds", "0.5"]) == 0
+    assert "speed-up" in capsys.readouterr().out  # OpenVINO IR files time like any model file
 
 
 def test_export_errors(slim_and_calib, tmp_path, capsys, monkeypatch):

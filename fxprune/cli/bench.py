@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
+from fxprune.deploy.artifacts import file_backend
 from fxprune.deploy.sweep import DEFAULT_RATIOS
 
 from .args import add_model_args, backend_list, fraction, positive_int, ratio_list
@@ -21,10 +22,11 @@ from .deploy_steps import print_sweep_table
 from .export import int8_sources
 
 _BENCH_EPILOG = """\
-MODEL is a model SPEC (as for prune) or an ONNX file. With a SPEC, --ratio or --target-flops prunes a
-copy (aligned to the first backend's default round_to unless --round-to is given), or --pruned loads a
-model saved by 'fxprune prune --out'; dense and pruned are then timed interleaved on every backend and
-their latency ratio is reported. --sweep times dense against pruning ratios 0.05..0.9 in one run.
+MODEL is a model SPEC (as for prune), an ONNX file or an OpenVINO IR (.xml, openvino backend only).
+With a SPEC, --ratio or --target-flops prunes a copy (aligned to the first backend's default round_to
+unless --round-to is given), or --pruned loads a model saved by 'fxprune prune --out'; dense and pruned
+are then timed interleaved on every backend and their latency ratio is reported. --sweep times dense
+against pruning ratios 0.05..0.9 in one run.
 
 backends: ort (onnxruntime CPU), openvino (OpenVINO CPU), trt (TensorRT Python API), trtexec,
 ort-cuda (onnxruntime-gpu), torch (eager), torch-compile
@@ -102,10 +104,13 @@ def _onnx_shape(path: str) -> tuple[int, ...]:
 def _sources(args: argparse.Namespace, steps: Steps) -> tuple[dict[str, Any], torch.Tensor, dict[str, Any]]:
     """Models to time (name -> module or ONNX path), the example input and what pruning did."""
     info: dict[str, Any] = {}
-    if args.spec.lower().endswith(".onnx"):
+    if args.spec.lower().endswith((".onnx", ".xml")):
         if args.ratio is not None or args.target_flops is not None or args.sweep:
-            raise ValueError("--ratio, --target-flops and --sweep need a model SPEC, not an ONNX file")
-        shape = args.input or _onnx_shape(args.spec)
+            raise ValueError("--ratio, --target-flops and --sweep need a model SPEC, not a model file")
+        from fxprune.deploy.artifacts import ir_input_shape
+
+        ir = args.spec.lower().endswith(".xml")
+        shape = args.input or (ir_input_shape(args.spec) if ir else _onnx_shape(args.spec))
         sources: dict[str, Any] = {"dense": Path(args.spec)}
         if args.pruned:
             sources["pruned"] = Path(args.pruned)
@@ -172,6 +177,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     results = {}
     for backend in args.backend:
         timed, runtime, precision = sources, backend, args.precision
+        if all(isinstance(src, Path) for src in sources.values()):  # files as given, OpenVINO IR included
+            runtime = file_backend(backend)
         if args.precision == "int8":
             timed, runtime, precision = int8_sources(sources, x, backend, args, steps)
         with steps(f"timing on {backend}") as s:
