@@ -91,6 +91,14 @@ def test_quantized_model_is_int8_and_agrees_with_fp32(trained, backend, suffix, 
         nodes = onnx.load(str(res.path)).graph.node
         assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in nodes}
         assert all(n.domain in ("", "ai.onnx") for n in nodes)  # standard ops only, no custom domain
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / "fused.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(res.path), opts, providers=["CPUExecutionProvider"])
+        fused = {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
+        assert "QLinearConv" in fused  # onnxruntime runs the convolutions with its INT8 kernels
     assert res.quantized_ops >= 3
     with torch.no_grad():
         ref = net(test_x).numpy()
