@@ -144,6 +144,7 @@ def baseline(args: argparse.Namespace) -> dict:
         **_train_args(data, out, "baseline", epochs=args.epochs, imgsz=args.imgsz, batch=args.batch),
         nbs=args.batch,
         **extra,
+        **json.loads(args.train),
     )
     metrics = YOLO(str(out / "baseline" / "weights" / "best.pt")).val(
         data=str(data), imgsz=args.imgsz, batch=args.batch, plots=False, verbose=False
@@ -161,6 +162,7 @@ def arms(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     data = dataset_yaml(out)
     common = dict(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, nbs=args.batch)
+    common.update(json.loads(args.train))
     dense_model = YOLO(args.baseline)
     dense_map = _map(dense_model, data, args)
     results = {"baseline_map50_95": dense_map, "epochs": args.epochs, "imgsz": args.imgsz, "arms": {}}
@@ -202,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-flops", type=float, default=0.5)
     greg = {"greg1": {"update_every": 1, "delta": 0.05, "stabilize": 8}}
     p.add_argument("--constants", default=json.dumps(greg), help="JSON: method -> schedule constants")
+    p.add_argument("--train", default="{}", help="JSON: more ultralytics train arguments")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     _offline()

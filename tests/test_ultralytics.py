@@ -133,6 +133,50 @@ def test_gradient_term_is_applied_once_after_unscale_under_amp():
     assert engine.pruner.iteration == 1
 
 
+def test_slimming_rebuilds_ddp_wrapper_optimizer_schedule_and_ema(tmp_path):
+    """The rebuild after slimming, on a one-process gloo group (ultralytics runs DDP only on GPUs)."""
+    import torch.distributed as dist
+    from ultralytics.engine.trainer import BaseTrainer
+    from ultralytics.utils.torch_utils import ModelEMA
+
+    from fxprune import Pruner
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1))
+        x = torch.randn(1, 3, 16, 16)
+        args = dict(optimizer="SGD", lr0=0.01, momentum=0.9, weight_decay=5e-4, cos_lr=False, lrf=0.01)
+        trainer = types.SimpleNamespace(
+            args=types.SimpleNamespace(imgsz=16, channels_last=None, compile=False, **args),
+            device=torch.device("cpu"),
+            epochs=3,
+            epoch=1,
+            model=nn.parallel.DistributedDataParallel(net),
+            stopper=None,
+        )
+        trainer.build_optimizer = types.MethodType(BaseTrainer.build_optimizer, trainer)
+        trainer._setup_scheduler = types.MethodType(BaseTrainer._setup_scheduler, trainer)
+        trainer.optimizer = trainer.build_optimizer(trainer.model, "SGD", 0.01, 0.9, 5e-4)
+        trainer._setup_scheduler()
+        trainer.scheduler.last_epoch = 1
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = 0.0037  # mid-warmup value: must survive the rebuild
+        trainer.ema = ModelEMA(trainer.model)
+        engine = PruningEngine(PruningOptions(method="l1", ratio=0.5))
+        engine.pruner = Pruner(net, x, "l1", 0.5)
+        engine.slim(trainer)
+        assert isinstance(trainer.model, nn.parallel.DistributedDataParallel) and trainer.model.module is net
+        assert net[0].out_channels == 8
+        in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+        assert in_optimizer == {id(p) for p in net.parameters()}
+        assert all(g["lr"] == 0.0037 for g in trainer.optimizer.param_groups)
+        assert trainer.scheduler.last_epoch == 1
+        assert trainer.ema.ema[0].weight.shape == net[0].weight.shape
+        assert engine.phase == "pruned" and not engine.active
+    finally:
+        dist.destroy_process_group()
+
+
 # -- end to end on a few coco128 images -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_coco(tmp_path_factory):

@@ -165,8 +165,9 @@ def _wrap_ddp(trainer: Any, model: nn.Module) -> nn.Module:
 
     kw: dict[str, Any] = {"static_graph": bool(trainer.args.compile)}
     kw["forward_sync_buffers" if TORCH_2_13 else "broadcast_buffers"] = False
+    device_ids = None if trainer.device.type == "cpu" else [trainer.device.index]
     return nn.parallel.DistributedDataParallel(
-        model, device_ids=[trainer.device.index], find_unused_parameters=not bool(trainer.args.compile), **kw
+        model, device_ids=device_ids, find_unused_parameters=not bool(trainer.args.compile), **kw
     )
 
 
@@ -245,15 +246,14 @@ class PruningEngine:
         self.summary["widths"] = [list(w) for w in getattr(report, "widths", [])]
         self.pruner, self.loss, self.phase = None, None, "pruned"
         rebuild_after_slimming(trainer)
-        dense, pruned = self.summary["dense"], self.summary["pruned"]
+        pruned = self.summary["pruned"]
         log.info(
-            "fxprune: pruned with %s (%s): params %d -> %d, FLOPs %d -> %d",
+            "fxprune: pruned with %s (%s): %d params, %d FLOPs at %d px",
             self.options.method,
             self.options.size,
-            dense["params"],
             pruned["params"],
-            dense["flops"],
             pruned["flops"],
+            int(trainer.args.imgsz),
         )
 
     def _wants_calibration(self) -> bool:
