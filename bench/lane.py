@@ -244,7 +244,7 @@ def prune_run(name: str, dense, stream, test, test_frames, args, x1) -> dict:
     )
     rec = {"method": method, "options": opts}
     if method != "l1":
-        train(model, stream, args.reg_iters, args.reg_lr or args.ft_lr, pruner, tag=method, until_done=True)
+        train(model, stream, args.reg_iters, args.reg_lr, pruner, tag=method, until_done=True)
         rec["reg_iterations"] = pruner.iteration
         rec["before_prune"] = evaluate(model, test, test_frames, args)
         log(f"{name} before the hard prune: {rec['before_prune']}")
@@ -299,14 +299,15 @@ def parse_args(argv=None):
     p.add_argument("--target-flops", type=float, default=0.5, help="pruned FLOPs as a fraction of dense")
     p.add_argument("--round-to", type=int, default=1, help="channel multiple of the pruned widths")
     p.add_argument("--reg-method", default="slr", help="regularize-then-prune method next to L1 one-shot")
-    p.add_argument("--reg-iters", type=int, default=300, help="at most this many regularization iterations")
+    p.add_argument("--reg-iters", type=int, default=400, help="at most this many regularization iterations")
     p.add_argument(
         "--reg-options",
-        default='{"update_every": 25, "rounds": 8}',
+        default='{"update_every": 50, "rounds": 8, "rho": 1.0}',
         help="JSON options of the method; the default is a shortened SLR/ADMM schedule (the paper: one "
-        "update per epoch, 100 rounds)",
+        "update per epoch, 100 rounds, rho 0.1; rho 1.0 here because 400 iterations cannot bring the "
+        "removed weights near zero at 0.1)",
     )
-    p.add_argument("--reg-lr", type=float, default=0.0, help="Adam lr while regularizing (default: --ft-lr)")
+    p.add_argument("--reg-lr", type=float, default=1e-3, help="Adam lr while regularizing (cosine decay)")
     p.add_argument("--ft-iters", type=int, default=200, help="fine-tuning iterations after each prune")
     p.add_argument("--ft-lr", type=float, default=3e-4)
     p.add_argument("--backends", default="ort,openvino")
