@@ -42,7 +42,8 @@ os.environ.setdefault("FXPRUNE_SHARED_DATA", str(Path(__file__).resolve().parent
 
 from fxprune.deploy import measure_latency, quantize, speedup  # noqa: E402
 from fxprune.deploy.alignment import int8_multiple  # noqa: E402
-from fxprune.deploy.artifacts import artifact_runner, file_backend  # noqa: E402
+from fxprune.deploy.artifacts import artifact_runner  # noqa: E402
+from fxprune.deploy.backends import get_backend  # noqa: E402
 from fxprune.deploy.backends.base import cpu_name  # noqa: E402
 
 import fxprune  # noqa: E402
@@ -147,7 +148,7 @@ def part_latency(name: str, args, tmp: Path) -> dict[str, Any]:
         res = measure_latency(
             {k: files[k] for k in order},
             x,
-            file_backend(runtime),
+            get_backend(runtime),
             threads=args.threads,
             repeats=args.repeats,
             budget_s=args.budget_s,
@@ -193,7 +194,7 @@ def part_sweep(name: str, args, tmp: Path) -> dict[str, Any]:
     res = measure_latency(
         files,
         x,
-        file_backend(runtime),
+        get_backend(runtime),
         threads=args.threads,
         repeats=args.repeats,
         budget_s=2 * args.budget_s,

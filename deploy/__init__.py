@@ -1,7 +1,7 @@
 """Deployment: ONNX export, INT8 quantization, latency backends, channel alignment, latency-aware pruning."""
 
 from .alignment import default_round_to, int8_multiple
-from .artifacts import file_backend, run_artifact
+from .artifacts import run_artifact
 from .backends import BackendUnavailable, get_backend, list_backends
 from .budget import BudgetResult, plan_for_latency
 from .calibration import load_calibration
@@ -22,7 +22,6 @@ __all__ = [
     "QuantizeResult",
     "default_round_to",
     "export_onnx",
-    "file_backend",
     "get_backend",
     "int8_multiple",
     "latency_sweep",

@@ -1,7 +1,7 @@
 """Exported model files on the local CPU runtimes: ``.onnx`` on onnxruntime, ``.xml`` IR on OpenVINO.
 
-:func:`run_artifact` runs a file on inputs (for parity and accuracy checks); :func:`file_backend` is the
-latency backend that times such files with :func:`fxprune.deploy.measure_latency`, OpenVINO IR included.
+:func:`run_artifact` runs a file on inputs (for parity and accuracy checks). To time such files, give
+their paths to :func:`fxprune.deploy.measure_latency` (the ``openvino`` backend reads ``.xml`` IR as well).
 """
 
 from __future__ import annotations
@@ -13,30 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backends import Backend, get_backend
-from .backends.openvino import OpenVinoCpu
-
 __all__ = [
     "ARTIFACT_RUNTIMES",
-    "OpenVinoFiles",
     "artifact_runner",
-    "file_backend",
     "ir_input_shape",
     "run_artifact",
 ]
 
 ARTIFACT_RUNTIMES = {".onnx": "ort", ".xml": "openvino"}
 
-
-class OpenVinoFiles(OpenVinoCpu):
-    """OpenVINO CPU timing of model files as given (``.xml`` IR or ``.onnx``), without re-exporting."""
-
-    needs_onnx = False
-
-
-def file_backend(name: str) -> Backend:
-    """Backend timing model files: ``openvino`` reads ``.xml`` IR as well as ONNX; others as registered."""
-    return OpenVinoFiles() if name == "openvino" else get_backend(name)
 
 
 def ir_input_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:

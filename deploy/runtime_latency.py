@@ -41,8 +41,9 @@ def _prepare(backend: Backend, name: str, source: Source, inputs: tuple, setting
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"{path}")
-        if backend.needs_onnx and path.suffix != ".onnx":
-            raise ValueError(f"backend {backend.name!r} needs an ONNX file or a PyTorch model, got {path}")
+        if backend.needs_onnx and path.suffix not in backend.file_suffixes:
+            kinds = " or ".join(backend.file_suffixes)
+            raise ValueError(f"backend {backend.name!r} needs a {kinds} file or a PyTorch model, got {path}")
         return path
     if not backend.needs_onnx:
         return source

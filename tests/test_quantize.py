@@ -16,7 +16,6 @@ pytest.importorskip("openvino")
 pytest.importorskip("onnxruntime")
 
 from fxprune.deploy import alignment, measure_latency, quantize, run_artifact  # noqa: E402
-from fxprune.deploy.artifacts import file_backend  # noqa: E402
 from fxprune.deploy.calibration import CalibrationBatches, letterbox, load_calibration  # noqa: E402
 from fxprune.deploy.quantize import detection_head_names, head_float_ops  # noqa: E402
 
@@ -116,7 +115,7 @@ def test_quantized_files_time_like_any_model_file(trained, tmp_path, single_thre
     ir_res = quantize(net, test_x[:1], calib, "openvino", tmp_path / "q.xml", subset_size=8)
     ort = measure_latency({"fp32": onnx_res.source_onnx, "int8": onnx_res.path}, test_x[:1], "ort", iters=3)
     ov = measure_latency(
-        {"fp32": ir_res.source_onnx, "int8": ir_res.path}, test_x[:1], file_backend("openvino"), iters=3
+        {"fp32": ir_res.source_onnx, "int8": ir_res.path}, test_x[:1], "openvino", iters=3
     )
     assert all(m.median_ms > 0 for m in [*ort.values(), *ov.values()])
 

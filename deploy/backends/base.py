@@ -61,12 +61,14 @@ class Backend:
     """A runtime to measure latency on. Subclasses set the class attributes and implement ``load``.
 
     ``needs_onnx``: ``load`` receives the path of an ONNX file exported from the model (otherwise the
-    ``nn.Module`` itself). ``precisions``: the precisions it accepts.
+    ``nn.Module`` itself); ``file_suffixes``: the model files it also loads when given a path.
+    ``precisions``: the precisions it accepts.
     """
 
     name: ClassVar[str] = ""
     device: ClassVar[str] = "cpu"
     needs_onnx: ClassVar[bool] = True
+    file_suffixes: ClassVar[tuple[str, ...]] = (".onnx",)  # model files it loads as they are
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     description: ClassVar[str] = ""
 

@@ -33,6 +33,7 @@ class OpenVinoCpu(Backend):
     name = "openvino"
     device = "cpu"
     precisions = ("fp32", "bf16")
+    file_suffixes = (".onnx", ".xml")  # ONNX, or an OpenVINO IR (e.g. from fxprune.deploy.quantize)
     description = "OpenVINO runtime, CPU plugin, latency hint, one stream"
 
     def check(self) -> None:

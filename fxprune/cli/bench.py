@@ -13,7 +13,6 @@ from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
-from fxprune.deploy.artifacts import file_backend
 from fxprune.deploy.sweep import DEFAULT_RATIOS
 
 from .args import add_model_args, backend_list, fraction, positive_int, ratio_list
@@ -178,7 +177,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     for backend in args.backend:
         timed, runtime, precision = sources, backend, args.precision
         if all(isinstance(src, Path) for src in sources.values()):  # files as given, OpenVINO IR included
-            runtime = file_backend(backend)
+            runtime = get_backend(backend)
         if args.precision == "int8":
             timed, runtime, precision = int8_sources(sources, x, backend, args, steps)
         with steps(f"timing on {backend}") as s:

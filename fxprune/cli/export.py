@@ -110,7 +110,7 @@ def int8_sources(
     """Quantize every model for ``backend`` (OpenVINO IR for openvino, QDQ ONNX otherwise), calibrated on
     ``args.calib`` (up to 300 inputs) or 32 random inputs; returns the files, the backend that times them and
     the precision to pass (CPU runtimes run the quantized graph as written: ``fp32`` settings)."""
-    from fxprune.deploy import file_backend, get_backend, load_calibration, quantize
+    from fxprune.deploy import get_backend, load_calibration, quantize
 
     be = get_backend(backend)
     if be.device == "cuda" and "int8" not in be.precisions:
@@ -134,7 +134,7 @@ def int8_sources(
             res = quantize(src, x, calib, fmt, folder / f"{name}-int8.{suffix}", subset_size=len(calib))
             s["detail"] = f"{res.quantized_ops} quantizers, {res.samples} calibration inputs"
         files[name] = res.path
-    return files, file_backend(backend), "int8" if "int8" in be.precisions else "fp32"
+    return files, get_backend(backend), "int8" if "int8" in be.precisions else "fp32"
 
 
 def _agreement(ref: np.ndarray, got: np.ndarray, detection: bool) -> float:
@@ -209,7 +209,7 @@ def _engine(name: str, model: nn.Module, x: torch.Tensor, out: Path, done: dict)
 
 
 def _latency(files: dict[str, dict[str, Path]], x: torch.Tensor, args, steps: Steps) -> list[dict]:
-    from fxprune.deploy import file_backend, measure_latency, speedup
+    from fxprune.deploy import get_backend, measure_latency, speedup
 
     rows = []
     for runtime in ("ort", "openvino"):
@@ -224,7 +224,7 @@ def _latency(files: dict[str, dict[str, Path]], x: torch.Tensor, args, steps: St
             continue
         with steps(f"timing on {runtime}, dense and pruned interleaved"):
             res = measure_latency(
-                sources, x, file_backend(runtime), threads=args.threads, budget_s=args.seconds
+                sources, x, get_backend(runtime), threads=args.threads, budget_s=args.seconds
             )
         for key, m in res.items():
             name, fmt = key.split("|")
