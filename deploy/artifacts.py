@@ -23,7 +23,6 @@ __all__ = [
 ARTIFACT_RUNTIMES = {".onnx": "ort", ".xml": "openvino"}
 
 
-
 def ir_input_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
     """Static shape of the first input of an OpenVINO IR (``.xml``); ValueError when it is dynamic."""
     import openvino as ov
