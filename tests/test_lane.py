@@ -130,8 +130,11 @@ def test_real_frame_targets_fall_on_lane_pixels():
     folder = _shared() / "lanenet_example"
     mask = np.array(Image.open(folder / "gt_instance_image" / "0000.png"))
     binary = np.array(Image.open(folder / "gt_binary_image" / "0000.png")) > 0
-    frame = frame_from_instance_mask(mask)
+    frame = frame_from_instance_mask(mask, raw_file="image/0000.png")
     assert len(frame.lanes) == 4
+    image, cls_t, seg_t = TusimpleLaneDataset([frame], root=folder, input_size=(128, 320))[0]
+    assert image.shape == (3, 128, 320) and cls_t.shape == (56, 4) and seg_t.shape == (16, 40)
+    assert -2.2 < float(image.min()) < 0.0 < float(image.max()) < 2.7  # ImageNet-normalized pixels
     cls, _ = ufld_targets(frame, row_anchors=frame.h_samples, seg_size=None)
     hits = [
         np.abs(np.flatnonzero(binary[y]) - (c + 0.5) * CELL).min() <= CELL / 2 + 1
@@ -259,3 +262,18 @@ def test_renderer_draws_along_the_label():
     ]
     assert np.mean(near) >= 0.4
     assert not changed[: int(190 * 128 / 720)].any()  # nothing above the lane's first labelled row
+
+
+def test_narrow_model_at_width_64_has_the_ufld_layout():
+    from fxprune.models import lane_resnet18
+
+    small = dict(griding_num=10, row_anchors=4, lanes=4, input_size=(64, 64), use_aux=True)
+    ref = {k: v.shape for k, v in lane_resnet18(**small).state_dict().items()}
+    narrow = {
+        k: v.shape for k, v in lane_resnet18_narrow(width=64, hidden=2048, **small).state_dict().items()
+    }
+    assert narrow == ref
+    slim = lane_resnet18_narrow(width=8, hidden=32, **small)
+    assert slim.model.layer4[1].conv2.out_channels == 64 and slim.aux_combine[-1].out_channels == 5
+    cls_out, seg_out = slim(torch.randn(2, 3, 64, 64))
+    assert cls_out.shape == (2, 11, 4, 4) and seg_out.shape == (2, 5, 8, 8)
