@@ -227,6 +227,26 @@ def test_attribute_that_does_not_size_channels_changes_nothing():
     assert not any("groups" in u.reason for u in analysis.unsupported)
 
 
+class LayerNorm2d(nn.LayerNorm):
+    def forward(self, x):
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNorm(nn.Sequential):
+    """Keeps ``out_channels`` for its users, but its forward never reads it."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Conv2d(3, 16, 3, padding=1), LayerNorm2d(16))
+        self.out_channels = 16
+
+
+def test_attribute_its_forward_does_not_read_pins_nothing():
+    model = nn.Sequential(ConvNorm(), nn.Conv2d(16, 4, 1))
+    report = _prune(model)
+    assert report.verified and model[0][0].out_channels == 8 and model[0][1].normalized_shape == (8,)
+
+
 # ---------------------------------------------------------------- (e) report figures never sink the prune
 class RefusesDispatchModes(_Stem):
     """Runs normally, but raises under a torch dispatch mode (what torch's FLOP counter uses)."""

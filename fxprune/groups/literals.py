@@ -3,14 +3,17 @@
 ``F.conv2d(x, self.weight, groups=self.groups)`` or ``F.layer_norm(x, (self.dim,))`` reach a symbolic trace
 as literals: slimming would leave them at the dense width and the slim model would not run. After
 propagation, :func:`freeze_attribute_literals` looks for literals that equal an ``int`` attribute of a module
-the op runs in and the size of a channel dim of an activation the op reads or writes, and freezes those
-channels (the attribute cannot follow pruning). Attributes registered with
+the op runs in (one its own ``forward`` reads) and the size of a channel dim of an activation the op
+reads or writes, and freezes those channels (the attribute cannot follow pruning). Attributes registered with
 :func:`fxprune.groups.channel_constants.register_channel_constant` are updated by slimming instead and
 are left alone. Exported graphs write every size as a literal, so they are not scanned.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +24,7 @@ from torch import nn
 from .context import Unsupported, iter_labels, op_name
 from .propagate import PropagationResult
 
-__all__ = ["freeze_attribute_literals", "int_literals", "scope_attributes"]
+__all__ = ["freeze_attribute_literals", "int_literals", "names_read_in_forward", "scope_attributes"]
 
 
 def int_literals(value: Any) -> Iterator[int]:
@@ -38,8 +41,22 @@ def int_literals(value: Any) -> Iterator[int]:
             yield from int_literals(v)
 
 
+@functools.cache
+def names_read_in_forward(cls: type) -> frozenset[str]:
+    """``NAME`` for every ``self.NAME`` in the source of ``cls.forward`` (empty when it cannot be read)."""
+    try:
+        source = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return frozenset()
+    return frozenset(re.findall(r"\bself\.([A-Za-z_]\w*)", source))
+
+
 def scope_attributes(model: nn.Module, node: fx.Node) -> dict[int, tuple[str, str]]:
-    """``{value: (module, attribute)}`` of the int attributes (> 1) of the modules ``node`` runs in."""
+    """``{value: (module, attribute)}`` of the int attributes of the modules ``node`` runs in that their own
+    ``forward`` reads (``self.NAME`` in its source).
+
+    Values up to 3 are left out: in a graph they are mostly dim indices (``mean((2, 3))``).
+    """
     scopes = [""] + [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
     found: dict[int, tuple[str, str]] = {}
     for scope in scopes:
@@ -47,8 +64,9 @@ def scope_attributes(model: nn.Module, node: fx.Node) -> dict[int, tuple[str, st
             m = model.get_submodule(scope)
         except AttributeError:
             continue
+        read = names_read_in_forward(type(m))
         for attr, v in vars(m).items():
-            if type(v) is int and v > 1:
+            if type(v) is int and v > 3 and attr in read:
                 found.setdefault(v, (scope, attr))
     return found
 
