@@ -120,7 +120,7 @@ def test_count_plans_stop_at_max_removable(round_to, min_width):
 def test_high_ratio_keeps_min_width_in_every_layer():
     model = net(24)
     analysis = fxprune.analyze(model, X)
-    fxprune.apply_plan(analysis, analysis.plan(0.99, min_width=3), X)
+    fxprune.apply_plan(analysis, analysis.plan(0.99, min_width=3, round_to=1), X)
     assert [model[0].out_channels, model[3].out_channels] == [3, 3]
 
 
@@ -144,7 +144,7 @@ def test_plan_for_target_meets_the_flops_target():
     analysis = fxprune.analyze(net(32), X)
     dense = count_flops(analysis.model, X)
     before = [p.clone() for p in analysis.model.parameters()]
-    plan = plan_for_target(analysis, X, 0.5, "flops")
+    plan = plan_for_target(analysis, X, 0.5, "flops", round_to=1)
     frac = count_flops(slimmed_copy(analysis, plan), X) / dense
     assert 0.4 <= frac <= 0.5
     assert all(torch.equal(a, b) for a, b in zip(before, analysis.model.parameters()))  # model untouched
@@ -169,7 +169,7 @@ def test_slimmed_size_counts_like_a_real_slimmed_copy(model, on_meta, metric):
     size = SlimmedSize(analysis, X, metric)
     assert size.on_meta is (on_meta or metric == "params")
     for ratio in (0.3, 0.8):
-        plan = analysis.plan(ratio)
+        plan = analysis.plan(ratio, round_to=1)
         slim = slimmed_copy(analysis, plan)
         real = count_flops(slim, X) if metric == "flops" else sum(p.numel() for p in slim.parameters())
         assert size(plan) == real < size.dense
@@ -280,7 +280,7 @@ def test_deploy_prune_passes_through_without_a_latency_target():
     import fxprune.deploy
 
     model = net(16)
-    report = fxprune.deploy.prune(model, X, 0.5, global_ranking=False)
+    report = fxprune.deploy.prune(model, X, 0.5, round_to=8, global_ranking=False)
     assert [model[0].out_channels, model[3].out_channels] == [8, 8] and report.verified
     with pytest.raises(ValueError, match="does not combine with target_flops"):
         fxprune.deploy.prune(net(16), X, target_latency="0.5x", target_flops=0.5)
