@@ -2,6 +2,7 @@
 
 from .analysis import Analysis, analyze
 from .capture import CaptureError
+from .capture.fit import InputMismatchError
 from .groups.grouping import Group
 from .io import load, save
 from .plan import Plan, Planner
@@ -15,6 +16,7 @@ __all__ = [
     "Analysis",
     "CaptureError",
     "Group",
+    "InputMismatchError",
     "Plan",
     "Planner",
     "PruneReport",

@@ -147,7 +147,7 @@ def analyze(
     ``forward`` is not looked into). ``outputs`` maps the model's output (as the captured graph returns it)
     to the tensors that are its interface; the other outputs may change width (for example feature maps
     returned only for their sizes). Example inputs the model cannot run on raise
-    :class:`fxprune.capture.fit.InputMismatchError` (a ``ValueError``) naming its first layer.
+    :class:`fxprune.InputMismatchError` (a ``ValueError``) naming its first layer.
     """
     start = time.perf_counter()
     patterns, types = _check_ignore(model, ignore)
