@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .attr_constants import split_refs
 from .context import OpContext
 from .labels import Labels, broadcast_labels
 from .registry import handles_ops
@@ -71,8 +72,7 @@ def split(ctx: OpContext) -> list:
         ctx.graph_is_export and isinstance(sections, int) and len(set(sizes)) == 1
     )
     if not adaptive:
-        ctx.table.freeze(a, f"{ctx.where}: split sizes written as constants")
-        return parts
+        return _attribute_split(ctx, a, sections, sizes, parts, dim)
     bounds = np.cumsum([0, *sizes])
     pieces = [a[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
     ctx.constraints.append(("equal_parts", pieces, ctx.where))
@@ -90,3 +90,23 @@ def unbind(ctx: OpContext) -> list:
         ctx.table.freeze(lab[dim], f"{ctx.where}: channels taken one by one")
     rest = {d - (1 if d > dim else 0): a for d, a in lab.items() if d != dim}
     return [dict(rest) for _ in ctx.out]
+
+
+def _attribute_split(
+    ctx: OpContext, a: np.ndarray, sections: object, sizes: list[int], parts: list, dim: int
+) -> list:
+    """Split sizes read from module attributes follow the pieces; pieces sized by a literal freeze."""
+    refs = split_refs(ctx, sections, sizes)
+    bounds = np.cumsum([0, *sizes])
+    same: dict = {}
+    for p, ref, s, e in zip(parts, refs, bounds[:-1], bounds[1:]):
+        if ref is None:
+            ctx.table.freeze(a[s:e], f"{ctx.where}: split sizes written as constants")
+            continue
+        p[dim] = a[s:e]
+        ctx.constants.append((*ref, a[s:e]))
+        same.setdefault(ref, []).append(a[s:e])
+    for pieces in same.values():
+        if len(pieces) > 1:  # one attribute sizes several pieces: they stay equal
+            ctx.constraints.append(("equal_parts", pieces, ctx.where))
+    return parts

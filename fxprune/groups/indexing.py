@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from .attr_constants import slice_refs
 from .context import OpContext, iter_labels, structure_like
 from .labels import Labels
 from .registry import handles_ops
@@ -49,11 +50,24 @@ def index_labels(ctx: OpContext, x: torch.Tensor, lab: Labels, index: Any) -> La
         if a is not None and _is_full(idx):
             out[d_out] = a
         elif a is not None:
-            ctx.table.freeze(a, f"{ctx.where}: channel slice with constant bounds")
+            out_a = _attribute_slice(ctx, a, idx)
+            if out_a is not None:
+                out[d_out] = out_a
         d_in += 1
         d_out += 1
     out.update({d_out + k: lab[d] for k, d in enumerate(range(d_in, x.dim())) if d in lab})
     return out
+
+
+def _attribute_slice(ctx: OpContext, a, idx: slice):
+    """Labels of a channel slice whose bounds follow pruning (module attributes), else freeze: None."""
+    refs = slice_refs(ctx, idx, len(a))
+    if refs is None:
+        ctx.table.freeze(a, f"{ctx.where}: channel slice with constant bounds")
+        return None
+    for (module, attr), bound in refs:
+        ctx.constants.append((module, attr, a[:bound]))
+    return a[idx]
 
 
 @handles_ops("getitem")

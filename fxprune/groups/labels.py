@@ -161,9 +161,13 @@ def _reshape_run(
         return "reshape mixes channels with other dims"
     # split of a channel dim into several: the one adaptive factor keeps the channels, the others couple
     free = [j for j in big_out if adaptive is None or adaptive[j]]
-    if len(free) != 1:
-        return "channel dim split with constant sizes"
     split = lab.reshape([out_shape[j] for j in gj])
+    if len(free) != 1:
+        # labels repeated along all but one output dim (a flattened fan-in folded back): that dim has them
+        varying = [j for j in big_out if np.ptp(split, axis=gj.index(j)).any()]
+        if len(varying) != 1 or adaptive is not None:
+            return "channel dim split with constant sizes"
+        free = varying
     moved = np.moveaxis(split, gj.index(free[0]), -1).reshape(-1, out_shape[free[0]])
     for row in moved[1:]:
         table.union(moved[0], row)

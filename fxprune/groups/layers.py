@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .computed_params import computed_conv
 from .context import OpContext
 from .labels import Labels
 from .registry import LayerArgs, handles_modules, handles_ops, register_op_handler
@@ -143,7 +144,8 @@ def _functional_conv(transposed: bool, aten_convolution: bool = False) -> Callab
             is_transposed, groups = transposed, ctx.arg(6, "groups", 1)
         got = params_owner(ctx, [(1, "weight"), (2, "bias")])
         if got is None:
-            return ctx.unsupported_op("convolution with a computed weight")
+            lab = computed_conv(ctx, groups, is_transposed)
+            return lab if lab is not None else ctx.unsupported_op("convolution with a computed weight")
         owner, (w, b) = got
         return conv(ctx, ctx.larg(0, "input"), ctx.arg(1, "weight"), owner, (w, b), groups, is_transposed)
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .computed_params import computed_batch_norm
 from .context import OpContext
 from .labels import Labels
 from .layers import couple, module_names, param_members, params_owner
@@ -53,7 +54,11 @@ def _functional_batch_norm(order: str) -> Callable[[OpContext], Any]:
     def handler(ctx: OpContext) -> Any:
         got = params_owner(ctx, _BATCH_NORM_ARGS[order])
         if got is None:
-            return ctx.unsupported_op("batch norm with computed parameters")
+            computed = ctx.op_name == "batch_norm"  # the native variants return statistics too
+            lab = computed_batch_norm(ctx, _BATCH_NORM_ARGS[order], 5) if computed else None
+            if lab is None:
+                return ctx.unsupported_op("batch norm with computed parameters")
+            return _with_extra_outputs(ctx, lab)
         owner, names = got
         lab = batch_norm(ctx, ctx.larg(0, "input"), owner, names, ctx.arg(0, "input").shape[1])
         return _with_extra_outputs(ctx, lab)

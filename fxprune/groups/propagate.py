@@ -141,10 +141,11 @@ class ChannelPropagation(fx.Interpreter):
         if not isinstance(value, torch.Tensor) or id(value) not in self._attr_names:
             return structure_like(value)
         owner = target.rpartition(".")[0]
+        kernel = _kernel_dims(self.model if self.model is not None else self.module, target)
         return {
             d: self.table.block(owner, ((target, d),), s, passive=True)
             for d, s in enumerate(value.shape)
-            if s > 1
+            if s > 1 and d not in kernel
         }
 
     def _layer_call(self, n: fx.Node) -> tuple[str, int] | None:
@@ -175,6 +176,18 @@ _SHAPE_PRESERVING = (
     nn.Tanh,
     nn.Mish,
 )
+
+
+def _kernel_dims(root: nn.Module, target: str) -> range:
+    """The spatial dims of ``target`` when it is the weight of a conv layer, else none."""
+    owner, _, attr = target.rpartition(".")
+    try:
+        m = root.get_submodule(owner)
+    except AttributeError:
+        return range(0)
+    if attr == "weight" and isinstance(m, nn.modules.conv._ConvNd):
+        return range(2, m.weight.dim())
+    return range(0)
 
 
 def _scope_of(n: fx.Node) -> str:

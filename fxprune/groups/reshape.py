@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from .attr_constants import find_attribute
 from .channel_constants import find_constant
 from .context import OpContext
 from .labels import Labels, permute_labels, reshape_labels
@@ -29,10 +30,18 @@ def _shape_args(ctx: OpContext) -> tuple[list, list[bool] | None]:
 
 
 def _constant_sizes(ctx: OpContext, sizes: list, adaptive: list[bool]) -> dict[int, tuple[str, str]]:
-    """Output dims whose constant size is a registered channel count; they count as adaptive from now."""
+    """Output dims whose constant size is a channel count attribute; they count as adaptive from now.
+
+    A registered attribute counts whatever its value; one read in forward only when it equals the whole
+    width of a channel dim of the input (a head count is a factor of a width, not a width).
+    """
+    x, lab = ctx.arg(0, "input"), ctx.larg(0, "input") or {}
+    widths = {x.shape[d] for d in lab}
     known = {}
     for j, (size, free) in enumerate(zip(sizes, adaptive)):
         found = None if free else find_constant(ctx.model, ctx.module_name, size)
+        if found is None and not free and size in widths:
+            found = find_attribute(ctx, size)
         if found is not None:
             known[j] = found
             adaptive[j] = True

@@ -9,7 +9,7 @@ from torch import nn
 Adapter = Callable[[nn.Module, dict], None]
 _ADAPTERS: dict[type, Adapter] = {}
 
-__all__ = ["fix_attributes", "register_adapter"]
+__all__ = ["fix_attributes", "register_adapter", "write_constant"]
 
 
 def register_adapter(cls: type) -> Callable[[Adapter], Adapter]:
@@ -107,3 +107,20 @@ def fix_attributes(m: nn.Module, before: dict) -> None:
         if fn is not None:
             fn(m, before)
             return
+
+
+def write_constant(model: nn.Module, module: str, attr: str, value: int) -> None:
+    """Set the channel count ``module.attr`` to ``value``; ``attr`` may name a list element (``splits[1]``).
+
+    A list or tuple attribute keeps its type (a new object: other holders of the old one are untouched).
+    """
+    owner = model.get_submodule(module)
+    name, _, index = attr.partition("[")
+    if not index:
+        setattr(owner, attr, value)
+        return
+    seq = getattr(owner, name)
+    i = int(index.rstrip("]"))
+    items = list(seq)
+    items[i] = value
+    setattr(owner, name, type(seq)(items) if isinstance(seq, tuple) else items)

@@ -10,7 +10,7 @@ from ..groups.channel_constants import ChannelConstant
 from ..groups.grouping import Group
 from ..plan.planner import Plan
 from ..threads import one_thread
-from .adapters import fix_attributes, snapshot
+from .adapters import fix_attributes, snapshot, write_constant
 
 __all__ = ["slim_model"]
 
@@ -105,5 +105,5 @@ def _slim(
     removed_roots = {int(r) for g in groups for r in g.atoms[plan.remove.get(g.id, [])].tolist()}
     for c in constants:
         kept = int(sum(1 for r in c.roots.tolist() if r not in removed_roots))
-        setattr(model.get_submodule(c.module), c.attr, kept)
+        write_constant(model, c.module, c.attr, kept)
     return changes

@@ -1,0 +1,143 @@
+"""Channel counts that a module reads from its own attributes: split sizes and slice bounds.
+
+``torch.split(x, self.splits, 1)`` (mixed depthwise convs), ``torch.split(x, self.width, 1)`` (Res2Net),
+``x.split((self.c, self.c), 1)`` and ``x[:, :self.out_chs]`` (GhostNet, DPN) reach a traced graph as
+plain integers. This module reads such an integer back to the attribute it came from: an ``int`` (or a
+list/tuple of ints) attribute of the module whose ``forward`` made the call, or of a module above it,
+that holds that value and that the module's ``forward`` reads (``self.NAME`` in its source). An integer
+two attributes could explain stays a constant (the channels it sizes freeze).
+
+A found attribute makes the size follow pruning: the handler records a channel constant whose value
+after slimming is the number of kept channels among the labels it sizes (``fxprune.slim`` writes it;
+an element of a list attribute is written as ``NAME[i]``). Attributes the source does not name (set
+through ``setattr``, computed in another method) still need ``register_channel_constant``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from .channel_constants import find_constant
+from .context import OpContext
+
+__all__ = ["AttrRef", "find_attribute", "find_sizes"]
+
+AttrRef = tuple[str, str]  # (module name, attribute or ``attribute[i]``)
+
+
+@functools.cache
+def _names_read_in_forward(cls: type) -> frozenset[str]:
+    """``NAME`` for every ``self.NAME`` in the source of ``cls.forward`` (empty when unavailable)."""
+    try:
+        src = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return frozenset()
+    return frozenset(re.findall(r"\bself\.([A-Za-z_]\w*)", src))
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_attributes(m: nn.Module) -> dict[str, int | tuple[int, ...]]:
+    """The module's int and int-sequence attributes that its forward reads."""
+    read = _names_read_in_forward(type(m))
+    out: dict[str, int | tuple[int, ...]] = {}
+    for name, v in vars(m).items():
+        if name.startswith("_") or name not in read:
+            continue
+        if _is_int(v):
+            out[name] = v
+        elif isinstance(v, (list, tuple)) and v and all(_is_int(e) for e in v):
+            out[name] = tuple(v)
+    return out
+
+
+def _scopes(model: nn.Module | None, scope: str) -> list[tuple[str, nn.Module]]:
+    """``scope`` and the modules above it, innermost first."""
+    if model is None:
+        return []
+    parts = scope.split(".") if scope else []
+    found = []
+    for k in range(len(parts), -1, -1):
+        name = ".".join(parts[:k])
+        try:
+            found.append((name, model.get_submodule(name)))
+        except AttributeError:
+            continue
+    return found
+
+
+def find_attribute(ctx: OpContext, value: int) -> AttrRef | None:
+    """The registered or forward-read int attribute equal to ``value`` nearest to the op's module.
+
+    None when no attribute, or more than one in the same module, holds ``value``.
+    """
+    registered = find_constant(ctx.model, ctx.module_name, value)
+    if registered is not None:
+        return registered
+    for name, m in _scopes(ctx.model, ctx.module_name):
+        hits = [a for a, v in _int_attributes(m).items() if v == value]
+        if len(hits) == 1:
+            return name, hits[0]
+        if hits:
+            return None  # ambiguous: leave it a constant
+    return None
+
+
+def find_sizes(ctx: OpContext, sizes: Sequence[int]) -> list[AttrRef | None]:
+    """One attribute per size: a sequence attribute equal to ``sizes`` (``NAME[i]``), else each size alone."""
+    sizes = tuple(int(s) for s in sizes)
+    for name, m in _scopes(ctx.model, ctx.module_name):
+        hits = [a for a, v in _int_attributes(m).items() if v == sizes and len(sizes) > 1]
+        if len(hits) == 1:
+            return [(name, f"{hits[0]}[{i}]") for i in range(len(sizes))]
+        if hits:
+            return [None] * len(sizes)
+    return [find_attribute(ctx, s) for s in sizes]
+
+
+def split_refs(ctx: OpContext, sections: object, sizes: Sequence[int]) -> list[AttrRef | None]:
+    """The attribute behind each piece of ``split(x, sections)`` (None: a piece whose size is a literal).
+
+    ``split(x, self.width)`` names one attribute for every piece (the pieces then stay equal).
+    """
+    if _is_int(sections):
+        ref = find_attribute(ctx, sections)
+        return [ref if ref is not None and len(set(sizes)) == 1 else None for _ in sizes]
+    if isinstance(sections, (list, tuple)) and all(_is_int(s) for s in sections):
+        return find_sizes(ctx, sections)
+    return [None] * len(sizes)
+
+
+def slice_refs(ctx: OpContext, idx: slice, width: int) -> list[tuple[AttrRef, int]] | None:
+    """``(attribute, bound)`` for each bound of a channel slice that must follow pruning.
+
+    None when a bound is negative, stepped or a literal no attribute explains. A bound at or past the
+    width needs no attribute (it stays past the end after pruning); one that equals the width follows it.
+    """
+    if idx.step not in (None, 1):
+        return None
+    start, stop = idx.start, idx.stop
+    refs = []
+    if start is None or start == 0:
+        start = None
+    if _is_int(stop) and stop >= width:
+        whole = find_attribute(ctx, stop) if stop == width else None
+        refs += [(whole, width)] if whole is not None else []  # kept up to date, not required
+        stop = None
+    for b in (start, stop):
+        if b is None:
+            continue
+        if not _is_int(b) or not 0 < b < width:
+            return None
+        ref = find_attribute(ctx, b)
+        if ref is None:
+            return None
+        refs.append((ref, b))
+    return refs
