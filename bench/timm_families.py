@@ -51,12 +51,9 @@ def _smallness(name: str) -> tuple:
 def family_models() -> list[str]:
     """One model per timm family (module defining it): the one whose name sounds smallest."""
     import timm
-    from timm.models._registry import _model_to_module  # timm's own name -> module table
 
-    families: dict[str, list[str]] = {}
-    for name in timm.list_models():
-        families.setdefault(_model_to_module.get(name, name), []).append(name)
-    return sorted(min(names, key=_smallness) for names in families.values())
+    families = [timm.list_models(module=module) for module in timm.list_modules()]
+    return sorted(min(names, key=_smallness) for names in families if names)
 
 
 def _prune_one(name: str, ratio: float, conn) -> None:
