@@ -95,6 +95,22 @@ class TwoWaySplit(nn.Module):
         return self.cv2(torch.cat((a, self.m(b)), 1))
 
 
+class DualPathLike(nn.Module):
+    """DPN: one conv's output cut at ``self.num_1x1_c`` into a residual part and a dense part."""
+
+    def __init__(self, num_1x1_c: int = 24, inc: int = 8):
+        super().__init__()
+        self.num_1x1_c = num_1x1_c
+        self.stem, self.conv = cbr(3, num_1x1_c), cbr(num_1x1_c, num_1x1_c + inc, 1)
+        self.head = nn.Conv2d(num_1x1_c + inc + num_1x1_c, 10, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.conv(x)
+        resid = x + y[:, : self.num_1x1_c]
+        return self.head(torch.cat([resid, y[:, self.num_1x1_c :], resid], 1))
+
+
 class AmbiguousSplit(TwoWaySplit):
     """Two attributes hold the split size: the analysis cannot tell which one forward used."""
 
@@ -141,6 +157,13 @@ def test_slice_bound_from_an_attribute_follows_the_kept_channels(out_chs):
     _prune(model, torch.randn(1, 3, 16, 16), min_flops_ratio=1.4)
     assert model.primary[0].out_channels < 14
     assert model.out_chs == model.head.in_channels < out_chs
+
+
+def test_slice_start_and_stop_from_one_attribute():
+    model = DualPathLike()
+    _prune(model, torch.randn(1, 3, 16, 16), min_flops_ratio=1.3)
+    assert model.num_1x1_c == model.stem[0].out_channels < 24
+    assert model.conv[0].out_channels - model.num_1x1_c < 8
 
 
 def test_tuple_of_one_attribute_splits_into_equal_halves():
