@@ -4,15 +4,18 @@
 For every model both tools prune a fresh copy of the same network (same seed, eval mode, batch-1 example
 input) by 50% of the channels of every group:
 
-* fxprune: ``analyze`` -> ``Analysis.plan`` -> ``apply_plan(verify=True)`` (slim in place and check the
-  slim model against the masked original);
+* fxprune: the one call ``fxprune.prune(model, x, ratio)`` with its defaults (analysis, plan, slimming in
+  place, verification against the masked original, FLOPs report: ``fx prune s``); before it, on a copy,
+  ``fxprune.analyze`` alone (``fx analyze s``) and re-planning that analysis to a FLOPs target of 1/3 with
+  ``fxprune.targets.plan_for_target`` (``fx replan s``: a bisection over ratios, each candidate counted);
 * Torch-Pruning with the settings of its README: ``GroupMagnitudeImportance(p=2)`` and ``MetaPruner``
   with ``pruning_ratio=0.5``; by default nothing is ignored (``--tp-ignore classifier`` ignores the final
   classifier as the README example does by hand).
 
 Each tool runs per model in its own subprocess with a time limit. FLOPs and parameters are counted with
-``fxprune.measure`` for both tools so the numbers are comparable. Whether the pruned model still
-produces outputs of the dense shapes is checked for both tools.
+``fxprune.measure`` for both tools so the numbers are comparable. ``speed ratio`` = Torch-Pruning build +
+prune over ``fx prune s``; ``analysis ratio`` = Torch-Pruning graph build over ``fx analyze s``. Whether
+the pruned model still produces outputs of the dense shapes is checked for both tools.
 
     python bench/zoo.py --models resnet152,densenet201
     python bench/zoo.py --input-size 128 --out bench/RESULTS_zoo.json --markdown
@@ -22,6 +25,7 @@ produces outputs of the dense shapes is checked for both tools.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import multiprocessing as mp
@@ -43,6 +47,7 @@ from torch import nn
 
 import fxprune
 from fxprune.measure import count_flops, count_params
+from fxprune.targets import plan_for_target
 
 try:
     import torch_pruning as tp
@@ -125,29 +130,33 @@ def classifier_layers(model: nn.Module, name: str) -> list[nn.Module]:
 
 
 def run_fxprune(name: str, size: int, ratio: float, tp_ignore: str, conn, rec: dict) -> None:
+    """Analysis alone and FLOPs-target re-planning on one copy, then the one-call ``fxprune.prune``."""
     model, x = build(name, size)
     dense = forward_shapes(model, x)
     rec.update(dense_shapes=dense, params_dense=count_params(model))
+    spare = copy.deepcopy(model)
     conn.send(("ready", None))
     stage(conn, rec, "analyze")
     t0 = time.perf_counter()
-    analysis = fxprune.analyze(model, x)
-    t1 = time.perf_counter()
-    rec.update(analyze_s=t1 - t0, groups=len(analysis.groups), prunable_groups=len(analysis.prunable_groups),
-               unsupported=len(analysis.unsupported), capture=analysis.captured.method)
-    stage(conn, rec, "plan")
-    plan = analysis.plan(ratio)
-    t2 = time.perf_counter()
-    rec["plan_s"] = t2 - t1
-    stage(conn, rec, "apply_plan")
-    report = fxprune.apply_plan(analysis, plan, x, verify=True)
-    t3 = time.perf_counter()
-    rec.update(slim_only_s=report.slim_seconds, slim_s=rec["plan_s"] + report.slim_seconds,
-               apply_plan_s=t3 - t2, flops_ratio=report.flops_ratio, params_ratio=report.params_ratio,
-               flops_dense=report.flops_before, flops_pruned=report.flops_after,
-               params_pruned=report.params_after, exact_error=report.exact_error,
-               approx_error=report.approx_error, approx_groups=len(report.approx_groups))
-    rec["total_s"] = rec["analyze_s"] + rec["slim_s"]
+    analysis = fxprune.analyze(spare, x)
+    rec.update(analyze_s=time.perf_counter() - t0, groups=len(analysis.groups),
+               prunable_groups=len(analysis.prunable_groups), unsupported=len(analysis.unsupported),
+               capture=analysis.captured.method)
+    stage(conn, rec, "replan")
+    t0 = time.perf_counter()
+    plan_for_target(analysis, x, 1.0 / 3.0, "flops")
+    rec["replan_s"] = time.perf_counter() - t0
+    del analysis, spare
+    stage(conn, rec, "prune")
+    t0 = time.perf_counter()
+    report = fxprune.prune(model, x, ratio)
+    rec["prune_s"] = time.perf_counter() - t0
+    rec.update(timings=report.timings, slim_only_s=report.slim_seconds, flops_ratio=report.flops_ratio,
+               params_ratio=report.params_ratio, flops_dense=report.flops_before,
+               flops_pruned=report.flops_after, params_pruned=report.params_after,
+               exact_error=report.exact_error, approx_error=report.approx_error,
+               approx_groups=len(report.approx_groups), round_to=report.round_to)
+    rec["total_s"] = rec["prune_s"]
     stage(conn, rec, "forward")
     rec["pruned_shapes"] = forward_shapes(model, x)
     rec["status"] = "ok" if rec["pruned_shapes"] == dense else "shape"
@@ -190,8 +199,18 @@ def stage(conn, rec: dict, name: str) -> None:
     conn.send(("stage", name))
 
 
+def warm_up(tool: str) -> None:
+    """Run the tool once on a small ResNet-18 so one-time costs (lazy imports, first traces) are paid."""
+    model, x = build("resnet18", 64)
+    if tool == "fx":
+        fxprune.prune(model, x, 0.5)
+    else:
+        tp.pruner.MetaPruner(model, example_inputs=x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                             pruning_ratio=0.5).step()
+
+
 def _child(tool: str, name: str, size: int, ratio: float, tp_ignore: str, threads: int | None,
-           memory_gb: float | None, conn) -> None:
+           memory_gb: float | None, warmup: bool, conn) -> None:
     if threads:
         torch.set_num_threads(threads)
     if memory_gb:  # an allocation failure inside the run beats the kernel killing a random process
@@ -199,6 +218,8 @@ def _child(tool: str, name: str, size: int, ratio: float, tp_ignore: str, thread
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     rec: dict[str, Any] = {}
     try:
+        if warmup:
+            warm_up(tool)
         TOOLS[tool](name, size, ratio, tp_ignore, conn, rec)
     except Exception as e:
         rec.update(status="fail", error=short_error(e), traceback=traceback.format_exc(limit=-8))
@@ -212,12 +233,12 @@ def short_error(e: BaseException, limit: int = 300) -> str:
 
 
 def run_tool(tool: str, name: str, size: int, ratio: float, tp_ignore: str, timeout: float,
-             setup_timeout: float, threads: int | None, memory_gb: float | None) -> dict:
+             setup_timeout: float, threads: int | None, memory_gb: float | None, warmup: bool) -> dict:
     """Run one tool on one model in a forked subprocess; ``timeout`` applies after the model is built."""
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(tool, name, size, ratio, tp_ignore, threads, memory_gb, send),
-                       daemon=True)
+    proc = ctx.Process(target=_child, daemon=True,
+                       args=(tool, name, size, ratio, tp_ignore, threads, memory_gb, warmup, send))
     start = time.monotonic()
     proc.start()
     send.close()
@@ -272,8 +293,16 @@ def best_of(repeat: int, tool: str, *args) -> dict:
 
 
 def speed_ratio(fx: dict, tp: dict) -> float | None:
+    """Torch-Pruning build + prune over fxprune.prune() (with verification)."""
     if fx.get("status") == "ok" and "total_s" in tp and fx.get("total_s"):
         return tp["total_s"] / fx["total_s"]
+    return None
+
+
+def analysis_ratio(fx: dict, tp: dict) -> float | None:
+    """Torch-Pruning graph build over fxprune.analyze()."""
+    if fx.get("analyze_s") and "build_s" in tp:
+        return tp["build_s"] / fx["analyze_s"]
     return None
 
 
@@ -283,13 +312,14 @@ def fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-COLUMNS = ["model", "size", "fx status", "fx groups", "fx FLOPs x", "fx err", "fx analyze s", "fx slim s",
-           "TP status", "TP FLOPs x", "TP build s", "TP prune s", "speed ratio"]
+COLUMNS = ["model", "size", "fx status", "fx groups", "fx FLOPs x", "fx err", "fx prune s", "fx analyze s",
+           "fx replan s", "TP status", "TP FLOPs x", "TP build s", "TP prune s", "speed ratio",
+           "analysis ratio"]
 
 
 def columns(tools: list[str]) -> list[str]:
     """The table columns for the tools that ran (the speed ratio needs both)."""
-    keep = {"fx": "fx" in tools, "TP": "tp" in tools, "speed": len(tools) > 1}
+    keep = {"fx": "fx" in tools, "TP": "tp" in tools, "speed": len(tools) > 1, "analysis": len(tools) > 1}
     return [c for c in COLUMNS if keep.get(c.split()[0], True)]
 
 
@@ -300,10 +330,10 @@ def row(r: dict) -> dict[str, str]:
         fx.get("status", "-"),
         f"{fx['prunable_groups']}/{fx['groups']}" if "groups" in fx else "-",
         fmt(fx.get("flops_ratio"), ".2f"), fmt(fx.get("exact_error"), ".1e"),
-        fmt(fx.get("analyze_s"), ".2f"), fmt(fx.get("slim_s"), ".3f"),
+        fmt(fx.get("prune_s"), ".2f"), fmt(fx.get("analyze_s"), ".2f"), fmt(fx.get("replan_s"), ".2f"),
         tp.get("status", "-"), fmt(tp.get("flops_ratio"), ".2f"),
         fmt(tp.get("build_s"), ".2f"), fmt(tp.get("prune_s"), ".2f"),
-        fmt(r.get("speed_ratio"), ".1f"),
+        fmt(r.get("speed_ratio"), ".2f"), fmt(analysis_ratio(fx, tp), ".2f"),
     ]
     return dict(zip(COLUMNS, cells))
 
@@ -323,6 +353,10 @@ def summary(results: list[dict], tools: list[str]) -> dict:
     pairs = [(r["fx"]["total_s"], r["tp"]["total_s"]) for r in results if r.get("speed_ratio") is not None]
     ratios = [r["speed_ratio"] for r in results if r.get("speed_ratio") is not None]
     out["timed_pairs"] = len(pairs)
+    analysis = [a for a in (analysis_ratio(r.get("fx", {}), r.get("tp", {})) for r in results) if a]
+    if analysis:
+        out["median_analysis_ratio"] = statistics.median(analysis)
+        out["min_analysis_ratio"] = min(analysis)
     if ratios:
         out["median_speed_ratio"] = statistics.median(ratios)
         out["min_speed_ratio"] = min(ratios)
@@ -340,10 +374,15 @@ def summary_lines(s: dict, tools: list[str]) -> list[str]:
         lines.append(f"{names[tool]} correct-shape outputs: {s[f'{tool}_correct_shape']}/{s['models']}")
     if "median_speed_ratio" in s:
         lines.append(
-            f"speed ratio (TP build+prune / fxprune analyze+plan+slim) over {s['timed_pairs']} models: "
+            f"speed ratio (TP build+prune / fxprune.prune with verification) over {s['timed_pairs']} models: "
             f"median {s['median_speed_ratio']:.1f}x (min {s['min_speed_ratio']:.1f}x, max "
             f"{s['max_speed_ratio']:.1f}x); total {s['tp_total_s']:.1f} s / {s['fx_total_s']:.1f} s = "
             f"{s['total_speed_ratio']:.1f}x"
+        )
+    if "median_analysis_ratio" in s:
+        lines.append(
+            f"analysis ratio (TP graph build / fxprune.analyze): median {s['median_analysis_ratio']:.1f}x "
+            f"(min {s['min_analysis_ratio']:.1f}x)"
         )
     for tool in tools:
         problems = s[f"{tool}_problems"]
@@ -402,14 +441,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads in each run (default: torch's)")
     p.add_argument("--memory-gb", type=float, default=18.0,
                    help="address-space limit of each run in GiB, 0 for none (default 18)")
+    p.add_argument("--warmup", action="store_true",
+                   help="before timing, run each tool once on a small ResNet-18 in the same process (both "
+                        "tools then run without one-time start-up costs)")
     p.add_argument("--out", type=Path, help="write raw results as JSON (updated after every model)")
     p.add_argument("--report", type=Path, help="print the tables of a results file written by --out and exit")
     p.add_argument("--markdown", action="store_true", help="also print the table and summary as Markdown")
+    p.add_argument("--timm-families", action="store_true",
+                   help="one timm model per family instead of the zoo (bench/timm_families.py; --ratio, "
+                        "--timeout, --tools and --out apply)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.timm_families:  # FLOPs kept per timm family, fxprune and Torch-Pruning
+        from timm_families import family_models, sweep
+        sweep(family_models(), args.ratio, args.timeout, args.out and str(args.out), args.tools.split(","))
+        return 0
     if args.report:
         return report_from_json(args.report, args.markdown)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -435,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "torch_pruning": getattr(tp, "__version__", "?"), "ratio": args.ratio, "timeout_s": args.timeout,
         "tp_ignore": args.tp_ignore, "tools": tools,
-        "repeat": args.repeat, "memory_gb": args.memory_gb,
+        "repeat": args.repeat, "memory_gb": args.memory_gb, "warmup": args.warmup,
     }
     console.print(f"{len(names)} models, tools {tools}, ratio {args.ratio}, timeout {args.timeout:g} s, "
                   f"{meta['cpus']} CPUs, torch {meta['torch']}, torch-pruning {meta['torch_pruning']}")
@@ -445,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         rec: dict[str, Any] = {"model": name, "input_size": size, "load_before": os.getloadavg()[0]}
         for tool in tools:
             rec[tool] = best_of(args.repeat, tool, name, size, args.ratio, args.tp_ignore, args.timeout,
-                                args.setup_timeout, args.threads, args.memory_gb)
+                                args.setup_timeout, args.threads, args.memory_gb, args.warmup)
         rec["speed_ratio"] = speed_ratio(rec.get("fx", {}), rec.get("tp", {}))
         rec["load_after"] = os.getloadavg()[0]
         results.append(rec)

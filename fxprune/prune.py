@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .analysis import Analysis, analyze
 from .capture import run_model
@@ -21,10 +23,12 @@ from .measure import count_params, try_count_flops
 from .plan import Plan, Planner, RatioPlanner, resolve_round_to
 from .slim import slim_model
 from .targets import SizeTargetPlanner
-from .verify import compare_outputs, masked_copy
+from .verify import compare_outputs, masked
 from .verify.precision import cast_inputs, promote_to_fp32, restore_dtypes
 
 __all__ = ["PruneReport", "VerificationError", "apply_plan", "prune"]
+
+T = TypeVar("T")
 
 
 class VerificationError(RuntimeError):
@@ -52,6 +56,7 @@ class PruneReport:
     changes: dict[str, tuple[int, int]] = field(default_factory=dict)
     spec: dict[str, list[int]] = field(default_factory=dict)
     round_to: int | None = None  # the channel multiple the plan kept (None: the plan came from elsewhere)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (analysis, plan, slim, ...)
     warnings: list[str] = field(default_factory=list)  # report figures that could not be computed
 
     @property
@@ -83,19 +88,19 @@ def _exact_plan(groups: list[Group], plan: Plan) -> Plan:
     return Plan({gid: idx for gid, idx in plan.remove.items() if gid in exact})
 
 
-def _check(
-    analysis: Analysis,
-    reference: nn.Module,
-    slim: nn.Module,
-    plan: Plan,
-    exact_only: bool,
-    example_inputs: Any,
-) -> tuple[float, list[str]]:
+def _masked_output(analysis: Analysis, plan: Plan, exact_only: bool, example_inputs: Any) -> Any:
+    """The output of the (not yet slimmed) model with the plan's removed channels masked out."""
     removed = _removed_roots(analysis.groups, plan, exact_only)
     prop = analysis.propagation
-    masked = masked_copy(reference, prop.module_io, prop.table, removed, prop.table.blocks)
+    with masked(analysis.model, prop.module_io, prop.table, removed, prop.table.blocks), torch.no_grad():
+        return run_model(analysis.model, example_inputs)
+
+
+def _check(
+    analysis: Analysis, reference: Any, slim: nn.Module, example_inputs: Any
+) -> tuple[float, list[str]]:
+    """Run the slim model and compare its output with the masked original's ``reference`` output."""
     with torch.no_grad():
-        ref = run_model(masked.eval(), example_inputs)
         try:
             out = run_model(slim.eval(), example_inputs)
         except Exception as e:
@@ -105,36 +110,99 @@ def _check(
                 "module holding it in ignore=[...] and report the model"
             ) from e
     select = lambda output: selected_tensors(analysis.outputs, output)  # noqa: E731
-    return compare_outputs(select(ref), select(out))
+    return compare_outputs(select(reference), select(out))
+
+
+class _Stopwatch:
+    """Seconds spent per step, summed over repeated steps."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
+
+
+class _PassFlops:
+    """FLOPs counted on the forward passes verification makes anyway (before and after slimming).
+
+    If the counter itself fails (torch's dispatch mode on an unusual model), the pass runs again without
+    it and the figure falls back to :func:`fxprune.measure.try_count_flops` (None and a reason if that
+    fails too).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any) -> None:
+        self.model, self.example_inputs = model, example_inputs
+        self.figures: list[int | None] = []
+        self.notes: list[str] = []
+
+    def run(self, forward: Callable[[], T]) -> T:
+        try:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                out = forward()
+            self.figures.append(int(counter.get_total_flops()))
+            return out
+        except Exception:
+            out = forward()  # a failure of the model itself raises again here, without the counter
+            self.count()
+            return out
+
+    def count(self) -> None:
+        """Count the model as it is now with a separate pass."""
+        figure, note = try_count_flops(self.model, self.example_inputs)
+        self.figures.append(figure)
+        if note:
+            self.notes.append(note)
 
 
 def apply_plan(
     analysis: Analysis, plan: Plan, example_inputs: Any, *, verify: bool = True, tol: float = 1e-4
 ) -> PruneReport:
-    """Slim ``analysis.model`` in place according to ``plan`` and verify it against the masked original."""
+    """Slim ``analysis.model`` in place according to ``plan`` and verify it against the masked original.
+
+    Verification runs the model twice: once before slimming, with the removed channels masked out by hooks
+    (no copy of the model), and once slimmed; the FLOPs before and after are counted on those two passes.
+    Groups whose removal is approximate (a LayerNorm over the channels) are checked separately on a
+    slimmed copy without them. ``report.timings`` gives the seconds of each step.
+    """
     model = analysis.model
     was_training = model.training
     model.eval()
-    warnings: list[str] = []
-    params_before, flops_before = count_params(model), _count_flops(model, example_inputs, warnings)
-    low_precision = promote_to_fp32(model) if verify else {}  # fp16/bf16: verified in fp32, cast back
-    example_inputs = cast_inputs(example_inputs, torch.float32) if low_precision else example_inputs
-    reference = copy.deepcopy(model) if verify else None
-    start = time.perf_counter()
-    changes = slim_model(model, analysis.groups, plan, analysis.constants)
-    slim_seconds = time.perf_counter() - start
+    watch = _Stopwatch()
+    params_before = count_params(model)
     exact_error = approx_error = None
     approx_groups = [g.id for g in analysis.groups if not g.exact and len(plan.remove.get(g.id, ())) > 0]
+    low_precision = promote_to_fp32(model) if verify else {}  # fp16/bf16: verified in fp32, cast back
+    example_inputs = cast_inputs(example_inputs, torch.float32) if low_precision else example_inputs
+    flops = _PassFlops(model, example_inputs)
     if verify:
-        if approx_groups:
-            exact_plan = _exact_plan(analysis.groups, plan)
-            exact_model = copy.deepcopy(reference)
-            slim_model(exact_model, analysis.groups, exact_plan, analysis.constants)
-            exact_error, problems = _check(analysis, reference, exact_model, exact_plan, True, example_inputs)
-            approx_error, more = _check(analysis, reference, model, plan, False, example_inputs)
-            problems += more
-        else:
-            exact_error, problems = _check(analysis, reference, model, plan, True, example_inputs)
+        exact_plan = _exact_plan(analysis.groups, plan) if approx_groups else plan
+        with watch("masked reference"):
+            reference = flops.run(lambda: _masked_output(analysis, exact_plan, True, example_inputs))
+            if approx_groups:
+                approx_reference = _masked_output(analysis, plan, False, example_inputs)
+                exact_model = copy.deepcopy(model)
+                slim_model(exact_model, analysis.groups, exact_plan, analysis.constants)
+    else:
+        with watch("flops"):
+            flops.count()
+    with watch("slim"):
+        changes = slim_model(model, analysis.groups, plan, analysis.constants)
+    if verify:
+        with watch("verify"):
+            if approx_groups:
+                exact_error, problems = _check(analysis, reference, exact_model, example_inputs)
+                check = lambda: _check(analysis, approx_reference, model, example_inputs)  # noqa: E731
+                approx_error, more = flops.run(check)
+                problems += more
+            else:
+                exact_error, problems = flops.run(lambda: _check(analysis, reference, model, example_inputs))
         restore_dtypes(model, low_precision)
         if problems:
             raise VerificationError("slimming changed the model's outputs: " + "; ".join(problems))
@@ -143,7 +211,11 @@ def apply_plan(
                 f"slim model differs from the masked original by {exact_error:.3g} (relative) > {tol:g}; "
                 "please report this model: an op was handled wrongly"
             )
-    flops_after, params_after = _count_flops(model, example_inputs, warnings), count_params(model)
+    else:
+        with watch("flops"):
+            flops.count()
+    flops_before, flops_after = flops.figures
+    params_after = count_params(model)
     model.train(was_training)
     widths = []
     for g in analysis.groups:
@@ -151,7 +223,7 @@ def apply_plan(
         widths.append((g.id, g.modules[0] if g.modules else "", g.width, g.width - n))
     shapes = {n: list(t.shape) for n, t in [*model.named_parameters(), *model.named_buffers()]}
     spec = {name: shapes[name] for name in {c.rpartition("[")[0] for c in changes}}
-    return PruneReport(
+    report = PruneReport(
         params_before,
         params_after,
         flops_before,
@@ -162,19 +234,13 @@ def apply_plan(
         approx_groups,
         analysis.captured.method,
         analysis.seconds,
-        slim_seconds,
+        watch.seconds["slim"],
         changes,
         spec,
-        warnings=list(dict.fromkeys(warnings)),
     )
-
-
-def _count_flops(model: nn.Module, example_inputs: Any, warnings: list[str]) -> int | None:
-    """FLOPs of ``model``, or None with the reason added to ``warnings``: a report figure is never fatal."""
-    count, problem = try_count_flops(model, example_inputs)
-    if problem:
-        warnings.append(problem)
-    return count
+    report.timings = {"analysis": analysis.seconds, **watch.seconds}
+    report.warnings = list(dict.fromkeys(flops.notes))
+    return report
 
 
 def prune(
@@ -232,9 +298,12 @@ def prune(
         planner = SizeTargetPlanner(target_params, "params", **settings)
     elif planner is None:
         planner = RatioPlanner(ratio, **settings)
+    start = time.perf_counter()
     plan = planner.plan(analysis, example_inputs, importance)
+    plan_seconds = time.perf_counter() - start
     report = apply_plan(analysis, plan, example_inputs, verify=verify, tol=tol)
     report.round_to = _planned_round_to(planner)
+    report.timings = {"analysis": analysis.seconds, "plan": plan_seconds, **report.timings}
     return report
 
 
