@@ -84,10 +84,9 @@ def calibration_batches(x, n_batches: int, batch: int):
     return [x[i * batch : (i + 1) * batch] for i in range(n_batches)]
 
 
-def part_flops(args, data) -> list[dict]:
+def part_flops(args, data) -> None:
     (x_train, _), _ = data
     dense_flops = count_flops(dense_model(args.weights), EXAMPLE)
-    rows = []
     for criterion in args.criteria.split(","):
         for thr in args.thresholds:
             model = dense_model(args.weights)
@@ -104,7 +103,7 @@ def part_flops(args, data) -> list[dict]:
                 f"{time.time() - t0:.0f} s",
                 flush=True,
             )
-            rows.append(
+            args.emit(
                 dict(
                     part="flops",
                     criterion=criterion,
@@ -116,13 +115,11 @@ def part_flops(args, data) -> list[dict]:
                     calib_images=64 * args.calib_batches,
                 )
             )
-    return rows
 
 
-def part_ccm(args, data) -> list[dict]:
+def part_ccm(args, data) -> None:
     (x_train, y_train), (x_test, y_test) = data
     dense_flops = count_flops(dense_model(args.weights), EXAMPLE)
-    rows = []
     for thr in args.thresholds:
         model = dense_model(args.weights)
         pruner = fxprune.Pruner(
@@ -164,7 +161,7 @@ def part_ccm(args, data) -> list[dict]:
             f"{acc_pruned * 100:.2f} %, after FT {acc * 100:.2f} % (paper {paper_acc})",
             flush=True,
         )
-        rows.append(
+        args.emit(
             dict(
                 part="ccm",
                 threshold=thr,
@@ -184,17 +181,15 @@ def part_ccm(args, data) -> list[dict]:
                 ft_seconds=ft_s,
             )
         )
-    return rows
 
 
-def part_overparam(args, data) -> list[dict]:
+def part_overparam(args, data) -> None:
     (x_train, y_train), (x_test, y_test) = data
     base = dense_model(args.weights)
     pruner = fxprune.Pruner(base, EXAMPLE, "l1", args.ratio, scope="restricted")
     report = pruner.prune()
     acc_pruned = evaluate_accuracy(base, x_test[: args.eval_limit], y_test[: args.eval_limit])
     print(f"  l1 r={args.ratio}: FLOPs {report.flops_ratio:.2f}x, after prune {acc_pruned * 100:.2f} %")
-    rows = []
     for mode in args.modes.split(","):
         model = copy.deepcopy(base)
         loader = Loader(x_train, y_train, args.batch, args.seed)
@@ -219,7 +214,7 @@ def part_overparam(args, data) -> list[dict]:
             merge_err = None
         acc = evaluate_accuracy(model, x_test, y_test)
         print(f"  {mode}: after {args.ft_iters} FT iterations {acc * 100:.2f} % ({secs:.0f} s)", flush=True)
-        rows.append(
+        args.emit(
             dict(
                 part="overparam",
                 mode=mode,
@@ -237,7 +232,6 @@ def part_overparam(args, data) -> list[dict]:
                 ft_seconds=secs,
             )
         )
-    return rows
 
 
 def main(argv=None) -> int:
@@ -281,14 +275,18 @@ def main(argv=None) -> int:
         args.weights = str(found[0])
     data = (load_split("train", None, args.train_limit), load_split("test", None, args.test_limit))
     print(f"{args.part}: {' '.join(sys.argv)}", flush=True)
-    rows = {"flops": part_flops, "ccm": part_ccm, "overparam": part_overparam}[args.part](args, data)
-    for r in rows:
-        r["command"] = " ".join(sys.argv)
-    if args.out:
-        out = Path(args.out)
-        previous = json.loads(out.read_text()) if out.exists() else []
-        out.write_text(json.dumps(previous + rows, indent=1))
+    args.emit = lambda row: emit(row, args.out)
+    {"flops": part_flops, "ccm": part_ccm, "overparam": part_overparam}[args.part](args, data)
     return 0
+
+
+def emit(row: dict, out: str | None) -> None:
+    """Append one row (with the command line) to the JSON file as soon as it is measured."""
+    row["command"] = " ".join(sys.argv)
+    if out:
+        path = Path(out)
+        previous = json.loads(path.read_text()) if path.exists() else []
+        path.write_text(json.dumps(previous + [row], indent=1))
 
 
 if __name__ == "__main__":
