@@ -54,16 +54,19 @@ def _train_and_prune(rank: int, method: str, options: dict, steps: int, perturb:
     x = torch.randn(1, 3, 8, 8)
     pruner = fxprune.Pruner(ddp, x, method=method, ratio=0.5, **options)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
-    data = torch.Generator().manual_seed(100 + rank)  # every rank sees its own batches
+    data = torch.Generator().manual_seed(100 + rank)  # every rank sees its own batches, rank 1 flat images
     for _ in range(steps):
         inputs = torch.randn(8, 3, 8, 8, generator=data)
+        if rank == 1:
+            inputs = inputs.mean((2, 3), keepdim=True).expand(8, 3, 8, 8).contiguous()
         target = torch.randint(0, 4, (8,), generator=data)
-        loss = F.cross_entropy(ddp(inputs), target) + pruner.penalty()
+        task = F.cross_entropy(ddp(inputs), target)
+        loss = task + pruner.penalty()
         optimizer.zero_grad()
         loss.backward()
         pruner.after_backward()
         optimizer.step()
-        pruner.step()
+        pruner.step(loss=task.item())
     report = pruner.prune()
     return {
         "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
@@ -98,6 +101,9 @@ def _run(method: str, options: dict | None = None, steps: int = 6, perturb: bool
         ("greg1", {"update_every": 1, "delta": 0.5, "ceiling": 1.0, "stabilize": 1}),  # gradient term
         ("tpp", {"update_every": 2, "stabilize": 2, "zero_every": 1}),  # loss term
         ("taylor", {"iterations": 4}),  # scores from gradients of each rank's own batches
+        ("slr", {"update_every": 2, "rounds": 3}),  # acceptance uses each rank's own task loss
+        ("admm", {"update_every": 2, "rounds": 3}),
+        ("ccm", {"steps": 6, "calibration_steps": 4, "threshold": 0.7}),  # statistics from each rank's data
     ],
 )
 def test_ranks_make_the_same_slim_model(method, options):

@@ -13,7 +13,8 @@ them (after the activation), or the output of the layer writing them when no con
 ``calibration_steps`` training iterations), every group keeps as many channels as carry ``threshold`` of
 its information (:mod:`fxprune.regularize.information`): one global threshold, a width per group. A group
 tied by residual adds is one group: its maps' scores are averaged and it gets one width. ``round_to`` and
-``min_width`` apply; the Pruner's ``ratio`` is not used.
+``min_width`` apply; the Pruner's ``ratio`` is not used. Under torch.distributed the calibration images of
+all ranks are pooled before choosing, so every rank keeps the same channels.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from .channels import ChannelSlice, GroupChannels
+from .distributed import gather_across_ranks, is_distributed
 from .information import CRITERIA, ChannelStats, Selection, select_channels
 from .method import ALL_ROLES, Method, log, register_method
 
@@ -49,6 +51,20 @@ def _atom_positions(s: ChannelSlice, width: int) -> torch.Tensor | None:
     if len(atoms) != width or len(np.unique(atoms)) != width:
         return None
     return torch.as_tensor(valid[np.argsort(atoms)], dtype=torch.long)
+
+
+def _pooled_across_ranks(maps: list[ChannelStats]) -> list[ChannelStats]:
+    """Under torch.distributed, every rank's calibration images pooled (so all ranks choose alike)."""
+    if not is_distributed():
+        return maps
+    pooled = []
+    for m in maps:
+        grams, centred = gather_across_ranks(list(m.grams)), gather_across_ranks(list(m.centred))
+        merged = ChannelStats(max(len(grams), 1))
+        merged.grams.extend(grams)
+        merged.centred.extend(centred)
+        pooled.append(merged)
+    return pooled
 
 
 def _is_plain_conv(module: nn.Module) -> bool:
@@ -199,7 +215,8 @@ class CCM(Method):
                 )
             opts = self.options
             self.selections = {
-                gid: select_channels(maps, opts.threshold, opts.criterion) for gid, maps in self.stats.items()
+                gid: select_channels(_pooled_across_ranks(maps), opts.threshold, opts.criterion)
+                for gid, maps in self.stats.items()
             }
         return self.selections
 

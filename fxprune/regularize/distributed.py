@@ -19,8 +19,10 @@ __all__ = [
     "RankMismatchError",
     "average_across_ranks",
     "check_same_across_ranks",
+    "gather_across_ranks",
     "is_distributed",
     "plan_fingerprint",
+    "sum_across_ranks",
     "unwrap_model",
     "weights_fingerprint",
 ]
@@ -116,3 +118,28 @@ def average_across_ranks(values: Mapping[int, np.ndarray]) -> dict[int, np.ndarr
         out[key] = mean[start : start + size].reshape(np.asarray(values[key]).shape)
         start += size
     return out
+
+
+def gather_across_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Every rank's ``tensors`` concatenated in rank order (the list itself outside a distributed run).
+
+    For statistics a method collects per sample from its rank's own batches (CCM's calibration Grams):
+    after the gather every rank decides from the same samples. Lists may differ in length across ranks.
+    """
+    if not is_distributed():
+        return list(tensors)
+    gathered: list[list[torch.Tensor] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, [t.detach().cpu() for t in tensors])
+    return [t for part in gathered for t in (part or [])]
+
+
+def sum_across_ranks(values: list[float]) -> list[float]:
+    """Element-wise sums of ``values`` over all ranks (the values themselves outside a distributed run).
+
+    For scalars a method averages over its rank's own batches (SLR's task loss): sum ``[total, count]``.
+    """
+    if not is_distributed():
+        return [float(v) for v in values]
+    tensor = torch.tensor(values, dtype=torch.float64, device=_device_for_backend())
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.cpu().tolist()

@@ -23,6 +23,7 @@ import dataclasses
 from typing import Any
 
 from .admm import AugmentedLagrangian, Tensors
+from .distributed import sum_across_ranks
 from .method import log, register_method
 
 __all__ = ["SLR", "step_factor"]
@@ -58,7 +59,8 @@ class SLR(AugmentedLagrangian):
         self._loss_count += 1
 
     def before_z_step(self) -> None:
-        f = self._loss_sum / self._loss_count if self._loss_count else None
+        total, count = sum_across_ranks([self._loss_sum, self._loss_count])  # one decision on every rank
+        f = total / count if count else None
         self._loss_sum, self._loss_count = 0.0, 0
         if f is None and not self._warned:
             log.warning("slr: no loss passed to step(loss=...): the condition compares constraint terms only")
