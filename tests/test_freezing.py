@@ -111,6 +111,25 @@ class DualPathLike(nn.Module):
         return self.head(torch.cat([resid, y[:, self.num_1x1_c :], resid], 1))
 
 
+class SharedSplitSize(nn.Module):
+    """Two branches split with one ``self.key_dim`` (cascaded heads): the widths must not drift apart."""
+
+    def __init__(self, key_dim: int = 8):
+        super().__init__()
+        self.key_dim = key_dim
+        self.stem = cbr(3, 16)
+        self.heads = nn.ModuleList(cbr(16, 2 * key_dim, 1) for _ in range(2))
+        self.out = nn.Conv2d(4 * key_dim, 10, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        outs = []
+        for head in self.heads:
+            q, k = head(x).split([self.key_dim, self.key_dim], dim=1)
+            outs += [q, k * 2]
+        return self.out(torch.cat(outs, 1))
+
+
 class AmbiguousSplit(TwoWaySplit):
     """Two attributes hold the split size: the analysis cannot tell which one forward used."""
 
@@ -220,3 +239,9 @@ def test_weight_standardized_convs_are_pruned_by_what_forward_does():
     assert model.c1.weight.shape[0] == model.c1.out_channels
     assert model.c2.gain.shape[0] == model.c2.out_channels < 40
     assert report.approx_groups
+
+
+def test_one_attribute_sizing_channels_of_several_ops_freezes_them():
+    model = SharedSplitSize()
+    _prune(model, torch.randn(1, 3, 16, 16), min_flops_ratio=1.05)
+    assert model.key_dim == 8 and all(h[0].out_channels == 16 for h in model.heads)

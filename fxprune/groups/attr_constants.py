@@ -20,12 +20,13 @@ import inspect
 import re
 from collections.abc import Sequence
 
+import numpy as np
 from torch import nn
 
 from .channel_constants import find_constant
 from .context import OpContext
 
-__all__ = ["AttrRef", "find_attribute", "find_sizes"]
+__all__ = ["AttrRef", "find_attribute", "find_sizes", "record_constants", "slice_refs", "split_refs"]
 
 AttrRef = tuple[str, str]  # (module name, attribute or ``attribute[i]``)
 
@@ -141,3 +142,18 @@ def slice_refs(ctx: OpContext, idx: slice, width: int) -> list[tuple[AttrRef, in
             return None
         refs.append((ref, b))
     return refs
+
+
+def record_constants(ctx: OpContext, records: list[tuple[str, str, object]]) -> None:
+    """Record ``(module, attribute, labels)`` of one op as channel constants.
+
+    An attribute an earlier op already sizes with other channels (one ``self.key_dim`` read by the
+    split of every head) would need both widths at once: those channels freeze instead.
+    """
+    for module, attr, lab in records:
+        earlier = [c[2] for c in ctx.constants if c[0] == module and c[1] == attr]
+        roots = ctx.table.roots(lab)
+        if any(not np.array_equal(ctx.table.roots(e), roots) for e in earlier):
+            for a in (lab, *earlier):
+                ctx.table.freeze(a, f"{ctx.where}: {module}.{attr} sizes channels of several ops")
+    ctx.constants.extend(records)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attr_constants import split_refs
+from .attr_constants import record_constants, split_refs
 from .context import OpContext
 from .labels import Labels, broadcast_labels
 from .registry import handles_ops
@@ -99,13 +99,15 @@ def _attribute_split(
     refs = split_refs(ctx, sections, sizes)
     bounds = np.cumsum([0, *sizes])
     same: dict = {}
+    records = []
     for p, ref, s, e in zip(parts, refs, bounds[:-1], bounds[1:]):
         if ref is None:
             ctx.table.freeze(a[s:e], f"{ctx.where}: split sizes written as constants")
             continue
         p[dim] = a[s:e]
-        ctx.constants.append((*ref, a[s:e]))
+        records.append((*ref, a[s:e]))
         same.setdefault(ref, []).append(a[s:e])
+    record_constants(ctx, records)
     for pieces in same.values():
         if len(pieces) > 1:  # one attribute sizes several pieces: they stay equal
             ctx.constraints.append(("equal_parts", pieces, ctx.where))

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .attr_constants import slice_refs
+from .attr_constants import record_constants, slice_refs
 from .context import OpContext, iter_labels, structure_like
 from .labels import Labels
 from .registry import handles_ops
@@ -65,8 +65,7 @@ def _attribute_slice(ctx: OpContext, a, idx: slice):
     if refs is None:
         ctx.table.freeze(a, f"{ctx.where}: channel slice with constant bounds")
         return None
-    for (module, attr), bound in refs:
-        ctx.constants.append((module, attr, a[:bound]))
+    record_constants(ctx, [(module, attr, a[:bound]) for (module, attr), bound in refs])
     return a[idx]
 
 
