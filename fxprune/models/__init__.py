@@ -17,10 +17,15 @@ from fxprune.models.cifar_resnet import (
     cifar_resnet110,
     load_cifar_checkpoint,
 )
-from fxprune.models.lane import ConvBNReLU, LaneResNetBackbone, ParsingNet, lane_resnet18
+from fxprune.models.lane import (
+    ConvBNReLU,
+    LaneResNetBackbone,
+    ParsingNet,
+    lane_resnet18,
+    lane_resnet18_narrow,
+)
 from fxprune.models.lane_loss import shape_loss, similarity_loss, softmax_focal_loss, ufld_loss
 from fxprune.models.lane_metric import LaneScores, decode_ufld, frame_scores, tusimple_scores
-from fxprune.models.lane_narrow import NarrowLaneBackbone, NarrowParsingNet, lane_resnet18_narrow
 from fxprune.models.lane_render import LaneRenderer, frame_from_instance_mask, overlay_lanes
 from fxprune.models.registry import create_model, default_input_shape, list_models, register_model
 from fxprune.models.spec import load_model
@@ -46,8 +51,6 @@ __all__ = [
     "LaneRenderer",
     "LaneResNetBackbone",
     "LaneScores",
-    "NarrowLaneBackbone",
-    "NarrowParsingNet",
     "ParsingNet",
     "ShortcutA",
     "TusimpleLaneDataset",
