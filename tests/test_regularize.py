@@ -21,21 +21,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 X = torch.randn(1, 3, 16, 16)
 
 
-@pytest.fixture(scope="module")
-def trained() -> tuple[SmallResNet, Task]:
-    """A SmallResNet trained to ~95 % on the synthetic task (copied by each test)."""
-    torch.manual_seed(0)
-    task, model = Task(), SmallResNet()
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(model, task, 80)
-    finally:
-        torch.set_num_threads(prev)
-    assert task.accuracy(model) > 0.9
-    return model, task
-
-
 def _pruned_kept_norms(pruner: fxprune.Pruner) -> list[tuple[float, float]]:
     out = []
     for ch in pruner.channels:

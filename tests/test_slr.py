@@ -11,25 +11,11 @@ import torch
 import torch.nn.functional as F
 
 import fxprune
-from tests.small_task import SmallResNet, Task, train
+from tests.small_task import SmallResNet, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 X = torch.randn(1, 3, 16, 16)
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple[SmallResNet, Task]:
-    torch.manual_seed(0)
-    task, model = Task(), SmallResNet()
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(model, task, 80)
-    finally:
-        torch.set_num_threads(prev)
-    assert task.accuracy(model) > 0.9
-    return model, task
 
 
 def _set_weights(method, values: dict[str, torch.Tensor]) -> None:
