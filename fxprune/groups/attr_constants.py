@@ -26,13 +26,21 @@ from torch import nn
 from .channel_constants import find_constant
 from .context import OpContext
 
-__all__ = ["AttrRef", "find_attribute", "find_sizes", "record_constants", "slice_refs", "split_refs"]
+__all__ = [
+    "AttrRef",
+    "find_attribute",
+    "find_sizes",
+    "names_read_in_forward",
+    "record_constants",
+    "slice_refs",
+    "split_refs",
+]
 
 AttrRef = tuple[str, str]  # (module name, attribute or ``attribute[i]``)
 
 
 @functools.cache
-def _names_read_in_forward(cls: type) -> frozenset[str]:
+def names_read_in_forward(cls: type) -> frozenset[str]:
     """``NAME`` for every ``self.NAME`` in the source of ``cls.forward`` (empty when unavailable)."""
     try:
         src = inspect.getsource(cls.forward)
@@ -47,7 +55,7 @@ def _is_int(v: object) -> bool:
 
 def _int_attributes(m: nn.Module) -> dict[str, int | tuple[int, ...]]:
     """The module's int and int-sequence attributes that its forward reads."""
-    read = _names_read_in_forward(type(m))
+    read = names_read_in_forward(type(m))
     out: dict[str, int | tuple[int, ...]] = {}
     for name, v in vars(m).items():
         if name.startswith("_") or name not in read:

@@ -11,9 +11,6 @@ are left alone. Exported graphs write every size as a literal, so they are not s
 
 from __future__ import annotations
 
-import functools
-import inspect
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,10 +18,11 @@ import numpy as np
 import torch.fx as fx
 from torch import nn
 
+from .attr_constants import names_read_in_forward
 from .context import Unsupported, iter_labels, op_name
 from .propagate import PropagationResult
 
-__all__ = ["freeze_attribute_literals", "int_literals", "names_read_in_forward", "scope_attributes"]
+__all__ = ["freeze_attribute_literals", "int_literals", "scope_attributes"]
 
 
 def int_literals(value: Any) -> Iterator[int]:
@@ -39,16 +37,6 @@ def int_literals(value: Any) -> Iterator[int]:
     elif isinstance(value, dict):
         for v in value.values():
             yield from int_literals(v)
-
-
-@functools.cache
-def names_read_in_forward(cls: type) -> frozenset[str]:
-    """``NAME`` for every ``self.NAME`` in the source of ``cls.forward`` (empty when it cannot be read)."""
-    try:
-        source = inspect.getsource(cls.forward)
-    except (OSError, TypeError):
-        return frozenset()
-    return frozenset(re.findall(r"\bself\.([A-Za-z_]\w*)", source))
 
 
 def scope_attributes(model: nn.Module, node: fx.Node) -> dict[int, tuple[str, str]]:
