@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import io
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SmallResNet", "Task", "train"]
+__all__ = ["SmallResNet", "Task", "resume_copy", "train"]
 
 
 class Block(nn.Module):
@@ -100,3 +102,25 @@ def train(
         if hook is not None:
             hook(i)
     return opt
+
+
+def resume_copy(base: nn.Module, model: nn.Module, optimizer, pruner, *args, **kwargs):
+    """A fresh copy of ``base`` resumed from ``model``/``optimizer``/``pruner`` through a checkpoint.
+
+    The states go through ``torch.save`` and ``torch.load(weights_only=True)``, as a user's resume does;
+    ``args``/``kwargs`` build the new Pruner. Returns ``(model, pruner, optimizer)``.
+    """
+    import fxprune
+
+    buf = io.BytesIO()
+    states = {"model": model.state_dict(), "opt": optimizer.state_dict(), "pruner": pruner.state_dict()}
+    torch.save(states, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    resumed = copy.deepcopy(base)
+    new_pruner = fxprune.Pruner(resumed, *args, **kwargs)
+    resumed.load_state_dict(state["model"])
+    new_optimizer = torch.optim.SGD(resumed.parameters(), lr=0.01, momentum=0.9)
+    new_optimizer.load_state_dict(state["opt"])
+    new_pruner.load_state_dict(state["pruner"])
+    return resumed, new_pruner, new_optimizer

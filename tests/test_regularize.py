@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import logging
 
 import pytest
@@ -14,7 +13,7 @@ import fxprune
 from fxprune.models import create_model
 from fxprune.regularize import method_names
 from fxprune.regularize.tpp import masked_gram_loss
-from tests.small_task import SmallResNet, Task, train
+from tests.small_task import SmallResNet, Task, resume_copy, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -256,17 +255,7 @@ def test_resume_is_bit_exact(trained) -> None:
         part = copy.deepcopy(base)
         p_part = fxprune.Pruner(part, X, method, 0.5, **opts)
         opt = train(part, task, split, start=3000, lr=0.01, pruner=p_part)
-        buf = io.BytesIO()
-        torch.save({"model": part.state_dict(), "opt": opt.state_dict(), "pruner": p_part.state_dict()}, buf)
-        buf.seek(0)
-        state = torch.load(buf, weights_only=True)
-
-        resumed = copy.deepcopy(base)
-        p_res = fxprune.Pruner(resumed, X, method, 0.5, **opts)
-        resumed.load_state_dict(state["model"])
-        opt2 = torch.optim.SGD(resumed.parameters(), lr=0.01, momentum=0.9)
-        opt2.load_state_dict(state["opt"])
-        p_res.load_state_dict(state["pruner"])
+        resumed, p_res, opt2 = resume_copy(base, part, opt, p_part, X, method, 0.5, **opts)
         train(resumed, task, 24 - split, start=3000 + split, optimizer=opt2, pruner=p_res)
         assert p_res.iteration == p_full.iteration == 24 and p_res.phase == p_full.phase
         assert p_res.pruned_channels() == p_full.pruned_channels()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import math
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import fxprune
-from tests.small_task import SmallResNet, train
+from tests.small_task import SmallResNet, resume_copy, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -227,16 +226,7 @@ def test_resume_is_bit_exact(trained, method, extra) -> None:
     part = copy.deepcopy(base)
     p_part = fxprune.Pruner(part, X, method, 0.5, **opts)
     opt = _run(part, p_part, task, 6, 3000)  # mid-interval: the losses since the last update are state
-    buf = io.BytesIO()
-    torch.save({"model": part.state_dict(), "opt": opt.state_dict(), "pruner": p_part.state_dict()}, buf)
-    buf.seek(0)
-    state = torch.load(buf, weights_only=True)
-    resumed = copy.deepcopy(base)
-    p_res = fxprune.Pruner(resumed, X, method, 0.5, **opts)
-    resumed.load_state_dict(state["model"])
-    opt2 = torch.optim.SGD(resumed.parameters(), lr=0.01, momentum=0.9)
-    opt2.load_state_dict(state["opt"])
-    p_res.load_state_dict(state["pruner"])
+    resumed, p_res, opt2 = resume_copy(base, part, opt, p_part, X, method, 0.5, **opts)
     _run(resumed, p_res, task, 12, 3006, opt2)
     assert len(p_full.method.history) == len(p_res.method.history) >= 4
     assert p_res.method.history == p_full.method.history
