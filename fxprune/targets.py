@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .analysis import Analysis
-from .capture.inputs import ExampleInputs
+from .capture.inputs import ExampleInputs, map_tensors
 from .importance.registry import Importance
 from .measure import count_flops, count_params
 from .plan import Plan, bisect_ratio, make_plan, resolve_round_to
@@ -52,16 +52,6 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _meta_inputs(example_inputs: ExampleInputs) -> ExampleInputs:
-    if isinstance(example_inputs, torch.Tensor):
-        return example_inputs.to("meta")
-    if isinstance(example_inputs, Mapping):
-        return {k: _meta_inputs(v) for k, v in example_inputs.items()}
-    if isinstance(example_inputs, (tuple, list)):
-        return type(example_inputs)(_meta_inputs(v) for v in example_inputs)
-    return example_inputs
-
-
 class SlimmedSize:
     """FLOPs (or params, ``metric``) of ``analysis.model`` once slimmed by a plan: ``SlimmedSize(...)(plan)``.
 
@@ -72,7 +62,7 @@ class SlimmedSize:
     def __init__(self, analysis: Analysis, example_inputs: ExampleInputs, metric: str = "flops") -> None:
         self.analysis, self.example_inputs, self.count = analysis, example_inputs, _counter(metric)
         self.dense = self.count(analysis.model, example_inputs)
-        self.meta_inputs = _meta_inputs(example_inputs)
+        self.meta_inputs = map_tensors(example_inputs, lambda t: t.to("meta"))
         try:
             self.on_meta = self.count(_meta_copy(analysis.model), self.meta_inputs) == self.dense
         except Exception:  # an op without a meta kernel, a tensor attribute that is not a buffer, ...

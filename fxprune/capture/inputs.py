@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,7 +12,7 @@ from torch import nn
 ExampleInputs = torch.Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 """A tensor (one positional input), a tuple/list of positional inputs, or a dict of keyword inputs."""
 
-__all__ = ["ExampleInputs", "as_args_kwargs", "eval_mode", "run_model"]
+__all__ = ["ExampleInputs", "as_args_kwargs", "eval_mode", "map_tensors", "run_model"]
 
 
 def as_args_kwargs(example_inputs: ExampleInputs) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -22,6 +22,17 @@ def as_args_kwargs(example_inputs: ExampleInputs) -> tuple[tuple[Any, ...], dict
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs), {}
     return (example_inputs,), {}
+
+
+def map_tensors(example_inputs: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """The example inputs with ``fn`` applied to every tensor, through nested tuples, lists and dicts."""
+    if isinstance(example_inputs, torch.Tensor):
+        return fn(example_inputs)
+    if isinstance(example_inputs, Mapping):
+        return {k: map_tensors(v, fn) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (tuple, list)):
+        return type(example_inputs)(map_tensors(v, fn) for v in example_inputs)
+    return example_inputs
 
 
 def run_model(model: nn.Module, example_inputs: ExampleInputs) -> Any:

@@ -8,11 +8,12 @@ model's fp16/bf16 tensors are therefore cast to fp32 for the verification passes
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..capture.inputs import map_tensors
 
 __all__ = ["LOW_PRECISION", "cast_inputs", "promote_to_fp32", "restore_dtypes"]
 
@@ -21,13 +22,7 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 def cast_inputs(example_inputs: Any, dtype: torch.dtype) -> Any:
     """The example inputs with every fp16/bf16 tensor cast to ``dtype`` (nested tuples, lists, dicts)."""
-    if isinstance(example_inputs, torch.Tensor):
-        return example_inputs.to(dtype) if example_inputs.dtype in LOW_PRECISION else example_inputs
-    if isinstance(example_inputs, Mapping):
-        return {k: cast_inputs(v, dtype) for k, v in example_inputs.items()}
-    if isinstance(example_inputs, (tuple, list)):
-        return type(example_inputs)(cast_inputs(v, dtype) for v in example_inputs)
-    return example_inputs
+    return map_tensors(example_inputs, lambda t: t.to(dtype) if t.dtype in LOW_PRECISION else t)
 
 
 def promote_to_fp32(model: nn.Module) -> dict[str, torch.dtype]:
