@@ -195,15 +195,18 @@ def apply_plan(
     with watch("slim"):
         changes = slim_model(model, analysis.groups, plan, analysis.constants)
     if verify:
-        with watch("verify"):
-            if approx_groups:
-                exact_error, problems = _check(analysis, reference, exact_model, example_inputs)
-                check = lambda: _check(analysis, approx_reference, model, example_inputs)  # noqa: E731
-                approx_error, more = flops.run(check)
-                problems += more
-            else:
-                exact_error, problems = flops.run(lambda: _check(analysis, reference, model, example_inputs))
-        restore_dtypes(model, low_precision)
+        try:
+            with watch("verify"):
+                if approx_groups:
+                    exact_error, problems = _check(analysis, reference, exact_model, example_inputs)
+                    check = lambda: _check(analysis, approx_reference, model, example_inputs)  # noqa: E731
+                    approx_error, more = flops.run(check)
+                    problems += more
+                else:
+                    check = lambda: _check(analysis, reference, model, example_inputs)  # noqa: E731
+                    exact_error, problems = flops.run(check)
+        finally:  # the model keeps its dtype even when the slim model fails to run
+            restore_dtypes(model, low_precision)
         if problems:
             raise VerificationError("slimming changed the model's outputs: " + "; ".join(problems))
         if exact_error > tol:

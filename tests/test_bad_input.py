@@ -5,6 +5,8 @@ Each case ends in a clear fxprune error or a verified slim model, never in a cra
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -145,6 +147,19 @@ def test_half_precision_model_is_verified_and_keeps_its_dtype(dtype):
     assert {b.dtype for b in model.buffers() if b.is_floating_point()} == {dtype}
     assert model.layer1[0].conv1.out_channels == 32
     assert model(x).dtype == dtype
+
+
+def test_half_precision_model_keeps_its_dtype_when_verification_fails(monkeypatch):
+    one_call = importlib.import_module("fxprune.prune")  # the module (fxprune.prune is the function)
+
+    def broken_compare(*args, **kwargs):
+        raise RuntimeError("comparison failed")
+
+    monkeypatch.setattr(one_call, "compare_outputs", broken_compare)
+    model = randomize_(torchvision.models.resnet18(), 0).eval().half()
+    with pytest.raises(RuntimeError, match="comparison failed"):
+        fxprune.prune(model, torch.randn(1, 3, 32, 32).half(), 0.5)
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
 
 
 # ---------------------------------------------------------------- (d) channel counts in attributes
