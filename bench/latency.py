@@ -42,7 +42,7 @@ os.environ.setdefault("FXPRUNE_SHARED_DATA", str(Path(__file__).resolve().parent
 from fxprune.deploy import measure_latency, speedup  # noqa: E402
 from fxprune.deploy.alignment import default_round_to  # noqa: E402
 from fxprune.deploy.backends.base import cpu_name  # noqa: E402
-from fxprune.deploy.budget import kept_importance, plan_for_latency, slim_copy  # noqa: E402
+from fxprune.deploy.budget import kept_importance, plan_for_latency  # noqa: E402
 from fxprune.deploy.latency_model import LatencyModel  # noqa: E402
 from fxprune.deploy.lut import LatencyTable  # noqa: E402
 from fxprune.deploy.sweep import DEFAULT_RATIOS, latency_sweep, slower_points  # noqa: E402
@@ -51,6 +51,7 @@ import fxprune  # noqa: E402
 from fxprune.measure import count_flops  # noqa: E402
 from fxprune.models.spec import load_model  # noqa: E402
 from fxprune.plan import make_plan  # noqa: E402
+from fxprune.targets import slimmed_copy  # noqa: E402
 
 MODELS = {
     "resnet50": ("torchvision:resnet50", (1, 3, 224, 224), 0.25, 3.2),
@@ -188,9 +189,9 @@ def part_budget(name: str, args) -> dict[str, Any]:
         res = plan_for_latency(
             analysis, x, budget, backend, latency_model=lm, round_to=rt, threads=args.threads, measure_kw=mkw
         )
-        hal = slim_copy(analysis, res.plan)
+        hal = slimmed_copy(analysis, res.plan)
         (r_slow, p_slow), (r_fast, p_fast) = _uniform_bracket(analysis, scores, lm, res.estimated_ratio, rt)
-        slow, fast = slim_copy(analysis, p_slow), slim_copy(analysis, p_fast)
+        slow, fast = slimmed_copy(analysis, p_slow), slimmed_copy(analysis, p_fast)
         m = measure_latency(
             {"dense": analysis.model, "budget": hal, "uniform_slower": slow, "uniform_faster": fast},
             x,

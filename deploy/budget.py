@@ -27,8 +27,6 @@ from .latency_model import LatencyModel
 from .lut import LatencyTable
 from .runtime_latency import measure_latency, speedup
 
-slim_copy = slimmed_copy  # the name the deployment modules and benches use
-
 __all__ = [
     "BudgetResult",
     "budget_plan",
@@ -36,7 +34,6 @@ __all__ = [
     "kept_importance",
     "parse_latency_target",
     "plan_for_latency",
-    "slim_copy",
 ]
 
 

@@ -14,7 +14,6 @@ from fxprune.deploy.budget import (
     kept_importance,
     parse_latency_target,
     plan_for_latency,
-    slim_copy,
 )
 from fxprune.deploy.latency_model import LatencyModel
 from fxprune.deploy.lut import LatencyTable, LayerShape
@@ -23,6 +22,7 @@ from fxprune.deploy.sweep import SweepPoint, latency_sweep, slower_points
 import fxprune
 from fxprune.models import create_model
 from fxprune.plan import plan_from_counts
+from fxprune.targets import slimmed_copy
 from tests.latency_helpers import AnalyticTable
 
 
@@ -166,7 +166,7 @@ def test_greedy_counts_respect_caps(resnet_model):
 def test_exact_layer_widths_for_partial_blocks(resnet_model):
     analysis, _, lm = resnet_model
     plan = plan_from_counts(analysis.groups, analysis.scores("l2"), {0: 8}, round_to=1)
-    slim = slim_copy(analysis, plan)
+    slim = slimmed_copy(analysis, plan)
     widths = {n: m.weight.shape[0] for n, m in slim.named_modules() if isinstance(m, torch.nn.Conv2d)}
     in_group = [layer for layer in lm.layers if layer.out_group == 0]
     assert in_group, "no layer writes group 0"

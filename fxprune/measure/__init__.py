@@ -4,11 +4,8 @@ from .cpu_latency import interleaved_rounds, measure_cpu_latency
 from .flops import count_flops, count_params, try_count_flops
 from .measurement import SLOWER_THAN_DENSE_TOLERANCE, Measurement, is_slower, percentile, speedup
 
-LatencyResult = Measurement  # former name of the CPU latency result
-
 __all__ = [
     "SLOWER_THAN_DENSE_TOLERANCE",
-    "LatencyResult",
     "Measurement",
     "count_flops",
     "count_params",
