@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import inspect
 import json
 import math
 import os
@@ -113,6 +112,7 @@ def train(
         out = model(x)
         cls_out, seg_out = out if isinstance(out, tuple) else (out, None)
         loss, parts = ufld_loss(cls_out, cls, seg_out, seg if seg_out is not None else None)
+        task_loss = float(loss.detach())
         if pruner is not None:
             loss = loss + pruner.penalty()
         opt.zero_grad()
@@ -121,7 +121,7 @@ def train(
             pruner.after_backward()
         opt.step()
         if pruner is not None:
-            pruner.step(loss=float(loss.detach())) if takes_loss(pruner) else pruner.step()
+            pruner.step(loss=task_loss)  # SLR's optimality check compares task losses
         seen += len(x)
         if it % 50 == 0 or it == iters - 1:
             extra = f" phase {pruner.phase}" if pruner is not None else ""
@@ -134,11 +134,6 @@ def train(
             log(f"{tag}: pruner done at iteration {it + 1}")
             break
     model.eval()
-
-
-def takes_loss(pruner) -> bool:
-    """Whether ``Pruner.step`` takes the task loss (SLR's optimality check uses it)."""
-    return "loss" in inspect.signature(pruner.step).parameters
 
 
 @torch.no_grad()
