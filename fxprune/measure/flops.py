@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -17,9 +20,26 @@ def count_flops(model: nn.Module, example_inputs: ExampleInputs) -> int:
     """
     args, kwargs = as_args_kwargs(example_inputs)
     counter = FlopCounterMode(display=False)
-    with eval_mode(model), torch.no_grad(), counter:
+    with eval_mode(model), torch.no_grad(), _params_without_grad(model), counter:
         model(*args, **kwargs)
     return int(counter.get_total_flops())
+
+
+@contextmanager
+def _params_without_grad(model: nn.Module) -> Iterator[None]:
+    """Parameters that do not require grad for the duration.
+
+    Under ``no_grad`` a view of a parameter (``self.cls_token.expand(...)``) still requires grad but has
+    no grad function; passed into a submodule, it makes the counter's module tracker fail.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def count_params(model: nn.Module) -> int:
