@@ -42,13 +42,13 @@ from fxprune.integrations.ultralytics import (  # noqa: E402
 )
 
 
-def _yolo(spec: str):
+def load_yolo(spec: str):
     from ultralytics import YOLO
 
     return YOLO(spec)
 
 
-def _params(model: nn.Module) -> int:
+def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
@@ -67,7 +67,7 @@ def _params(model: nn.Module) -> int:
 def test_neck_is_pruned_with_the_yolo_interface(spec, single_thread):
     import fxprune
 
-    model = _yolo(spec).model
+    model = load_yolo(spec).model
     x = torch.zeros(1, 3, 64, 64)
     head = model.model[-1]
     necks = [f"model.{i}" for i in head.f]
@@ -77,13 +77,13 @@ def test_neck_is_pruned_with_the_yolo_interface(spec, single_thread):
     if spec == "yolov8n.yaml":  # without the selector, the neck outputs are frozen (one model: saves time)
         default = fxprune.analyze(model, x)
         assert any(m.startswith(tuple(necks)) for m in frozen_by_output(default))
-    dense_widths = {n: _out_channels(model, n) for n in necks}
+    dense_widths = {n: out_channels(model, n) for n in necks}
     report = fxprune.prune(model, x, 0.5, outputs=yolo_interface, importance="l1")
     assert report.exact_error is not None and report.exact_error < 1e-4
-    assert any(_out_channels(model, n) < dense_widths[n] for n in necks), "no neck output was pruned"
+    assert any(out_channels(model, n) < dense_widths[n] for n in necks), "no neck output was pruned"
 
 
-def _out_channels(model: nn.Module, name: str) -> int:
+def out_channels(model: nn.Module, name: str) -> int:
     """Channels of the output of layer ``name`` (measured with a forward hook)."""
     seen = []
     handle = model.get_submodule(name).register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
@@ -199,7 +199,7 @@ def tiny_coco(tmp_path_factory):
     return root
 
 
-def _train_args(data: Path, project: Path, name: str, **kw) -> dict:
+def train_args(data: Path, project: Path, name: str, **kw) -> dict:
     args = dict(data=str(data / "data.yaml"), epochs=1, imgsz=64, batch=2, nbs=2, workers=0, plots=False)
     return {
         **args,
@@ -217,13 +217,13 @@ def _train_args(data: Path, project: Path, name: str, **kw) -> dict:
 def test_one_shot_run_saves_a_slim_model_that_reloads_validates_and_exports(
     tiny_coco, tmp_path, single_thread
 ):
-    dense = _yolo("yolov8n.yaml")
-    dense_params, dense_neck = _params(dense.model), _out_channels(dense.model, "model.15")
+    dense = load_yolo("yolov8n.yaml")
+    dense_params, dense_neck = param_count(dense.model), out_channels(dense.model, "model.15")
     with pruning_options(method="l1", ratio=0.5):
-        dense.train(trainer=PruneDetectionTrainer, **_train_args(tiny_coco, tmp_path, "l1"))
-    best = _yolo(str(tmp_path / "l1" / "weights" / "best.pt"))
-    assert _params(best.model) < 0.5 * dense_params
-    assert _out_channels(best.model, "model.15") < dense_neck
+        dense.train(trainer=PruneDetectionTrainer, **train_args(tiny_coco, tmp_path, "l1"))
+    best = load_yolo(str(tmp_path / "l1" / "weights" / "best.pt"))
+    assert param_count(best.model) < 0.5 * dense_params
+    assert out_channels(best.model, "model.15") < dense_neck
     assert getattr(best.model, STATE_ATTR)["phase"] == "pruned"
     metrics = best.val(data=str(tiny_coco / "data.yaml"), imgsz=64, batch=2, plots=False, verbose=False)
     assert 0.0 <= metrics.box.map <= 1.0
@@ -232,7 +232,7 @@ def test_one_shot_run_saves_a_slim_model_that_reloads_validates_and_exports(
     x = torch.rand(1, 3, 64, 64)
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
-    reference = _yolo(str(tmp_path / "l1" / "weights" / "best.pt")).model.float().eval()
+    reference = load_yolo(str(tmp_path / "l1" / "weights" / "best.pt")).model.float().eval()
     with torch.no_grad():
         want = reference(x)[0]
     assert got.shape == want.shape
@@ -256,11 +256,11 @@ def test_regularized_run_prunes_mid_training_and_rebuilds_optimizer_and_ema(
         )
         seen["summary"] = trainer.pruning.summary
 
-    model = _yolo("yolov8n.yaml")
+    model = load_yolo("yolov8n.yaml")
     model.add_callback("on_train_end", on_train_end)
     constants = {"update_every": 1, "delta": 0.5, "stabilize": 1}
     with pruning_options(method="greg1", target_flops=0.5, method_options=constants):
-        model.train(trainer=PruneDetectionTrainer, **_train_args(tiny_coco, tmp_path, "greg1"))
+        model.train(trainer=PruneDetectionTrainer, **train_args(tiny_coco, tmp_path, "greg1"))
     assert seen["optimizer_matches"], "the optimizer does not hold the slim model's parameters"
     assert seen["ema_matches"], "the EMA copy does not have the slim model's shapes"
     summary = seen["summary"]
@@ -277,17 +277,17 @@ def test_resume_continues_the_schedule_where_it_stopped(tiny_coco, tmp_path, sin
     def crash_after_first_epoch(trainer):
         raise Interrupted
 
-    model = _yolo("yolov8n.yaml")
+    model = load_yolo("yolov8n.yaml")
     model.add_callback("on_fit_epoch_end", crash_after_first_epoch)
     with pruning_options(method="taylor", ratio=0.3, method_options={"iterations": 6}):
         with pytest.raises(Interrupted):
-            model.train(trainer=PruneDetectionTrainer, **_train_args(tiny_coco, tmp_path, "resume", epochs=3))
+            model.train(trainer=PruneDetectionTrainer, **train_args(tiny_coco, tmp_path, "resume", epochs=3))
     last = tmp_path / "resume" / "weights" / "last.pt"
-    state = getattr(_yolo(str(last)).model, STATE_ATTR)
+    state = getattr(load_yolo(str(last)).model, STATE_ATTR)
     assert state["phase"] == "regularizing" and state["pruner"]["state"]["t"] == 4  # 4 steps in epoch 0
-    resumed = _yolo(str(last))
+    resumed = load_yolo(str(last))
     resumed.train(resume=True, trainer=PruneDetectionTrainer)  # no options: they come from the checkpoint
-    final = getattr(_yolo(str(tmp_path / "resume" / "weights" / "best.pt")).model, STATE_ATTR)
+    final = getattr(load_yolo(str(tmp_path / "resume" / "weights" / "best.pt")).model, STATE_ATTR)
     assert final["phase"] == "pruned"
     assert final["summary"]["at"] == {"epoch": 1, "iteration": 6}  # continued from 4, not restarted at 0
 
@@ -298,14 +298,14 @@ def test_callbacks_only_mode_prunes_with_a_plain_trainer(tiny_coco, tmp_path, si
     from fxprune.integrations.ultralytics import add_pruning
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    model = _yolo("yolov8n.yaml")
-    dense_params = _params(model.model)
+    model = load_yolo("yolov8n.yaml")
+    dense_params = param_count(model.model)
     constants = {"update_every": 1, "delta": 0.5, "stabilize": 1}
     engine = add_pruning(model, method="greg1", ratio=0.5, method_options=constants)
-    model.train(trainer=DetectionTrainer, **_train_args(tiny_coco, tmp_path, "callbacks"))
+    model.train(trainer=DetectionTrainer, **train_args(tiny_coco, tmp_path, "callbacks"))
     assert engine.phase == "pruned" and engine.summary["at"]["iteration"] > 0
-    best = _yolo(str(tmp_path / "callbacks" / "weights" / "best.pt"))
-    assert _params(best.model) < 0.5 * dense_params
+    best = load_yolo(str(tmp_path / "callbacks" / "weights" / "best.pt"))
+    assert param_count(best.model) < 0.5 * dense_params
 
 
 # -- the command line: one clear message and exit status 2 ----------------------------------------------
