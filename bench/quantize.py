@@ -69,24 +69,91 @@ def predictions(path: Path, images: torch.Tensor, threads: int) -> np.ndarray:
     return np.array([int(np.argmax(run([images[i : i + 1].numpy()])[0])) for i in range(len(images))])
 
 
-def part_cifar(args, tmp: Path) -> dict[str, Any]:
+def _resnet56_weights() -> Path:
     root = shared_data_dir()
     weights = sorted((root / "weights").glob("resnet56-*.th")) if root else []
     if not weights:
         raise SystemExit("ResNet-56 checkpoint not found: set FXPRUNE_SHARED_DATA")
-    model = load_cifar_checkpoint(create_model("cifar_resnet56"), str(weights[0])).eval()
+    return weights[0]
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop (pad 4) and horizontal flip of a CIFAR batch."""
+    n = len(x)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    dx, dy = (torch.randint(0, 9, (n,), generator=gen) for _ in range(2))
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32] for i in range(n)])
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
+
+
+def finetuned_resnet56(args) -> torch.nn.Module:
+    """The shared ResNet-56 pruned with L1 at ``--ft-ratio`` (the methods bench's restricted scope: the first
+    conv of every residual block) and fine-tuned ``--ft-epochs`` epochs; loaded from ``--pruned-checkpoint``
+    when that file exists, else made and saved there."""
+    ckpt = Path(args.pruned_checkpoint)
+    if ckpt.is_file():
+        log(f"loading the pruned ResNet-56 from {ckpt}")
+        return fxprune.load("cifar_resnet56", ckpt).eval()
+    model = load_cifar_checkpoint(create_model("cifar_resnet56"), str(_resnet56_weights()))
+    example = torch.randn(1, 3, 32, 32)
+    pruner = fxprune.Pruner(
+        model, example, "l1", args.ft_ratio, scope="restricted", round_to=args.ft_round_to
+    )
+    report = pruner.prune()
+    log(
+        f"ResNet-56 l1 r={args.ft_ratio} round_to {args.ft_round_to}: FLOPs {report.flops_ratio:.2f}x smaller"
+    )
+    x, y = load_cifar10("train")
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=args.ft_lr, momentum=0.9, weight_decay=5e-4)
+    start = time.perf_counter()
+    for epoch in range(args.ft_epochs):
+        if epoch == args.ft_epochs // 2 and epoch:
+            for g in opt.param_groups:
+                g["lr"] = args.ft_lr / 10
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        for it, begin in enumerate(range(0, len(x) - 127, 128)):
+            idx = order[begin : begin + 128]
+            loss = torch.nn.functional.cross_entropy(model(_augment(x[idx], gen)), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if it % 100 == 0:
+                log(
+                    f"  ft epoch {epoch} it {it} loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)"
+                )
+    model.eval()
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    fxprune.save(model, ckpt, spec="cifar_resnet56")
+    log(f"saved {ckpt} after {time.perf_counter() - start:.0f} s of fine-tuning")
+    return model
+
+
+def part_cifar(args, tmp: Path, pruned: bool = False) -> dict[str, Any]:
+    if pruned:
+        model = finetuned_resnet56(args)
+    else:
+        model = load_cifar_checkpoint(create_model("cifar_resnet56"), str(_resnet56_weights())).eval()
+    name = "ResNet-56 pruned+FT" if pruned else "ResNet-56"
     calib, _ = load_cifar10("train", limit=args.calib_images)
     test_x, test_y = load_cifar10("test", limit=args.test_images)
     with torch.inference_mode():
         fp32 = torch.cat([model(test_x[i : i + 500]).argmax(1) for i in range(0, len(test_x), 500)]).numpy()
     labels = test_y.numpy()
     out: dict[str, Any] = {
-        "model": "cifar_resnet56",
+        "model": "cifar_resnet56" + ("_l1_finetuned" if pruned else ""),
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops": count_flops(model, test_x[:1]),
         "test_images": len(labels),
         "calibration_images": len(calib),
         "fp32_top1": float((fp32 == labels).mean()),
     }
-    log(f"ResNet-56 fp32 (torch) top-1 {100 * out['fp32_top1']:.2f} % on {len(labels)} test images")
+    if pruned:
+        out.update(checkpoint=str(args.pruned_checkpoint), ratio=args.ft_ratio, round_to=args.ft_round_to)
+    log(f"{name} fp32 (torch) top-1 {100 * out['fp32_top1']:.2f} % on {len(labels)} test images")
     for runtime in args.backends:
         fmt = QUANT_FORMAT[runtime]
         start = time.perf_counter()
@@ -109,7 +176,7 @@ def part_cifar(args, tmp: Path) -> dict[str, Any]:
             "quantize_seconds": q_time,
         }
         log(
-            f"ResNet-56 INT8 {runtime}: top-1 {100 * top1:.2f} % ({out[runtime]['delta_pp']:+.2f} pp), "
+            f"{name} INT8 {runtime}: top-1 {100 * top1:.2f} % ({out[runtime]['delta_pp']:+.2f} pp), "
             f"agreement with fp32 {100 * out[runtime]['agreement_with_fp32']:.2f} %, "
             f"{res.quantized_ops} quantizers, quantized in {q_time:.0f} s"
         )
@@ -221,7 +288,9 @@ def part_sweep(name: str, args, tmp: Path) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default="cifar,latency", help="cifar, latency (comma-separated)")
+    p.add_argument(
+        "--parts", default="cifar,latency", help="cifar, cifar-pruned, latency, sweep (comma-separated)"
+    )
     p.add_argument("--models", default="resnet50,yolov8n", help="latency models: resnet50, yolov8n")
     p.add_argument("--backends", default="openvino,ort", help="openvino, ort (comma-separated)")
     p.add_argument("--threads", type=int, default=1)
@@ -231,6 +300,15 @@ def main() -> None:
     p.add_argument("--test-images", type=int, default=None, help="CIFAR test images (default all 10,000)")
     p.add_argument("--calib-samples", type=int, default=16, help="random calibration inputs for timing")
     p.add_argument("--ratios", default="0.05,0.1,0.2,0.3,0.5,0.7,0.9", help="sweep ratios")
+    p.add_argument(
+        "--pruned-checkpoint",
+        default=str(Path(tempfile.gettempdir()) / "fxprune-resnet56-l1-ft.pt"),
+        help="cifar-pruned: fxprune.save file of the pruned + fine-tuned ResNet-56 (made when absent)",
+    )
+    p.add_argument("--ft-ratio", type=float, default=0.5, help="cifar-pruned: L1 pruning ratio")
+    p.add_argument("--ft-round-to", type=int, default=1, help="cifar-pruned: channel multiple")
+    p.add_argument("--ft-epochs", type=int, default=2, help="cifar-pruned: fine-tuning epochs")
+    p.add_argument("--ft-lr", type=float, default=0.01, help="cifar-pruned: SGD lr (10x lower half-way)")
     p.add_argument("--out", default=None, help="JSON file to write (appends to an existing list)")
     args = p.parse_args()
     args.backends = [b for b in args.backends.split(",") if b]
@@ -256,6 +334,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if "cifar" in parts:
             add({"part": "cifar", **part_cifar(args, Path(tmp))})
+        if "cifar-pruned" in parts:
+            add({"part": "cifar-pruned", **part_cifar(args, Path(tmp), pruned=True)})
         for part, run in (("latency", part_latency), ("sweep", part_sweep)):
             if part in parts:
                 for name in args.models.split(","):

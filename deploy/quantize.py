@@ -40,6 +40,7 @@ __all__ = [
     "QuantizeResult",
     "detection_head_names",
     "head_float_ops",
+    "is_quantized",
     "quantize",
     "require",
 ]
@@ -166,6 +167,15 @@ def _nncf_inputs(backend: str, source: Path, batches: CalibrationBatches) -> tup
     target = require("onnx").load(str(source))
     op_names = [n.name for n in target.graph.node]
     return target, op_names, nncf.Dataset(batches, lambda a: dict(zip(names, a)))
+
+
+def is_quantized(path: str | os.PathLike[str]) -> bool:
+    """Whether a model file is quantized: QuantizeLinear nodes in an ONNX file, FakeQuantize ops in an IR."""
+    path = Path(path)
+    if path.suffix == ".xml":
+        return 'type="FakeQuantize"' in path.read_text(errors="ignore")
+    graph = require("onnx").load(str(path), load_external_data=False).graph
+    return any(n.op_type == "QuantizeLinear" for n in graph.node)
 
 
 def _count_quantized(backend: str, model: Any) -> int:

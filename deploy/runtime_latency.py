@@ -1,7 +1,8 @@
 """Latency on deployment runtimes: several models timed interleaved on one backend, with their conditions.
 
 ``Measurement`` and ``speedup`` are defined in ``fxprune.measure`` (one result type for every latency
-figure) and re-exported here.
+figure) and re-exported here. ``precision="int8"`` times quantized files: models given as modules are
+quantized with NNCF first (``fxprune.deploy.quantize``, into the backend's ``int8_format``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +37,74 @@ def _inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     return tuple(args)
 
 
-def _prepare(backend: Backend, name: str, source: Source, inputs: tuple, settings: Settings, tmp: Path):
-    """What the backend loads: the module itself, or an ONNX file (exported here when given a module)."""
+NO_CALIBRATION_WARNING = (
+    "no calibration data given: quantizing to INT8 with the example inputs as the only calibration "
+    "batch. The files time like any INT8 model, but their accuracy is not representative; pass "
+    "calibration=... (batches shaped like the example inputs) for deployable INT8 models"
+)
+
+
+class Int8Quantizer:
+    """Quantizes the modules of a latency run for ``backend`` (its ``int8_format``), all from one
+    calibration set: up to ``subset_size`` batches of ``calibration``, or the example inputs (with a
+    warning) when it is None."""
+
+    def __init__(self, backend: Backend, inputs: tuple, calibration: Iterable[Any] | None, subset_size: int):
+        from .calibration import CalibrationBatches
+
+        if backend.int8_format is None:
+            raise ValueError(f"backend {backend.name!r} has no INT8 path")
+        self.origin = ""
+        if calibration is None:
+            warnings.warn(NO_CALIBRATION_WARNING, UserWarning, stacklevel=3)
+            calibration, self.origin = [inputs], " (the example inputs)"
+        elif iter(calibration) is calibration:  # a generator is read once, for every model
+            calibration = list(calibration)
+        self.backend, self.calibration = backend, calibration
+        self.samples = CalibrationBatches(calibration, inputs).count(subset_size)
+        if self.samples == 0:
+            raise ValueError("the calibration data gave no input batches")
+
+    def __call__(self, model: nn.Module, inputs: tuple, path: Path) -> Path:
+        from .quantize import quantize
+
+        fmt = self.backend.int8_format
+        out = path.with_suffix(".xml" if fmt == "openvino" else ".onnx")
+        return quantize(model, inputs, self.calibration, fmt, out, subset_size=self.samples).path
+
+
+def _file(backend: Backend, source: str | Path, precision: str) -> Path:
+    from .quantize import is_quantized
+
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}")
+    if backend.needs_onnx and path.suffix not in backend.file_suffixes:
+        kinds = " or ".join(backend.file_suffixes)
+        raise ValueError(f"backend {backend.name!r} needs a {kinds} file or a PyTorch model, got {path}")
+    if precision == "int8" and not is_quantized(path):
+        raise ValueError(
+            f"precision='int8' times quantized files, and {path} is not quantized; pass the model itself "
+            "(it is quantized with calibration=...) or a file from fxprune.deploy.quantize"
+        )
+    return path
+
+
+def _prepare(
+    backend: Backend,
+    name: str,
+    source: Source,
+    inputs: tuple,
+    settings: Settings,
+    tmp: Path,
+    int8: Int8Quantizer | None = None,
+):
+    """What the backend loads: the module itself, or an ONNX file (exported here when given a module;
+    quantized by ``int8`` for precision int8)."""
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}")
-        if backend.needs_onnx and path.suffix not in backend.file_suffixes:
-            kinds = " or ".join(backend.file_suffixes)
-            raise ValueError(f"backend {backend.name!r} needs a {kinds} file or a PyTorch model, got {path}")
-        return path
+        return _file(backend, source, settings.precision)
+    if int8 is not None:
+        return int8(source, inputs, tmp / f"{name.replace('/', '_')}-int8")
     if not backend.needs_onnx:
         return source
     dtype = backend.export_dtype(settings.precision)
@@ -82,6 +142,8 @@ def measure_latency(
     cuda_graphs: bool = True,
     workdir: str | Path | None = None,
     inputs_of: Mapping[str, Any] | None = None,
+    calibration: Iterable[Any] | None = None,
+    subset_size: int = 300,
 ) -> dict[str, Measurement]:
     """Time every source (``nn.Module`` or ONNX path) on ``backend``, interleaved.
 
@@ -90,6 +152,9 @@ def measure_latency(
     :func:`speedup`. ``iters=None`` picks a count that fits about ``budget_s`` seconds of timing.
     ``threads`` is the CPU runtime's intra-op thread count (reported with every result).
     ``inputs_of`` gives some sources their own inputs (e.g. layers of different shapes timed together).
+    ``precision="int8"`` (backends with an ``int8_format``: ort, openvino, trt, trtexec): files must be
+    quantized already; modules are quantized here from up to ``subset_size`` batches of ``calibration``
+    (default: the example inputs, with a warning: fine for timing, not for accuracy).
     """
     if not sources:
         raise ValueError("measure_latency needs at least one model")
@@ -101,12 +166,15 @@ def measure_latency(
     be.check()
     inputs = _inputs(example_inputs)
     batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1
+    int8 = None
+    if precision == "int8" and any(isinstance(s, nn.Module) for s in sources.values()):
+        int8 = Int8Quantizer(be, inputs, calibration, subset_size)
     runners: dict[str, Runner] = {}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         try:
             for name, source in sources.items():
                 own = _inputs(inputs_of[name]) if inputs_of and name in inputs_of else inputs
-                loaded = _prepare(be, name, source, own, settings, Path(tmp))
+                loaded = _prepare(be, name, source, own, settings, Path(tmp), int8)
                 runners[name] = be.load(loaded, own, settings)
             for r in runners.values():
                 for _ in range(warmup):
@@ -119,6 +187,8 @@ def measure_latency(
     out = {}
     for name, r in runners.items():
         notes = [f"CUDA graph capture failed: {r.graph_error}"] if getattr(r, "graph_error", None) else []
+        if int8 is not None and isinstance(sources[name], nn.Module):
+            notes.append(f"quantized by NNCF from {int8.samples} calibration batch(es){int8.origin}")
         if getattr(r, "graph", None) is not None:
             notes.append("CUDA graph replay")
         out[name] = Measurement.from_samples(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,10 +47,17 @@ def latency_sweep(
     importance: Any = "l2",
     round_to: int | None = None,
     precision: str = "fp32",
+    calibration: Iterable[Any] | None = None,
     **measure_kw: Any,
 ) -> tuple[list[SweepPoint], Measurement]:
-    """Prune a copy of ``model`` at every ratio (``round_to`` defaults to the backend's alignment) and time
-    dense and all pruned copies interleaved in one run. Returns the points and the dense measurement."""
+    """Prune a copy of ``model`` at every ratio (``round_to`` defaults to the backend's alignment for
+    ``precision``) and time dense and all pruned copies interleaved in one run. Returns the points and the
+    dense measurement.
+
+    ``precision="int8"`` (ort, openvino, trt, trtexec): dense and every pruned copy are quantized with NNCF
+    from the same ``calibration`` batches (default: the example inputs, with a warning: the timing holds,
+    the accuracy of such files does not), then timed as INT8 files; ``round_to`` defaults to the INT8
+    multiple (:func:`fxprune.deploy.int8_multiple`)."""
     if round_to is None:
         round_to = default_round_to(backend, precision)
     analysis = analyze(copy.deepcopy(model), example_inputs)
@@ -59,7 +67,9 @@ def latency_sweep(
     scores = analysis.scores(importance)
     for r in ratios:
         variants[f"{r:g}"] = slimmed_copy(analysis, make_plan(analysis.groups, scores, r, round_to=round_to))
-    res = measure_latency(variants, example_inputs, backend, precision=precision, **measure_kw)
+    res = measure_latency(
+        variants, example_inputs, backend, precision=precision, calibration=calibration, **measure_kw
+    )
     points = []
     for r in ratios:
         m = variants[f"{r:g}"]

@@ -87,21 +87,13 @@ def test_export_errors(slim_and_calib, tmp_path, capsys, monkeypatch):
 
 
 def test_bench_precision_int8_quantizes_on_the_fly(slim_and_calib, capsys, single_thread):
-    argv = [
-        "bench",
-        "cifar_resnet20",
-        "--pruned",
-        str(slim_and_calib / "slim.pt"),
-        "--backend",
-        "ort",
-        "--precision",
-        "int8",
-        "--repeats",
-        "2",
-        "--seconds",
-        "0.5",
-    ]
-    assert main(argv) == 0
+    argv = ["bench", "cifar_resnet20", "--pruned", str(slim_and_calib / "slim.pt"), "--precision", "int8"]
+    quick = ["--repeats", "2", "--seconds", "0.5"]
+    assert main([*argv, "--backend", "ort", *quick, "--calib", str(slim_and_calib / "calib.npz")]) == 0
     text = capsys.readouterr().out
-    assert "quantizing dense to INT8" in text and "quantizing pruned to INT8" in text
-    assert "int8" in text
+    assert "timing on ort (quantized to INT8 first)" in text and "no --calib" not in text
+    assert "int8" in text and "speed-up" in text
+    assert main([*argv, "--backend", "openvino", *quick]) == 0
+    assert "no --calib: INT8 models are calibrated on the example input only" in capsys.readouterr().out
+    assert main([*argv, "--backend", "ort-cuda", *quick]) == 2  # refused before any work
+    assert "supports precision fp32, fp16, not 'int8'" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 import sys
 import types
@@ -75,8 +77,9 @@ def test_torch_cpu_backend(tiny, single_thread):
     shapes = []
     handle = model.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape)))
     try:
-        res = measure_latency({"m": model}, x, get_backend("torch", device="cpu"), warmup=1, iters=3,
-                              repeats=2)
+        res = measure_latency(
+            {"m": model}, x, get_backend("torch", device="cpu"), warmup=1, iters=3, repeats=2
+        )
     finally:
         handle.remove()
     assert res["m"].backend == "torch" and len(res["m"].repeat_medians) == 2
@@ -156,6 +159,83 @@ def test_tensorrt_builder_flags_per_version(version, tmp_path, monkeypatch):
         assert strongly_typed  # 11.x: no FP16 flag, the ONNX graph itself is fp16
         config.set_flag.assert_not_called()
         assert backend.export_dtype("fp16") == torch.float16
+
+
+def _fake_trtexec(folder, banner: str):
+    """A ``trtexec`` stand-in on PATH: prints the version banner, logs its arguments, writes the times."""
+    script = folder / "trtexec"
+    script.write_text(
+        f"""#!{sys.executable}
+import json, sys
+print("&&&& RUNNING TensorRT.trtexec [TensorRT {banner}] # trtexec " + " ".join(sys.argv[1:]))
+with open({str(folder / "args.log")!r}, "a") as log:
+    log.write(" ".join(sys.argv[1:]) + "\\n")
+for a in sys.argv[1:]:
+    if a.startswith("--exportTimes="):
+        n = int(next(b for b in sys.argv if b.startswith("--iterations=")).split("=")[1])
+        json.dump([{{"latencyMs": 1.5}}] * n, open(a.split("=", 1)[1], "w"))
+"""
+    )
+    script.chmod(0o755)
+    return folder / "args.log"
+
+
+@pytest.mark.parametrize("banner,major", [("v101300", 10), ("v110400", 11)])
+def test_trtexec_precision_flags_per_version(banner, major, tiny, tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    from fxprune.deploy import export_onnx
+    from fxprune.deploy.backends import trtexec
+
+    log = _fake_trtexec(tmp_path, banner)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    trtexec.trtexec_major.cache_clear()
+    try:
+        assert trtexec.trtexec_major() == major
+        fp32 = export_onnx(*tiny, tmp_path / "m.onnx", parity=False).path
+        res = measure_latency({"m": fp32}, tiny[1], "trtexec", precision="fp16", iters=4, repeats=1, warmup=0)
+        assert res["m"].median_ms == 1.5 and res["m"].precision == "fp16"
+        fp16_args = log.read_text().split()
+        assert ("--fp16" in fp16_args) == (major == 10)  # 11.x has no precision flags
+        assert get_backend("trtexec").export_dtype("fp16") == (
+            torch.float16 if major == 11 else torch.float32
+        )
+        qdq = tmp_path / "q.onnx"
+        _qdq_identity(qdq)
+        cmd = trtexec.trtexec_command(qdq, "int8", 10, tmp_path / "t.json", cuda_graphs=False)
+        assert ("--stronglyTyped" in cmd) == (major == 10)  # explicit quantization, strongly typed
+        assert not {"--int8", "--fp16", "--best"} & set(cmd)
+        with pytest.raises(ValueError, match="no QuantizeLinear/DequantizeLinear nodes"):
+            trtexec.trtexec_command(fp32, "int8", 10, tmp_path / "t.json", cuda_graphs=False)
+        if importlib.util.find_spec("nncf") is not None:  # a module is quantized to QDQ, then built
+            res = measure_latency(
+                {"m": tiny[0]},
+                tiny[1],
+                "trtexec",
+                precision="int8",
+                calibration=[tiny[1]],
+                iters=2,
+                repeats=1,
+            )
+            last = log.read_text().splitlines()[-1].split()
+            assert res["m"].precision == "int8" and ("--stronglyTyped" in last) == (major == 10)
+            assert "--int8" not in last and last[0].startswith("--onnx=") and last[0].endswith("m-int8.onnx")
+    finally:
+        trtexec.trtexec_major.cache_clear()
+
+
+def _qdq_identity(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    zero = helper.make_tensor("z", TensorProto.INT8, [], [0])
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+    ]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], [scale, zero])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
 def test_ort_sessions_use_the_requested_threads(tiny, tmp_path):

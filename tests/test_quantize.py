@@ -114,10 +114,57 @@ def test_quantized_files_time_like_any_model_file(trained, tmp_path, single_thre
     onnx_res = quantize(net, test_x[:1], calib, "onnx", tmp_path / "q.onnx", subset_size=8)
     ir_res = quantize(net, test_x[:1], calib, "openvino", tmp_path / "q.xml", subset_size=8)
     ort = measure_latency({"fp32": onnx_res.source_onnx, "int8": onnx_res.path}, test_x[:1], "ort", iters=3)
-    ov = measure_latency(
-        {"fp32": ir_res.source_onnx, "int8": ir_res.path}, test_x[:1], "openvino", iters=3
-    )
+    ov = measure_latency({"fp32": ir_res.source_onnx, "int8": ir_res.path}, test_x[:1], "openvino", iters=3)
     assert all(m.median_ms > 0 for m in [*ort.values(), *ov.values()])
+
+
+@pytest.mark.parametrize("backend,suffix", [("ort", ".onnx"), ("openvino", ".xml")])
+def test_int8_sweep_quantizes_dense_and_every_ratio(trained, backend, suffix, monkeypatch, single_thread):
+    from fxprune.deploy import latency_sweep
+
+    quantize_module = sys.modules["fxprune.deploy.quantize"]  # the module, not the function of that name
+
+    net, test_x = trained
+    made = []
+
+    def spy(model, *args, **kw):  # record every file the sweep quantizes, while it exists
+        res = quantize(model, *args, **kw)
+        made.append((res.path.suffix, quantize_module.is_quantized(res.path), res.samples))
+        return res
+
+    monkeypatch.setattr(quantize_module, "quantize", spy)
+    calib = [_patterns(6, 9)[0]]  # split into 6 batches of the example's size
+    points, dense = latency_sweep(
+        net,
+        test_x[:1],
+        (0.5, 0.75),
+        backend,
+        precision="int8",
+        round_to=8,
+        calibration=calib,
+        iters=3,
+        repeats=2,
+    )
+    assert made == [(suffix, True, 6)] * 3  # dense and both ratios, quantized for this backend
+    assert [p.ratio for p in points] == [0.5, 0.75] and all(p.flops_ratio > 1.5 for p in points)
+    assert dense.precision == "int8" and "quantized by NNCF from 6 calibration batch(es)" in dense.notes
+    assert all(p.speedup > 0 and p.round_to == 8 for p in points)
+
+
+def test_int8_latency_without_calibration_warns_and_refuses_float_files(trained, tmp_path, single_thread):
+    from fxprune.deploy import export_onnx
+
+    net, test_x = trained
+    with pytest.warns(UserWarning, match="no calibration data given"):
+        res = measure_latency({"m": net}, test_x[:1], "ort", precision="int8", iters=2, repeats=1)
+    assert "(the example inputs)" in res["m"].notes[0]
+    fp32 = export_onnx(net, test_x[:1], tmp_path / "m.onnx", parity=False).path
+    with pytest.raises(ValueError, match="m.onnx is not quantized"):
+        measure_latency({"m": fp32}, test_x[:1], "ort", precision="int8", iters=2)
+    with pytest.raises(ValueError, match="no input batches"):
+        measure_latency({"m": net}, test_x[:1], "ort", precision="int8", calibration=[], iters=2)
+    with pytest.raises(ValueError, match="precision fp32, fp16, not 'int8'"):
+        measure_latency({"m": net}, test_x[:1], "ort-cuda", precision="int8")
 
 
 def test_calibration_shape_mismatch_names_the_batch(trained):

@@ -62,7 +62,9 @@ class Backend:
 
     ``needs_onnx``: ``load`` receives the path of an ONNX file exported from the model (otherwise the
     ``nn.Module`` itself); ``file_suffixes``: the model files it also loads when given a path.
-    ``precisions``: the precisions it accepts.
+    ``precisions``: the precisions it accepts. ``int8_format``: the quantized file it runs for
+    ``precision="int8"`` (``"onnx"``: a QDQ ONNX, ``"openvino"``: an INT8 IR; see
+    ``fxprune.deploy.quantize``).
     """
 
     name: ClassVar[str] = ""
@@ -70,6 +72,7 @@ class Backend:
     needs_onnx: ClassVar[bool] = True
     file_suffixes: ClassVar[tuple[str, ...]] = (".onnx",)  # model files it loads as they are
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    int8_format: ClassVar[str | None] = None
     description: ClassVar[str] = ""
 
     def check(self) -> None:

@@ -11,7 +11,7 @@ from .registry import register_backend
 
 __all__ = ["OpenVinoCpu"]
 
-_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: quantized ops in INT8, the rest f32
 
 
 class _OpenVinoRunner(CpuRunner):
@@ -32,7 +32,8 @@ class _OpenVinoRunner(CpuRunner):
 class OpenVinoCpu(Backend):
     name = "openvino"
     device = "cpu"
-    precisions = ("fp32", "bf16")
+    precisions = ("fp32", "bf16", "int8")
+    int8_format = "openvino"
     file_suffixes = (".onnx", ".xml")  # ONNX, or an OpenVINO IR (e.g. from fxprune.deploy.quantize)
     description = "OpenVINO runtime, CPU plugin, latency hint, one stream"
 

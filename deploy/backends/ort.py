@@ -41,7 +41,8 @@ class _OrtRunner(CpuRunner):
 class OrtCpu(Backend):
     name = "ort"
     device = "cpu"
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8")
+    int8_format = "onnx"  # QDQ pairs fuse into onnxruntime's INT8 kernels (QLinearConv, ...)
     description = "onnxruntime, CPU execution provider"
 
     def check(self) -> None:

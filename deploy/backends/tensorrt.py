@@ -141,6 +141,7 @@ class TensorRT(Backend):
     name = "trt"
     device = "cuda"
     precisions = ("fp32", "fp16", "int8")
+    int8_format = "onnx"
     description = "TensorRT engine built from ONNX, execute_async_v3 timed with CUDA events"
 
     def check(self) -> None:

@@ -1,8 +1,17 @@
-"""TensorRT through NVIDIA's ``trtexec`` tool (``backend="trtexec"``), when it is on PATH."""
+"""TensorRT through NVIDIA's ``trtexec`` tool (``backend="trtexec"``), when it is on PATH.
+
+Precision follows the TensorRT version, as in the Python backend: fp16 is ``--fp16`` on 10.x and an fp16
+ONNX graph on 11.x (which removed every precision flag); INT8 is explicit quantization, a QDQ ONNX
+(``fxprune.deploy.quantize(..., backend="onnx")``) built strongly typed: ``--stronglyTyped`` on 10.x
+(weak typing is deprecated since 10.12 and ``--int8`` would add implicit INT8 tactics), nothing on 11.x
+where every network is strongly typed.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -13,11 +22,44 @@ import torch
 from .base import Backend, BackendUnavailable, Runner, Settings
 from .registry import register_backend
 
-__all__ = ["Trtexec", "trtexec_command"]
+__all__ = ["Trtexec", "trtexec_command", "trtexec_major"]
 
 
-def trtexec_command(onnx: Path, precision: str, iters: int, times_json: Path, cuda_graphs: bool) -> list[str]:
-    """The ``trtexec`` command line that builds ``onnx`` and times ``iters`` inferences."""
+@functools.lru_cache(maxsize=1)
+def trtexec_major() -> int:
+    """Major TensorRT version of the ``trtexec`` on PATH (its banner reads ``[TensorRT v101300]``)."""
+    proc = subprocess.run([shutil.which("trtexec") or "trtexec", "--help"], capture_output=True, text=True)
+    found = re.search(r"TensorRT v(\d+)", proc.stdout + proc.stderr)
+    if found is None:
+        raise RuntimeError("could not read the TensorRT version from 'trtexec --help'")
+    return int(found.group(1)) // 10000
+
+
+def precision_flags(precision: str, major: int) -> list[str]:
+    """trtexec flags for ``precision`` on TensorRT ``major`` (the ONNX file carries the rest)."""
+    if precision == "int8":
+        return ["--stronglyTyped"] if major < 11 else []
+    if precision == "fp16" and major < 11:
+        return ["--fp16"]
+    return []
+
+
+def trtexec_command(
+    onnx: Path, precision: str, iters: int, times_json: Path, cuda_graphs: bool, major: int | None = None
+) -> list[str]:
+    """The ``trtexec`` command line that builds ``onnx`` and times ``iters`` inferences.
+
+    ``major``: the TensorRT version (default: read from the installed trtexec). ``precision="int8"`` needs
+    a QDQ ONNX (explicit quantization)."""
+    if precision == "int8":
+        from .tensorrt import has_qdq
+
+        if not has_qdq(onnx):
+            raise ValueError(
+                f"{onnx} has no QuantizeLinear/DequantizeLinear nodes: TensorRT INT8 needs a QDQ ONNX "
+                "(fxprune.deploy.quantize(model, inputs, calibration, backend='onnx'))"
+            )
+    major = trtexec_major() if major is None else major
     cmd = [
         shutil.which("trtexec") or "trtexec",
         f"--onnx={onnx}",
@@ -27,8 +69,7 @@ def trtexec_command(onnx: Path, precision: str, iters: int, times_json: Path, cu
         f"--exportTimes={times_json}",
         "--noDataTransfers",
     ]
-    if precision == "fp16":
-        cmd.append("--fp16")
+    cmd += precision_flags(precision, major)
     if cuda_graphs:
         cmd.append("--useCudaGraph")
     return cmd
@@ -60,7 +101,8 @@ class _TrtexecRunner(Runner):
 class Trtexec(Backend):
     name = "trtexec"
     device = "cuda"
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8")
+    int8_format = "onnx"
     description = "TensorRT's trtexec tool (engine built and timed by trtexec)"
 
     def check(self) -> None:
@@ -69,6 +111,9 @@ class Trtexec(Backend):
                 "trtexec is not on PATH; it ships with the TensorRT tar/deb packages from NVIDIA "
                 "(https://developer.nvidia.com/tensorrt), or use backend 'trt' (TensorRT Python API)"
             )
+
+    def export_dtype(self, precision: str) -> torch.dtype:
+        return torch.float16 if precision == "fp16" and trtexec_major() >= 11 else torch.float32
 
     def load(self, source: Path, inputs: tuple[torch.Tensor, ...], settings: Settings) -> _TrtexecRunner:
         return _TrtexecRunner(Path(source), settings)

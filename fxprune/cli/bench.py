@@ -18,7 +18,7 @@ from fxprune.deploy.sweep import DEFAULT_RATIOS
 from .args import add_model_args, backend_list, fraction, positive_int, ratio_list
 from .common import Steps, analyze_model, load_input
 from .deploy_steps import print_sweep_table
-from .export import int8_sources
+from .export import calibration_normalize
 
 _BENCH_EPILOG = """\
 MODEL is a model SPEC (as for prune), an ONNX file or an OpenVINO IR (.xml, openvino backend only).
@@ -55,9 +55,14 @@ def add_parser(sub, fmt) -> None:
         "--precision",
         default="fp32",
         choices=("fp32", "fp16", "bf16", "int8"),
-        help="default fp32; int8 quantizes dense and pruned with NNCF first",
+        help="default fp32; int8 quantizes every model (and --sweep ratio) with NNCF first",
     )
-    p.add_argument("--calib", metavar="DATA", help="INT8 calibration data (default: 32 random inputs)")
+    p.add_argument(
+        "--calib",
+        metavar="DATA",
+        help="INT8 calibration data: images folder, .npz or dataset yaml (default: the example input only, "
+        "enough for timing, not for accuracy)",
+    )
     p.add_argument(
         "--threads", metavar="N", type=positive_int, default=1, help="CPU runtime threads (default 1)"
     )
@@ -141,6 +146,10 @@ def _sources(args: argparse.Namespace, steps: Steps) -> tuple[dict[str, Any], to
     return sources, x, info
 
 
+def _all_files(sources: dict[str, Any]) -> bool:
+    return all(isinstance(src, Path) for src in sources.values())
+
+
 def _latency_table(results: dict, console: Console) -> None:
     from fxprune.deploy.report import measurement_rows
 
@@ -157,13 +166,33 @@ def _latency_table(results: dict, console: Console) -> None:
         console.print(escape(f"{backend}: {next(iter(by_name.values())).conditions()}"), style="dim")
 
 
+def _calibration(args: argparse.Namespace, x: torch.Tensor, console: Console) -> list | None:
+    """INT8 calibration batches: up to 300 from ``--calib``, else the example input (said so)."""
+    if args.precision != "int8":
+        return None
+    if args.calib:
+        from fxprune.deploy import load_calibration
+
+        norm = calibration_normalize(args)
+        return list(load_calibration(args.calib, tuple(x.shape), normalize=norm, limit=300))
+    console.print(
+        "no --calib: INT8 models are calibrated on the example input only (valid for timing, not for "
+        "accuracy)",
+        style="yellow",
+    )
+    return [x]
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     from fxprune.deploy import export_onnx, get_backend, measure_latency
+    from fxprune.deploy.backends import Settings
 
     steps = Steps(console)
     torch.manual_seed(0)
-    for name in args.backend:
-        get_backend(name).check()  # fail before any long work
+    for name in args.backend:  # fail before any long work
+        backend = get_backend(name)
+        backend.validate(Settings(args.precision, args.threads))
+        backend.check()
     sources, x, info = _sources(args, steps)
     exports = []
     if args.export:
@@ -173,26 +202,22 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     res = export_onnx(src, x, Path(args.export) / f"{name}.onnx")
                     s["detail"] = f"{res.path}, checker ok, max abs error {res.max_abs_error:.2g}"
                     exports.append({"model": name, **res.as_dict()})
+    calibration = _calibration(args, x, console)
     results = {}
     for backend in args.backend:
-        timed, runtime, precision = sources, backend, args.precision
-        if all(isinstance(src, Path) for src in sources.values()):  # files as given, OpenVINO IR included
-            runtime = get_backend(backend)
-        if args.precision == "int8":
-            timed, runtime, precision = int8_sources(sources, x, backend, args, steps)
-        with steps(f"timing on {backend}") as s:
+        int8 = " (quantized to INT8 first)" if calibration is not None and not _all_files(sources) else ""
+        with steps(f"timing on {backend}{int8}") as s:
             results[backend] = measure_latency(
-                timed,
+                sources,
                 x,
-                runtime,
-                precision=precision,
+                get_backend(backend),
+                precision=args.precision,
+                calibration=calibration,
                 threads=args.threads,
                 repeats=args.repeats,
                 budget_s=args.seconds,
             )
             s["detail"] = ", ".join(f"{n} {m.median_ms:.3g} ms" for n, m in results[backend].items())
-        for m in results[backend].values():
-            m.precision = args.precision  # INT8 graphs run with the CPU runtimes' fp32 settings
     console.print()
     _latency_table(results, console)
     points = None
@@ -207,6 +232,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 args.backend[0],
                 round_to=args.round_to,
                 precision=args.precision,
+                calibration=calibration,
                 threads=args.threads,
                 repeats=args.repeats,
                 budget_s=2 * args.seconds,

@@ -4,11 +4,8 @@ and INT8) and TensorRT engines, with a parity table against torch and a latency 
 from __future__ import annotations
 
 import argparse
-import atexit
 import copy
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +77,8 @@ def add_parser(sub, fmt) -> None:
     p.add_argument("--no-latency", action="store_true", help="skip the latency table")
 
 
-def _normalize(args: argparse.Namespace) -> str | None:
+def calibration_normalize(args: argparse.Namespace) -> str | None:
+    """The --calib-normalize choice (auto: imagenet except for ultralytics models)."""
     chosen = getattr(args, "calib_normalize", "auto")
     if chosen != "auto":
         return None if chosen == "none" else chosen
@@ -97,44 +95,13 @@ def _calibration(
         raise ValueError(
             "the INT8 formats need calibration data: pass --calib DATA (images folder, .npz, yaml)"
         )
-    data = list(load_calibration(args.calib, shape, normalize=_normalize(args), limit=args.calib_size + 64))
+    data = list(
+        load_calibration(args.calib, shape, normalize=calibration_normalize(args), limit=args.calib_size + 64)
+    )
     calib, held = data[: args.calib_size], data[args.calib_size :]
     if len(calib) < args.calib_size:
         raise ValueError(f"{args.calib} holds {len(calib)} inputs, fewer than --calib-size {args.calib_size}")
     return calib, held or calib[:64]
-
-
-def int8_sources(
-    sources: dict[str, Any], x: torch.Tensor, backend: str, args: argparse.Namespace, steps: Steps
-) -> tuple[dict[str, Path], Any, str]:
-    """Quantize every model for ``backend`` (OpenVINO IR for openvino, QDQ ONNX otherwise), calibrated on
-    ``args.calib`` (up to 300 inputs) or 32 random inputs; returns the files, the backend that times them and
-    the precision to pass (CPU runtimes run the quantized graph as written: ``fp32`` settings)."""
-    from fxprune.deploy import get_backend, load_calibration, quantize
-
-    be = get_backend(backend)
-    if be.device == "cuda" and "int8" not in be.precisions:
-        raise ValueError(f"backend {backend!r} has no INT8 path; INT8 runs on ort, openvino and trt")
-    if getattr(args, "calib", None):
-        calib = list(load_calibration(args.calib, tuple(x.shape), normalize=_normalize(args), limit=300))
-    else:
-        g = torch.Generator().manual_seed(0)
-        calib = [torch.randn(x.shape, generator=g) for _ in range(32)]
-    fmt, suffix = ("openvino", "xml") if backend == "openvino" else ("onnx", "onnx")
-    folder = Path(tempfile.mkdtemp(prefix="fxprune-int8-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    files = {}
-    for name, src in sources.items():
-        if not isinstance(src, nn.Module):
-            raise ValueError(
-                "--precision int8 quantizes a model SPEC; for an ONNX file, write its INT8 version with "
-                "'fxprune export SPEC --formats onnx-int8' and time that"
-            )
-        with steps(f"quantizing {name} to INT8 for {backend}") as s:
-            res = quantize(src, x, calib, fmt, folder / f"{name}-int8.{suffix}", subset_size=len(calib))
-            s["detail"] = f"{res.quantized_ops} quantizers, {res.samples} calibration inputs"
-        files[name] = res.path
-    return files, get_backend(backend), "int8" if "int8" in be.precisions else "fp32"
 
 
 def _agreement(ref: np.ndarray, got: np.ndarray, detection: bool) -> float:
