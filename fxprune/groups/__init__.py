@@ -16,4 +16,5 @@ from . import (  # noqa: F401  (imported for their handler registrations)
     reshape,
     shuffle_pad,
     sizes,
+    window_attention,
 )

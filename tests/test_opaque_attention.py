@@ -1,0 +1,116 @@
+"""Attention inside functions that tracing keeps whole: torchvision's Swin (v1 and v2) loses whole heads."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fxprune
+
+swin = pytest.importorskip("torchvision.models.swin_transformer")
+
+
+def tiny_swin(v2: bool, norm: bool = True) -> nn.Module:
+    """A three-stage Swin (3, 6, 12 heads of 16 channels); ``norm=False`` replaces its LayerNorms."""
+    torch.manual_seed(0)
+    kw = {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2} if v2 else {}
+    if not norm:
+        kw["norm_layer"] = lambda _: nn.Identity()  # removal is then exact: the verification covers it
+    model = swin.SwinTransformer([4, 4], 48, [2, 2, 2], [3, 6, 12], [4, 4], num_classes=10, **kw).eval()
+    for m in _attentions(model).values():
+        nn.init.normal_(m.qkv.bias)  # distinct per head (they start at zero)
+    return model
+
+
+def _attentions(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, swin.ShiftedWindowAttention)}
+
+
+def _kept_heads(dense: nn.Module, slim: nn.Module) -> list[int]:
+    """Which dense heads the slim module kept, found by matching each slim head's qkv bias."""
+    nh, hd = dense.num_heads, dense.qkv.weight.shape[1] // dense.num_heads
+    before = dense.qkv.bias.detach().reshape(3, nh, hd)
+    after = slim.qkv.bias.detach().reshape(3, slim.num_heads, hd)
+    kept = []
+    for h in range(slim.num_heads):
+        hits = [k for k in range(nh) if torch.equal(before[:, k], after[:, h])]
+        assert len(hits) == 1, f"slim head {h} is not one dense head"
+        kept.append(hits[0])
+    return kept
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_swin_loses_whole_heads_exactly(v2, single_thread):
+    model = tiny_swin(v2, norm=False)
+    dense = copy.deepcopy(model)
+    x = torch.randn(2, 3, 64, 64)
+    keep_bias_mlp = ["*.cpb_mlp.0"] if v2 else []  # hidden units stay: per-head rows compare whole
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1, ignore=keep_bias_mlp)
+    assert report.exact_error is not None and report.exact_error < 1e-4
+    assert not report.approx_groups  # no LayerNorm: every removal was checked exactly
+    assert report.flops_after / report.flops_before < 0.4
+    dense_attn, slim_attn = _attentions(dense), _attentions(model)
+    for name, m in slim_attn.items():
+        d = dense_attn[name]
+        hd = d.qkv.weight.shape[1] // d.num_heads
+        assert 0 < m.num_heads < d.num_heads
+        assert m.qkv.weight.shape == (3 * m.num_heads * hd, m.num_heads * hd)  # head size unchanged
+        kept = _kept_heads(d, m)
+        cols = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in kept])
+        w = d.qkv.weight.detach().reshape(3, d.num_heads, hd, -1)[:, kept][..., cols]
+        assert torch.equal(w.reshape(m.qkv.weight.shape), m.qkv.weight.detach())
+        assert torch.equal(d.proj.weight.detach()[cols][:, cols], m.proj.weight.detach())
+        if v2:
+            assert torch.equal(d.logit_scale.detach()[kept], m.logit_scale.detach())
+            assert torch.equal(d.cpb_mlp[2].weight.detach()[kept], m.cpb_mlp[2].weight.detach())
+        else:
+            table = d.relative_position_bias_table.detach()[:, kept]
+            assert torch.equal(table, m.relative_position_bias_table.detach())
+    assert model(x).shape == (2, 10)
+
+
+def test_swin_heads_follow_the_residual_stream():
+    """With LayerNorms the residual groups are approximate; the stage's heads are their atoms."""
+    model = tiny_swin(v2=False)
+    x = torch.randn(1, 3, 32, 32)
+    analysis = fxprune.analyze(model, x)
+    assert not analysis.unsupported
+    residual = [g for g in analysis.groups if any(m.endswith("attn.qkv") for m in g.modules)]
+    assert sorted(g.width for g in residual) == [3, 6, 12]
+    assert all(not g.exact and g.prunable == g.width for g in residual)
+    report = fxprune.prune(model, x, ratio=0.5)
+    assert report.approx_groups and report.flops_after / report.flops_before < 0.45
+
+
+def test_v2_bias_layer_is_not_aligned():
+    """v2's bias MLP has one row per head: round_to aligns the channels, not the head count."""
+    model = tiny_swin(v2=True, norm=False)
+    fxprune.prune(model, torch.randn(1, 3, 32, 32), ratio=0.5, round_to=8)
+    heads = [m.num_heads for m in _attentions(model).values()]
+    assert heads == [2, 2, 3, 3, 6, 6]
+
+
+def shifted_window_attention(x: torch.Tensor) -> torch.Tensor:
+    """Same name as torchvision's function, other semantics: it must stay unknown."""
+    return x.flip(-1)
+
+
+torch.fx.wrap("shifted_window_attention")
+
+
+class _Lookalike(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.b(shifted_window_attention(self.a(x)))
+
+
+def test_function_of_the_same_name_stays_unknown():
+    analysis = fxprune.analyze(_Lookalike(), torch.randn(2, 8))
+    assert [u.op for u in analysis.unsupported] == ["shifted_window_attention"]
+    assert all(g.prunable == 0 for g in analysis.groups)
