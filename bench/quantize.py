@@ -55,6 +55,7 @@ from fxprune.models.spec import load_model  # noqa: E402
 MODELS = {
     "resnet50": ("torchvision:resnet50", (1, 3, 224, 224), 0.25),
     "yolov8n": ("yolov8n.yaml", (1, 3, 640, 640), 0.5),
+    "resnet18-small": ("torchvision:resnet18", (1, 3, 64, 64), 0.5),  # quick check of the bench itself
 }
 QUANT_FORMAT = {"openvino": "openvino", "ort": "onnx"}
 
@@ -286,6 +287,109 @@ def part_sweep(name: str, args, tmp: Path) -> dict[str, Any]:
     }
 
 
+def _ort_profile(path: Path, x: torch.Tensor, runs: int, threads: int) -> dict[str, float]:
+    """onnxruntime: ms per call spent in each op type (after graph fusion), from its profiler."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.enable_profiling, opts.log_severity_level = True, 3
+    opts.profile_file_prefix = str(path.with_suffix(""))
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feeds = {sess.get_inputs()[0].name: x.numpy()}
+    for _ in range(3 + runs):
+        sess.run(None, feeds)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e["args"].get("op_name", "?")
+            totals[op] = totals.get(op, 0.0) + e["dur"] / 1000 / (3 + runs)
+    return totals
+
+
+def _ov_profile(path: Path, x: torch.Tensor, runs: int, threads: int) -> dict[str, float]:
+    """OpenVINO: ms per call by layer type and executed precision (``Convolution/I8``, ``Eltwise/FP32``)."""
+    import openvino as ov
+
+    config = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+        "INFERENCE_NUM_THREADS": str(threads),
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERF_COUNT": "YES",
+    }
+    request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+    for _ in range(3):
+        request.infer({0: x.numpy()})
+    totals: dict[str, float] = {}
+    for _ in range(runs):
+        request.infer({0: x.numpy()})
+        for info in request.get_profiling_info():
+            if info.status != info.Status.EXECUTED:
+                continue
+            key = f"{info.node_type}/{info.exec_type.rsplit('_', 1)[-1]}"
+            totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds() * 1000 / runs
+    return totals
+
+
+def part_alignment(name: str, args, tmp: Path) -> dict[str, Any]:
+    """Pruned-INT8 over dense-INT8 for several ``--round-tos`` at the model's FLOPs target, one interleaved
+    run per runtime, and where the time goes (per-op profiles of dense and pruned INT8)."""
+    torch.manual_seed(0)
+    spec, shape, target = MODELS[name]
+    dense, _ = load_model(spec)
+    dense.eval()
+    x = torch.randn(*shape)
+    calib = [torch.randn(*shape) for _ in range(args.calib_samples)]
+    models, flops = {"dense": dense}, {}
+    for rt in args.round_tos:
+        pruned = copy.deepcopy(dense)
+        try:
+            fxprune.prune(pruned, x, target_flops=target, round_to=rt)
+        except ValueError as e:
+            log(f"{name}: round_to {rt} cannot reach FLOPs {target}: {e}")
+            continue
+        models[f"round_to {rt}"] = pruned.eval()
+        flops[f"round_to {rt}"] = count_flops(dense, x) / count_flops(pruned, x)
+        log(f"{name}: round_to {rt}: FLOPs {flops[f'round_to {rt}']:.2f}x smaller")
+    out: dict[str, Any] = {"model": name, "target_flops": target, "flops_ratio": flops, "runtimes": {}}
+    for runtime in args.backends:
+        fmt = QUANT_FORMAT[runtime]
+        suffix = "xml" if fmt == "openvino" else "onnx"
+        files = {
+            k: quantize(
+                m, x, calib, fmt, tmp / f"{name}-{k.replace(' ', '')}.{suffix}", subset_size=len(calib)
+            )
+            for k, m in models.items()
+        }
+        res = measure_latency(
+            {k: f.path for k, f in files.items()},
+            x,
+            runtime,
+            precision="int8",
+            threads=args.threads,
+            repeats=args.repeats,
+            budget_s=args.budget_s * len(files) / 2,
+        )
+        profile = _ov_profile if runtime == "openvino" else _ort_profile
+        row: dict[str, Any] = {"median_ms": {k: m.median_ms for k, m in res.items()}, "points": {}}
+        row["profile_ms"] = {k: profile(f.path, x, args.profile_runs, args.threads) for k, f in files.items()}
+        for k in flops:
+            s = speedup(res["dense"], res[k])
+            row["points"][k] = {"speedup": s, "of_flops_reduction": s / flops[k]}
+        out["runtimes"][runtime] = row
+        text = ", ".join(
+            f"{k}: {p['speedup']:.2f}x ({p['of_flops_reduction']:.2f} of {flops[k]:.2f}x)"
+            for k, p in row["points"].items()
+        )
+        log(f"{name} {runtime} INT8 pruned over dense INT8: {text}")
+        for k, prof in row["profile_ms"].items():
+            top = sorted(prof.items(), key=lambda kv: -kv[1])[:8]
+            log(f"  {k} profile ({sum(prof.values()):.1f} ms): " + ", ".join(f"{o} {v:.1f}" for o, v in top))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -309,10 +413,13 @@ def main() -> None:
     p.add_argument("--ft-round-to", type=int, default=1, help="cifar-pruned: channel multiple")
     p.add_argument("--ft-epochs", type=int, default=2, help="cifar-pruned: fine-tuning epochs")
     p.add_argument("--ft-lr", type=float, default=0.01, help="cifar-pruned: SGD lr (10x lower half-way)")
+    p.add_argument("--round-tos", default="16,32,64", help="alignment: channel multiples to compare")
+    p.add_argument("--profile-runs", type=int, default=5, help="alignment: profiled calls per file")
     p.add_argument("--out", default=None, help="JSON file to write (appends to an existing list)")
     args = p.parse_args()
     args.backends = [b for b in args.backends.split(",") if b]
     args.ratios = [float(r) for r in args.ratios.split(",") if r]
+    args.round_tos = [int(r) for r in args.round_tos.split(",") if r]
     torch.set_num_threads(args.threads)
     row: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -336,7 +443,7 @@ def main() -> None:
             add({"part": "cifar", **part_cifar(args, Path(tmp))})
         if "cifar-pruned" in parts:
             add({"part": "cifar-pruned", **part_cifar(args, Path(tmp), pruned=True)})
-        for part, run in (("latency", part_latency), ("sweep", part_sweep)):
+        for part, run in (("latency", part_latency), ("sweep", part_sweep), ("alignment", part_alignment)):
             if part in parts:
                 for name in args.models.split(","):
                     add({"part": part, **run(name, args, Path(tmp))})
