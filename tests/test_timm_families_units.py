@@ -43,3 +43,39 @@ def test_flops_counted_with_an_expanded_parameter_passed_to_a_submodule():
     assert report.warnings == []
     assert report.verified
     assert report.flops_before == dense and 0 < report.flops_after < dense
+
+
+class _ComputedQkvBias(nn.Module):
+    """BEiT/EVA attention: ``F.linear`` with the qkv weight and a bias concatenated from q, zero k and v."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(8, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.randn(dim))
+        self.register_buffer("k_bias", torch.zeros(dim), persistent=False)
+        self.v_bias = nn.Parameter(torch.randn(dim))
+        self.proj = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        b, n, _ = x.shape
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        qkv = nn.functional.linear(x, weight=self.qkv.weight, bias=bias)
+        q, k, v = qkv.reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, scale=0.35)  # fixed: pruning keeps it exact
+        y = y.transpose(1, 2).reshape(b, n, -1)
+        return self.head(x + self.proj(y))
+
+
+def test_linear_with_a_computed_bias_prunes_its_rows_and_the_bias():
+    torch.manual_seed(0)
+    model, x = _ComputedQkvBias(), torch.randn(2, 5, 8)
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.verified
+    assert model.qkv.weight.shape[0] < 48
+    rows = model.qkv.weight.shape[0] // 3
+    assert model.q_bias.shape[0] == model.k_bias.shape[0] == model.v_bias.shape[0] == rows
+    assert model(x).shape == (2, 5, 4)

@@ -180,10 +180,29 @@ def linear(ctx: OpContext, x_labels: Labels, weight: torch.Tensor, module: str, 
 @handles_ops("linear", layer=LayerArgs(weight=1))
 def functional_linear(ctx: OpContext) -> Any:
     got = params_owner(ctx, [(1, "weight"), (2, "bias")])
-    if got is None:
+    if got is not None:
+        owner, names = got
+        return linear(ctx, ctx.larg(0, "input"), ctx.arg(1, "weight"), owner, tuple(names))
+    weight = param_owner(ctx, 1, "weight")
+    if weight is None:
         return ctx.unsupported_op("linear with a computed weight")
-    owner, names = got
-    return linear(ctx, ctx.larg(0, "input"), ctx.arg(1, "weight"), owner, tuple(names))
+    return _linear_computed_bias(ctx, *weight)
+
+
+def _linear_computed_bias(ctx: OpContext, owner: str, weight_name: str) -> Labels:
+    """``F.linear(x, self.w, bias)`` with a computed bias (BEiT/EVA: ``torch.cat((q_bias, k_bias, v_bias))``).
+
+    The bias adds one value to each output channel, so its channels follow the weight's rows, as the
+    operand of an elementwise add would; a bias whose channels cannot follow freezes them.
+    """
+    out = linear(ctx, ctx.larg(0, "input"), ctx.arg(1, "weight"), owner, (weight_name, None))
+    rows = out[ctx.arg(0, "input").dim() - 1]
+    bias, bias_labels = ctx.arg(2, "bias"), (ctx.larg(2, "bias") or {}).get(0)
+    if bias_labels is not None:
+        ctx.table.union(bias_labels, rows)
+    elif isinstance(bias, torch.Tensor) and bias.dim() == 1 and bias.shape[0] > 1:
+        ctx.table.freeze(rows, f"{ctx.where}: bias computed from channels that cannot be pruned")
+    return out
 
 
 @handles_modules(nn.Linear)
