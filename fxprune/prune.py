@@ -11,18 +11,19 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .analysis import Analysis, analyze
 from .capture import run_model
 from .capture.inputs import ExampleInputs
 from .capture.outputs import OutputSelector, selected_tensors
+from .groups.channel_order import channel_orders
 from .groups.grouping import Group
 from .importance.registry import Importance
 from .measure import count_params, try_count_flops
+from .measure.flops import flop_counter
 from .plan import Plan, Planner, RatioPlanner, resolve_round_to
 from .slim import slim_model
-from .targets import SizeTargetPlanner
+from .targets import PlanCosts, SizeTargetPlanner
 from .verify import compare_outputs, masked
 from .verify.precision import cast_inputs, promote_to_fp32, restore_dtypes
 
@@ -129,22 +130,25 @@ class _Stopwatch:
 
 
 class _PassFlops:
-    """FLOPs counted on the forward passes verification makes anyway (before and after slimming).
+    """FLOPs before and after slimming: from the analysis's cost table, else counted on verification passes.
 
-    If the counter itself fails (torch's dispatch mode on an unusual model), the pass runs again without
-    it and the figure falls back to :func:`fxprune.measure.try_count_flops` (None and a reason if that
-    fails too).
+    With an exact cost table (:class:`fxprune.targets.PlanCosts`) no pass is counted. Otherwise the passes
+    verification makes anyway are counted; if the counter itself fails (torch's dispatch mode on an unusual
+    model), the pass runs again without it and the figure falls back to
+    :func:`fxprune.measure.try_count_flops` (None and a reason if that fails too).
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Any) -> None:
+    def __init__(self, model: nn.Module, example_inputs: Any, figures: list[int] | None = None) -> None:
         self.model, self.example_inputs = model, example_inputs
-        self.figures: list[int | None] = []
+        self.known = figures is not None
+        self.figures: list[int | None] = list(figures or [])
         self.notes: list[str] = []
 
     def run(self, forward: Callable[[], T]) -> T:
+        if self.known:
+            return forward()
         try:
-            counter = FlopCounterMode(display=False)
-            with counter:
+            with flop_counter() as counter:
                 out = forward()
             self.figures.append(int(counter.get_total_flops()))
             return out
@@ -155,10 +159,18 @@ class _PassFlops:
 
     def count(self) -> None:
         """Count the model as it is now with a separate pass."""
+        if self.known:
+            return
         figure, note = try_count_flops(self.model, self.example_inputs)
         self.figures.append(figure)
         if note:
             self.notes.append(note)
+
+
+def _orders(analysis: Analysis, plan: Plan) -> dict:
+    """The order of the kept channels of layers fed by a followed channel shuffle (see ``slim_model``)."""
+    gm = analysis.captured.graph_module
+    return channel_orders(analysis.propagation, gm, analysis.groups, plan.remove)
 
 
 def apply_plan(
@@ -169,7 +181,9 @@ def apply_plan(
     Verification runs the model twice: once before slimming, with the removed channels masked out by hooks
     (no copy of the model), and once slimmed; the FLOPs before and after are counted on those two passes.
     Groups whose removal is approximate (a LayerNorm over the channels) are checked separately on a
-    slimmed copy without them. ``report.timings`` gives the seconds of each step.
+    slimmed copy without them. The FLOPs come from the analysis when it could follow every operand's
+    width (:class:`fxprune.targets.PlanCosts`), else from those passes. ``report.timings`` gives the
+    seconds of each step.
     """
     model = analysis.model
     was_training = model.training
@@ -180,7 +194,10 @@ def apply_plan(
     approx_groups = [g.id for g in analysis.groups if not g.exact and len(plan.remove.get(g.id, ())) > 0]
     low_precision = promote_to_fp32(model) if verify else {}  # fp16/bf16: verified in fp32, cast back
     example_inputs = cast_inputs(example_inputs, torch.float32) if low_precision else example_inputs
-    flops = _PassFlops(model, example_inputs)
+    with watch("flops"):
+        costs = PlanCosts(analysis)
+        figures = [costs.flops(Plan()), costs.flops(plan)] if costs.exact else None
+    flops = _PassFlops(model, example_inputs, figures)
     if verify:
         exact_plan = _exact_plan(analysis.groups, plan) if approx_groups else plan
         with watch("masked reference"):
@@ -188,12 +205,13 @@ def apply_plan(
             if approx_groups:
                 approx_reference = _masked_output(analysis, plan, False, example_inputs)
                 exact_model = copy.deepcopy(model)
-                slim_model(exact_model, analysis.groups, exact_plan, analysis.constants)
+                exact_orders = _orders(analysis, exact_plan)
+                slim_model(exact_model, analysis.groups, exact_plan, analysis.constants, exact_orders)
     else:
         with watch("flops"):
             flops.count()
     with watch("slim"):
-        changes = slim_model(model, analysis.groups, plan, analysis.constants)
+        changes = slim_model(model, analysis.groups, plan, analysis.constants, _orders(analysis, plan))
     if verify:
         try:
             with watch("verify"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +11,7 @@ from torch import nn
 
 from .context import Unsupported
 from .propagate import PropagationResult
+from .shuffle_quotas import shuffle_choosers
 from .slots import Block, SlotTable
 
 __all__ = ["Group", "build_groups"]
@@ -23,7 +24,8 @@ class Group:
     ``atoms[i]`` is a removable unit (a slot class); ``blocks`` are the parameter dimensions it spans;
     ``frozen`` maps atom index -> reason it must stay. ``equal_parts`` lists atom-index pieces that must
     lose the same number of atoms (``chunk``). ``divisor`` is how many channels of the narrowest layer an
-    atom stands for (grouped convs, GroupNorm).
+    atom stands for (grouped convs, GroupNorm). ``chooser(scores, n_remove)``, when set, picks the atoms to
+    remove itself (channels after a channel shuffle, :mod:`.shuffle_quotas`).
     """
 
     id: int
@@ -33,6 +35,7 @@ class Group:
     approx_reason: str | None = None
     equal_parts: list[list[np.ndarray]] = field(default_factory=list)
     divisor: int = 1
+    chooser: Callable[[np.ndarray, int], np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def width(self) -> int:
@@ -185,8 +188,11 @@ def _attach_constraints(result: PropagationResult, groups: list[Group], table: S
     for g in groups:
         for i, r in enumerate(g.atoms.tolist()):
             where[r] = (g, i)
+    choosers, handled, freeze = shuffle_choosers(result, where)
+    for grp, i, reason in freeze:
+        grp.frozen.setdefault(i, reason)
     for kind, pieces, _ in result.constraints:
-        if kind != "equal_parts":
+        if kind != "equal_parts" or id(pieces[0]) in handled:
             continue
         mapped = [[where.get(int(r)) for r in table.roots(p).tolist()] for p in pieces]
         owners = {m[0].id for piece in mapped for m in piece if m is not None}
@@ -206,3 +212,8 @@ def _attach_constraints(result: PropagationResult, groups: list[Group], table: S
                             grp.frozen.setdefault(int(a), "chunk pieces coupled in two ways")
             continue
         grp.equal_parts.append(idx_pieces)
+    for g in groups:
+        if g.id in choosers and choosers[g.id].absorb(g.equal_parts):
+            g.chooser, g.equal_parts = choosers[g.id], []
+        elif g.id in choosers:
+            g.frozen.update({i: "channel shuffle next to chunk constraints" for i in range(g.width)})

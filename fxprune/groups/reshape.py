@@ -10,6 +10,7 @@ from .attr_constants import find_attribute
 from .channel_constants import find_constant
 from .context import OpContext
 from .labels import Labels, permute_labels, reshape_labels
+from .permutation import finish_shuffle_view, start_shuffle_view
 from .registry import handles_modules, handles_ops
 from .sizes import IntInfo
 
@@ -50,7 +51,13 @@ def _constant_sizes(ctx: OpContext, sizes: list, adaptive: list[bool]) -> dict[i
 
 @handles_ops("view", "reshape", "_unsafe_view")
 def reshape(ctx: OpContext) -> Labels:
-    """``view``/``reshape`` with sizes that are constants, computed from ``x.shape``, or -1."""
+    """``view``/``reshape`` with sizes that are constants, computed from ``x.shape``, or -1.
+
+    The views opening and closing a channel shuffle follow it as a permutation (:mod:`.permutation`).
+    """
+    shuffled = finish_shuffle_view(ctx) if not ctx.larg(0, "input") else start_shuffle_view(ctx)
+    if shuffled is not None:
+        return shuffled
     x = ctx.arg(0, "input")
     lab = ctx.larg(0, "input") or {}
     sizes, adaptive = _shape_args(ctx)
@@ -91,7 +98,8 @@ def reshape_free(ctx: OpContext) -> Labels:
     x = ctx.arg(0, "input")
     lab = ctx.larg(0, "input") or {}
     if not lab:
-        return {}
+        shuffled = finish_shuffle_view(ctx) if ctx.op_name == "flatten" else None
+        return shuffled if shuffled is not None else {}
     return reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, None, ctx.where)
 
 

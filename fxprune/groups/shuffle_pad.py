@@ -7,6 +7,7 @@ from torch import nn
 
 from .context import OpContext
 from .labels import Labels
+from .permutation import shuffle_labels
 from .registry import handles_modules, handles_ops
 
 __all__ = ["channel_shuffle", "pad", "pixel_shuffle", "pixel_unshuffle"]
@@ -70,9 +71,13 @@ def pixel_unshuffle(ctx: OpContext) -> Labels:
 
 @handles_ops("channel_shuffle", "native_channel_shuffle")
 def channel_shuffle(ctx: OpContext) -> Labels:
-    """Channels interleave across ``groups``: a position is removed in every group at once."""
+    """Channels interleave across ``groups``: followed as a permutation where the order can be followed
+    downstream (:mod:`.permutation`), else a position is removed in every group at once."""
     lab = ctx.larg(0, "input") or {}
     g = ctx.arg(1, "groups")
+    followed = shuffle_labels(ctx, g) if lab else None
+    if followed is not None:
+        return followed
     out = dict(lab)
     if 1 in lab:
         grouped = lab[1].reshape(g, -1)

@@ -41,6 +41,8 @@ def _choose(group: Group, scores: np.ndarray, n_remove: int) -> np.ndarray:
     """The ``n_remove`` lowest-scored prunable atoms, honouring equal-parts (chunk) constraints."""
     if n_remove <= 0:
         return np.zeros(0, dtype=np.int64)
+    if group.chooser is not None:  # counts the group's layers must keep (after a channel shuffle)
+        return np.sort(group.chooser(scores, n_remove))
     if not group.equal_parts:
         return np.sort(removal_order(group, scores)[:n_remove])
     prunable = prunable_atoms(group)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from torch import nn
@@ -45,21 +47,27 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
 
 
 def slim_model(
-    model: nn.Module, groups: list[Group], plan: Plan, constants: list[ChannelConstant] = ()
+    model: nn.Module,
+    groups: list[Group],
+    plan: Plan,
+    constants: list[ChannelConstant] = (),
+    orders: Mapping[tuple[str, int], np.ndarray] | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Slice every parameter dimension of the planned atoms out of ``model`` (in place).
 
     Returns ``{"module.param[dim]": (before, after)}``. The model keeps its class and module tree;
     parameters are replaced by new ``nn.Parameter`` objects (re-create optimizers afterwards) on the same
     device, with the same dtype and memory format (channels-last stays channels-last); a parameter
-    shared between modules stays one object.
+    shared between modules stays one object. ``orders`` gives, for a ``(parameter, dim)``, its kept
+    indices in the order its input arrives (after a channel shuffle:
+    :func:`fxprune.groups.channel_order.channel_orders`); the others keep ascending order.
     """
     with one_thread():
-        return _slim(model, groups, plan, constants)
+        return _slim(model, groups, plan, constants, orders or {})
 
 
 def _slim(
-    model: nn.Module, groups: list[Group], plan: Plan, constants: list[ChannelConstant]
+    model: nn.Module, groups: list[Group], plan: Plan, constants: list[ChannelConstant], orders: Mapping
 ) -> dict[str, tuple[int, int]]:
     aliases = _aliases(model)
     canonical = {alias: names[0] for names in aliases.values() for alias in names}
@@ -84,8 +92,9 @@ def _slim(
                     continue
                 done.add(key)
                 old = tensors[name]
+                index = torch.as_tensor(orders[(name, dim)]) if (name, dim) in orders else keep_t
                 with torch.no_grad():
-                    data = old.detach().index_select(dim, keep_t.to(old.device))
+                    data = old.detach().index_select(dim, index.to(old.device))
                     data = data.contiguous(memory_format=_memory_format(old))
                 new = (
                     nn.Parameter(data, requires_grad=old.requires_grad)
