@@ -114,3 +114,62 @@ def test_function_of_the_same_name_stays_unknown():
     analysis = fxprune.analyze(_Lookalike(), torch.randn(2, 8))
     assert [u.op for u in analysis.unsupported] == ["shifted_window_attention"]
     assert all(g.prunable == 0 for g in analysis.groups)
+
+
+def tiny_maxvit(norm: bool = True) -> nn.Module:
+    """A two-stage MaxViT (2 and 4 heads of 16 channels); ``norm=False`` replaces its LayerNorms."""
+    maxvit = pytest.importorskip("torchvision.models.maxvit")
+    torch.manual_seed(0)
+    model = maxvit.MaxVit(
+        input_size=(64, 64), stem_channels=16, partition_size=4, block_channels=[32, 64], block_layers=[1, 1],
+        head_dim=16, stochastic_depth_prob=0.0, num_classes=10,
+    ).eval()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not norm and isinstance(child, nn.LayerNorm):
+                setattr(parent, name, nn.Identity())
+    return model
+
+
+def test_maxvit_loses_whole_heads_exactly(single_thread):
+    """q, k, v reshaped with ``self.n_heads``, einsum products, a gathered relative-position table."""
+    maxvit = pytest.importorskip("torchvision.models.maxvit")
+    model = tiny_maxvit(norm=False)
+    dense = copy.deepcopy(model)
+    x = torch.randn(2, 3, 64, 64)
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.exact_error is not None and not report.approx_groups
+    assert report.flops_after / report.flops_before < 0.5
+    kind = maxvit.RelativePositionalMultiHeadAttention
+    before = {n: m for n, m in dense.named_modules() if isinstance(m, kind)}
+    for name, m in model.named_modules():
+        if not isinstance(m, kind):
+            continue
+        d = before[name]
+        assert m.n_heads == d.n_heads // 2 and m.head_dim == d.head_dim
+        assert m.to_qkv.out_features == 3 * m.n_heads * m.head_dim
+        table = d.relative_position_bias_table.detach()
+        kept = [k for k in range(d.n_heads) for c in m.relative_position_bias_table.detach().T
+                if torch.equal(table[:, k], c)]
+        assert len(kept) == m.n_heads
+
+
+class _EinsumPair(nn.Module):
+    def __init__(self, fixed: bool):
+        super().__init__()
+        self.fixed = fixed
+        self.a, self.b, self.out = nn.Linear(8, 6), nn.Linear(8, 6), nn.Linear(5, 4)
+
+    def forward(self, x):
+        other = torch.ones(2, 5, 6) if self.fixed else self.b(x)
+        return self.out(torch.einsum("b n c, b m c -> b n m", self.a(x), other).transpose(1, 2)[..., :5])
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["two-layers", "fixed-operand"])
+def test_einsum_couples_contracted_channels(fixed):
+    analysis = fxprune.analyze(_EinsumPair(fixed), torch.randn(2, 5, 8))
+    group = next(g for g in analysis.groups if "a" in g.modules and g.width == 6)
+    if fixed:
+        assert group.prunable == 0  # the constant operand cannot lose its channels
+    else:
+        assert sorted(group.modules) == ["a", "b"] and group.prunable == 6

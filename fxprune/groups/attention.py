@@ -1,4 +1,5 @@
-"""Attention and matrix products: ``matmul``, ``scaled_dot_product_attention``, ``nn.MultiheadAttention``.
+"""Attention and matrix products: ``matmul``, ``einsum``, ``scaled_dot_product_attention``, and
+``nn.MultiheadAttention``.
 
 A contraction couples the channels it sums over; ``nn.MultiheadAttention`` loses whole heads, together
 with the embedding channels they span. The module uses one width for its input, its heads and its output
@@ -13,11 +14,16 @@ from typing import Any
 
 from torch import nn
 
+from .channel_constants import register_channel_constant
 from .context import OpContext
 from .labels import Labels, broadcast_labels
 from .registry import handles_modules, handles_ops
 
-__all__ = ["matmul", "multihead_attention", "sdpa"]
+__all__ = ["einsum", "matmul", "multihead_attention", "sdpa"]
+
+# torchvision's MaxViT reshapes q, k and v to ``(B, G, P, self.n_heads, self.head_dim)``: the head count
+# follows pruning (whole heads go), the head size stays.
+register_channel_constant("torchvision.models.maxvit.RelativePositionalMultiHeadAttention", "n_heads")
 
 
 def _batch_labels(ctx: OpContext, operands: list[tuple[Any, Labels]]) -> Labels:
@@ -51,6 +57,50 @@ def matmul(ctx: OpContext) -> Labels:
         out[nd - 2] = la[a.dim() - 2]
     if b.dim() - 1 in lb:
         out[nd - 1] = lb[b.dim() - 1]
+    return out
+
+
+def _einsum_operands(ctx: OpContext) -> tuple[str, list, list] | None:
+    """``(equation without spaces, operands, labels)`` of ``einsum(eq, *ops)`` or ``einsum(eq, ops)``."""
+    eq = ctx.arg(0, "equation")
+    ops, labs = list(ctx.args[1:]), list(ctx.largs[1:])
+    if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+        ops, labs = list(ops[0]), list(labs[0] or [None] * len(ops[0]))
+    if not isinstance(eq, str) or not all(hasattr(t, "dim") for t in ops):
+        return None
+    return eq.replace(" ", ""), ops, labs
+
+
+@handles_ops("einsum")
+def einsum(ctx: OpContext) -> Labels:
+    """``einsum`` with an explicit output: the dims that share a letter are coupled, summed ones included.
+
+    A letter whose dim has labels in one operand and none in another (of size > 1) freezes them, as a
+    contraction with a fixed operand does. Ellipses and repeated letters (diagonals) are not followed.
+    """
+    got = _einsum_operands(ctx)
+    if got is None or "->" not in got[0] or "..." in got[0]:
+        return ctx.unsupported_op("einsum without an explicit output")
+    eq, ops, labs = got
+    lhs, out_spec = eq.split("->")
+    specs = lhs.split(",")
+    if len(specs) != len(ops) or any(len(s) != t.dim() or len(set(s)) != len(s) for s, t in zip(specs, ops)):
+        return ctx.unsupported_op("einsum with repeated letters")
+    entries: dict[str, list] = {}
+    for spec, t, lab in zip(specs, ops, labs):
+        for d, letter in enumerate(spec):
+            entries.setdefault(letter, []).append(((lab or {}).get(d), t.shape[d]))
+    out: Labels = {}
+    for letter, found in entries.items():
+        labeled = [a for a, _ in found if a is not None]
+        if not labeled:
+            continue
+        for a in labeled[1:]:
+            ctx.table.union(labeled[0], a)
+        if any(a is None and size > 1 for a, size in found):
+            ctx.table.freeze(labeled[0], f"{ctx.where}: einsum with an operand whose channels stay")
+        elif letter in out_spec:
+            out[out_spec.index(letter)] = labeled[0]
     return out
 
 

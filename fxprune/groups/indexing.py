@@ -29,8 +29,36 @@ def _expand_index(index: Any, ndim: int) -> list:
     return out
 
 
+def _gathered(ctx: OpContext, x: torch.Tensor, lab: Labels, index: Any) -> Labels | None:
+    """Labels of ``x[:, idx]`` (one integer index tensor, full slices elsewhere), else None.
+
+    The indexed dim's channels freeze (positions picked by value, as a relative-position table's rows);
+    the index's dims take its place; the other dims keep their channels (the table's heads).
+    """
+    items = _expand_index(index, x.dim())
+    if any(i is None for i in items):
+        return None
+    items += [slice(None)] * (x.dim() - len(items))  # trailing dims not written are taken whole
+    picked = [k for k, i in enumerate(items) if isinstance(i, torch.Tensor)]
+    if len(picked) != 1:
+        return None
+    k = picked[0]
+    idx = items[k]
+    if idx.dtype == torch.bool or idx.is_floating_point():
+        return None
+    if any(not (isinstance(i, slice) and _is_full(i)) for j, i in enumerate(items) if j != k):
+        return None
+    for a in [lab.get(k), *iter_labels(ctx.largs[1:])]:
+        if a is not None:
+            ctx.table.freeze(a, f"{ctx.where}: positions gathered by an index tensor")
+    return {d if d < k else d + idx.dim() - 1: a for d, a in lab.items() if d != k}
+
+
 def index_labels(ctx: OpContext, x: torch.Tensor, lab: Labels, index: Any) -> Labels:
     """Labels of ``x[index]``: full slices keep a channel dim; ints, partial slices and tensors freeze it."""
+    gathered = _gathered(ctx, x, lab, index) if lab else None
+    if gathered is not None:
+        return gathered
     out: Labels = {}
     d_in = d_out = 0
     for idx in _expand_index(index, x.dim()):

@@ -43,9 +43,11 @@ def scope_attributes(model: nn.Module, node: fx.Node) -> dict[int, tuple[str, st
     """``{value: (module, attribute)}`` of the int attributes of the modules ``node`` runs in that their own
     ``forward`` reads (``self.NAME`` in its source).
 
-    Values up to 3 are left out: in a graph they are mostly dim indices (``mean((2, 3))``).
+    Values up to 3 are left out: in a graph they are mostly dim indices (``mean((2, 3))``). A value two
+    modules hold is taken from the innermost one (as ``attr_constants.find_attribute`` does).
     """
     scopes = [""] + [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+    scopes.reverse()
     found: dict[int, tuple[str, str]] = {}
     for scope in scopes:
         try:
