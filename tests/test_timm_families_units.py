@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -79,3 +80,35 @@ def test_linear_with_a_computed_bias_prunes_its_rows_and_the_bias():
     rows = model.qkv.weight.shape[0] // 3
     assert model.q_bias.shape[0] == model.k_bias.shape[0] == model.v_bias.shape[0] == rows
     assert model(x).shape == (2, 5, 4)
+
+
+class _RmsNorm(nn.Module):
+    """timm's RmsNorm: ``F.rms_norm`` with its own ``normalized_shape`` tuple (not an ``nn`` norm)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.normalized_shape = (dim,)
+        self.weight = nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.rms_norm(x, self.normalized_shape, self.weight, 1e-6)
+
+
+class _RmsMlp(nn.Module):
+    def __init__(self, norm: nn.Module, dim: int = 16) -> None:
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(8, dim), norm, nn.Linear(dim, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.norm(self.fc1(x)))
+
+
+@pytest.mark.parametrize("norm", [_RmsNorm(16), nn.RMSNorm(16)], ids=["functional", "module"])
+def test_rms_norm_is_pruned_approximately_and_its_size_follows(norm):
+    torch.manual_seed(0)
+    model, x = _RmsMlp(norm), torch.randn(3, 8)
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.verified and report.approx_groups  # channel-mixing, as LayerNorm
+    assert model.fc1.out_features == 8 and model.norm.weight.shape == (8,)
+    assert tuple(model.norm.normalized_shape) == (8,)
+    assert model(x).shape == (3, 4)

@@ -11,13 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attr_constants import names_read_in_forward
 from .computed_params import computed_batch_norm
 from .context import OpContext
 from .labels import Labels
 from .layers import couple, module_names, param_members, params_owner
 from .registry import LayerArgs, handles_modules, handles_ops, register_op_handler
 
-__all__ = ["batch_norm", "group_norm", "layer_norm"]
+__all__ = ["batch_norm", "group_norm", "layer_norm", "rms_norm"]
 
 
 def _with_extra_outputs(ctx: OpContext, labels: Labels) -> Any:
@@ -84,8 +85,11 @@ def batch_norm_module(ctx: OpContext, m: nn.Module) -> Labels:
 
 
 # ---------------------------------------------------------------- layer norm
-def layer_norm(ctx: OpContext, x_labels: Labels, module: str, names, normalized_shape) -> Labels:
-    """LayerNorm: channel-mixing over its normalized dims, so removing channels is approximate."""
+def layer_norm(
+    ctx: OpContext, x_labels: Labels, module: str, names, normalized_shape, kind: str = "LayerNorm"
+) -> Labels:
+    """LayerNorm (or RMSNorm, ``kind``): channel-mixing over its normalized dims, so removing channels is
+    approximate."""
     nd = ctx.arg(0, "input").dim()
     k = len(normalized_shape)
     labeled = [d for d in range(nd - k, nd) if x_labels and d in x_labels]
@@ -94,7 +98,7 @@ def layer_norm(ctx: OpContext, x_labels: Labels, module: str, names, normalized_
         lab = x_labels[nd - 1]
         if members:
             ctx.table.union(lab, ctx.table.block(module, members, normalized_shape[0]))
-        ctx.table.mark_approx(lab, f"LayerNorm over channels ({ctx.where})")
+        ctx.table.mark_approx(lab, f"{kind} over channels ({ctx.where})")
     else:
         for d in labeled:
             ctx.table.freeze(x_labels[d], f"{ctx.where}: normalization over several channel dims")
@@ -117,6 +121,57 @@ def functional_layer_norm(ctx: OpContext) -> Any:
 def layer_norm_module(ctx: OpContext, m: nn.Module) -> Labels:
     names = module_names(m, "weight", "bias")
     return layer_norm(ctx, ctx.larg(0), ctx.module_name, names, list(m.normalized_shape))
+
+
+# ---------------------------------------------------------------- RMS norm
+def _shape_attribute(model: nn.Module | None, scope: str, shape: list[int]) -> str | None:
+    """The attribute of module ``scope`` equal to ``shape`` that its forward reads (``normalized_shape``)."""
+    try:
+        m = model.get_submodule(scope) if model is not None else None
+    except AttributeError:
+        return None
+    if m is None:
+        return None
+    read = names_read_in_forward(type(m))
+    hits = [a for a, v in vars(m).items() if a in read and isinstance(v, (list, tuple)) and list(v) == shape]
+    return hits[0] if len(hits) == 1 else None
+
+
+def rms_norm(
+    ctx: OpContext, x_labels: Labels, module: str, names, shape: list[int], attr: str | None
+) -> Labels:
+    """RMSNorm: approximate as LayerNorm. Its one normalized size is ``attr`` of the op's module, written
+    after slimming; without such an attribute the size is a constant and the channels freeze."""
+    last = ctx.arg(0, "input").dim() - 1
+    lab = (x_labels or {}).get(last)
+    out = layer_norm(ctx, x_labels, module, names, shape, "RMSNorm")
+    if lab is not None and len(shape) == 1:
+        if attr is None:
+            ctx.table.freeze(lab, f"{ctx.where}: normalized size written as a constant")
+        else:
+            ctx.constants.append((ctx.module_name, f"{attr}[0]", lab))
+    return out
+
+
+@handles_ops("rms_norm", layer=LayerArgs(weight=2))
+def functional_rms_norm(ctx: OpContext) -> Any:
+    """``F.rms_norm(x, normalized_shape, weight, eps)`` and ``aten.rms_norm``."""
+    got = params_owner(ctx, [(2, "weight")])
+    if got is None and ctx.arg(2, "weight") is None:
+        got = ("", [None])
+    if got is None:
+        return ctx.unsupported_op("RMS norm with a computed weight")
+    shape = list(ctx.arg(1, "normalized_shape"))
+    attr = _shape_attribute(ctx.model, ctx.module_name, shape)
+    return rms_norm(ctx, ctx.larg(0, "input"), got[0], got[1], shape, attr)
+
+
+if hasattr(nn, "RMSNorm"):
+
+    @handles_modules(nn.RMSNorm)
+    def rms_norm_module(ctx: OpContext, m: nn.Module) -> Labels:
+        names, shape = module_names(m, "weight"), list(m.normalized_shape)
+        return rms_norm(ctx, ctx.larg(0), ctx.module_name, names, shape, "normalized_shape")
 
 
 # ---------------------------------------------------------------- group norm
