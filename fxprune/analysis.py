@@ -8,9 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .capture import Captured, as_args_kwargs, capture
 from .capture.fit import check_inputs_fit, match_parameters
@@ -20,7 +18,7 @@ from .groups.channel_constants import ChannelConstant
 from .groups.context import Unsupported
 from .groups.grouping import Group, build_groups, matches_module
 from .groups.literals import freeze_attribute_literals
-from .groups.propagate import ChannelPropagation, PropagationResult
+from .groups.propagate import PropagationResult, propagate_shapes
 from .importance import get_importance
 from .importance.registry import Importance
 from .plan import Plan, make_plan, resolve_round_to
@@ -186,20 +184,9 @@ def analyze(
 
 
 def _propagate(captured: Captured, example_inputs, model: nn.Module) -> PropagationResult:
-    """Run channel propagation on fake tensors (shapes only, no arithmetic); fall back to real ones."""
+    """Run channel propagation on shapes only (meta, else fake tensors); fall back to real ones."""
     args, kwargs = as_args_kwargs(example_inputs)
-    is_export = captured.method == "export"
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    to_fake = lambda v: fake_mode.from_tensor(v) if isinstance(v, torch.Tensor) else v  # noqa: E731
-    try:
-        fake_args = [to_fake(a) for a in args]
-        fake_kwargs = {k: to_fake(v) for k, v in kwargs.items()}
-        with fake_mode:
-            return ChannelPropagation(captured.graph_module, is_export, model, shapes_only=True).propagate(
-                *fake_args, **fake_kwargs
-            )
-    except Exception:
-        return ChannelPropagation(captured.graph_module, is_export, model).propagate(*args, **kwargs)
+    return propagate_shapes(captured.graph_module, captured.method == "export", model, args, kwargs)
 
 
 def _maybe_module(model: nn.Module, name: str) -> nn.Module | None:

@@ -8,13 +8,16 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
+from ..capture.meta import meta_inputs, meta_like, on_meta
 from . import registry
 from .context import OpContext, Unsupported, iter_labels, op_name, structure_like
+from .costs import CostRecorder, CostTable
 from .slots import SlotTable
 from .tied import couple_tied, tensor_aliases
 
-__all__ = ["ChannelPropagation", "PropagationResult"]
+__all__ = ["ChannelPropagation", "PropagationResult", "propagate_shapes"]
 
 
 @dataclass
@@ -25,6 +28,7 @@ class PropagationResult:
     constraints: list
     module_io: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict)  # per call, in order
     constants: list = field(default_factory=list)  # (module, attribute, labels) of channel constants
+    costs: CostTable | None = None  # FLOPs and parameters per plan (recorded on the meta-device pass)
 
 
 class ChannelPropagation(fx.Interpreter):
@@ -43,9 +47,13 @@ class ChannelPropagation(fx.Interpreter):
         graph_is_export: bool = False,
         model: nn.Module | None = None,
         shapes_only: bool = False,
+        on_meta_device: bool = False,
     ):
         super().__init__(gm, garbage_collect_values=True)
-        self.shapes_only = shapes_only
+        self.shapes_only = shapes_only or on_meta_device
+        self.on_meta_device = on_meta_device
+        self._meta_constants: dict[int, torch.Tensor] = {}
+        self.recorder: CostRecorder | None = None
         self.graph_is_export = graph_is_export
         self.model = model
         self.constants: list = []
@@ -61,21 +69,49 @@ class ChannelPropagation(fx.Interpreter):
             self._attr_names = {i: n for i, n in self._attr_names.items() if i in owned}
 
     def propagate(self, *args: Any, **kwargs: Any) -> PropagationResult:
+        """Run the graph on ``args``/``kwargs`` and return the channel labels and the slot table.
+
+        With ``on_meta_device`` the inputs must be meta tensors; the parameters are swapped for meta
+        tensors while the graph runs (:func:`fxprune.capture.meta.on_meta`).
+        """
+        if kwargs:
+            placeholders = [n.target for n in self.graph.nodes if n.op == "placeholder"]
+            args = tuple(args) + tuple(kwargs[p] for p in placeholders[len(args) :] if p in kwargs)
         with torch.no_grad():
-            if kwargs:
-                placeholders = [n.target for n in self.graph.nodes if n.op == "placeholder"]
-                args = tuple(args) + tuple(kwargs[p] for p in placeholders[len(args) :] if p in kwargs)
-            self.run(*args)
-        couple_tied(self.table, tensor_aliases(self.model if self.model is not None else self.module))
+            if self.on_meta_device:
+                roots = [self.module] + ([self.model] if self.model is not None else [])
+                with on_meta(roots) as memo:
+                    self._attr_names = {id(memo.get(i)): n for i, n in self._attr_names.items()}
+                    self.recorder = _cost_recorder(self.module, roots[-1])
+                    with self.recorder:
+                        self.run(*args)
+            else:
+                self.run(*args)
+        aliases = tensor_aliases(self.model if self.model is not None else self.module)
+        couple_tied(self.table, aliases)
+        costs = None
+        if self.recorder is not None:
+            costs = self.recorder.table
+            costs.resolve(self.table, aliases)
         return PropagationResult(
-            self.table, self.node_labels, self.unsupported, self.constraints, self.module_io, self.constants
+            self.table, self.node_labels, self.unsupported, self.constraints, self.module_io, self.constants,
+            costs,
         )
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
         if self.shapes_only and args and isinstance(args[0], torch.Tensor):
-            if isinstance(self.fetch_attr(target), _SHAPE_PRESERVING):
-                return torch.empty_like(args[0])  # only shapes matter on fake tensors
+            if isinstance(self.fetch_attr(target), _SHAPE_PRESERVING):  # only shapes matter
+                return args[0] if self.on_meta_device else torch.empty_like(args[0])
         return super().call_module(target, args, kwargs)
+
+    def get_attr(self, target: str, args: tuple, kwargs: dict) -> Any:
+        value = super().get_attr(target, args, kwargs)
+        if self.on_meta_device and isinstance(value, torch.Tensor) and value.device.type != "meta":
+            meta = self._meta_constants.get(id(value))  # a tensor the capture made (not a parameter)
+            if meta is None:
+                meta = self._meta_constants[id(value)] = meta_like(value)
+            return meta
+        return value
 
     def placeholder(self, target: Any, args: tuple, kwargs: dict) -> Any:
         if str(target).startswith("**"):
@@ -88,6 +124,8 @@ class ChannelPropagation(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
+            if self.recorder is not None:
+                self.recorder.begin_node((args, kwargs), (self._labels_of(n.args), self._labels_of(n.kwargs)))
             out = getattr(self, n.op)(n.target, args, kwargs)
         self.node_labels[n] = self._node_labels(n, args, kwargs, out)
         return out
@@ -157,6 +195,43 @@ class ChannelPropagation(fx.Interpreter):
         if isinstance(w, fx.Node) and w.op == "get_attr":
             return w.target.rpartition(".")[0], spec.input
         return None
+
+
+def _cost_recorder(gm: fx.GraphModule, model: nn.Module) -> CostRecorder:
+    """A recorder knowing the (meta) parameters and buffers by name; the model's parameters counted once."""
+    named = [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]
+    names: dict[int, str] = {}
+    for n, t in named:
+        names.setdefault(id(t), n)
+    recorder = CostRecorder(names)
+    recorder.add_params(list(model.named_parameters()))
+    return recorder
+
+
+def propagate_shapes(
+    gm: fx.GraphModule, graph_is_export: bool, model: nn.Module, args: tuple, kwargs: dict
+) -> PropagationResult:
+    """Channel propagation without arithmetic: on meta tensors, else on fake tensors, else on real ones.
+
+    The meta run is the fastest; a model that mixes devices or creates tensors the meta device cannot hold
+    falls back to fake tensors, and one that reads tensor values to real ones.
+    """
+    try:
+        return ChannelPropagation(gm, graph_is_export, model, on_meta_device=True).propagate(
+            *meta_inputs(tuple(args)), **meta_inputs(dict(kwargs))
+        )
+    except Exception:
+        pass
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake = lambda v: fake_mode.from_tensor(v) if isinstance(v, torch.Tensor) else v  # noqa: E731
+    try:
+        fake_args, fake_kwargs = [fake(a) for a in args], {k: fake(v) for k, v in kwargs.items()}
+        with fake_mode:
+            return ChannelPropagation(gm, graph_is_export, model, shapes_only=True).propagate(
+                *fake_args, **fake_kwargs
+            )
+    except Exception:
+        return ChannelPropagation(gm, graph_is_export, model).propagate(*args, **kwargs)
 
 
 _SHAPE_PRESERVING = (

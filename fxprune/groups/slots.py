@@ -146,40 +146,23 @@ class SlotTable:
         """Join the classes of roots ``ra[i]`` and ``rb[i]``; each new class keeps its smallest root."""
         nodes, index = np.unique(np.concatenate([ra, rb]), return_inverse=True)
         u, v = index[: len(ra)], index[len(ra) :]
-        label = np.arange(len(nodes))
-        while True:  # smallest label of each component (nodes are sorted, so it is the smallest root)
-            low = np.minimum(label[u], label[v])
-            new = label.copy()
-            np.minimum.at(new, u, low)
-            np.minimum.at(new, v, low)
-            while True:
-                jumped = new[new]
-                if np.array_equal(jumped, new):
-                    break
-                new = jumped
-            if np.array_equal(new, label):
-                break
-            label = new
-        if self._flags_collide(nodes, label):
-            for x, y in zip(ra.tolist(), rb.tolist()):  # the order of the unions picks the reason kept
+        if len(nodes) == 2 * len(ra):  # disjoint pairs (a layer meeting fresh channels): one step
+            label = np.arange(len(nodes))
+            label[np.maximum(u, v)] = np.minimum(u, v)
+        else:
+            label = _component_minima(len(nodes), u, v)
+        flagged = [(flags, _in_keys(nodes, flags)) for flags in (self.frozen, self.approx) if flags]
+        if any(len(np.unique(label[hit])) != np.count_nonzero(hit) for _, hit in flagged):
+            # a new class joins two flagged classes: the order of the unions picks the reason kept
+            for x, y in zip(ra.tolist(), rb.tolist()):
                 self._union(x, y)
             return
         top = nodes[label]
         self._parent[nodes] = top
-        for flags in (self.frozen, self.approx):
-            for r, t in zip(nodes.tolist(), top.tolist()):
-                if r != t and r in flags:
-                    flags[t] = flags.pop(r)
-
-    def _flags_collide(self, nodes: np.ndarray, label: np.ndarray) -> bool:
-        """Whether a new class joins two flagged classes (then the reason kept depends on the order)."""
-        for flags in (self.frozen, self.approx):
-            if len(flags) < 2:
-                continue
-            hit = [lab for r, lab in zip(nodes.tolist(), label.tolist()) if r in flags]
-            if len(hit) != len(set(hit)):
-                return True
-        return False
+        for flags, hit in flagged:
+            moved = np.nonzero((nodes != top) & hit)[0]
+            for r, t in zip(nodes[moved].tolist(), top[moved].tolist()):
+                flags[t] = flags.pop(r)
 
     def union_all(self, slots: np.ndarray) -> None:
         """Couple every slot of ``slots`` into one class."""
@@ -200,3 +183,28 @@ class SlotTable:
     def mark_approx(self, slots: np.ndarray, reason: str) -> None:
         for r in dict.fromkeys(self.roots(slots).ravel().tolist()):
             self.approx.setdefault(r, reason)
+
+
+def _in_keys(values: np.ndarray, flags: dict[int, str]) -> np.ndarray:
+    """For every value: whether it is a key of ``flags`` (looping over the shorter of the two)."""
+    if len(flags) < len(values):
+        return np.isin(values, np.fromiter(flags.keys(), dtype=np.int64, count=len(flags)))
+    return np.fromiter((v in flags for v in values.tolist()), dtype=bool, count=len(values))
+
+
+def _component_minima(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """For nodes ``0..n-1`` joined by edges ``u[i]-v[i]``: the smallest node of each node's component."""
+    label = np.arange(n)
+    while True:
+        low = np.minimum(label[u], label[v])
+        new = label.copy()
+        np.minimum.at(new, u, low)
+        np.minimum.at(new, v, low)
+        while True:
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, label):
+            return label
+        label = new

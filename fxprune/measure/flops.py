@@ -10,17 +10,35 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..capture.inputs import ExampleInputs, as_args_kwargs, eval_mode
+from ..groups.costs import EXTRA_FLOP_FORMULAS
+
+
+@contextmanager
+def flop_counter() -> Iterator[FlopCounterMode]:
+    """``torch.utils.flop_counter.FlopCounterMode`` that also counts attention on CPU.
+
+    ``nn.MultiheadAttention``'s inference fast path (one fused kernel without a FLOP formula) is off while
+    counting, and the fused CPU attention kernel is counted like torch's other attention kernels, so a
+    transformer's count includes its projections and attention products (as the shape-only count of
+    :class:`fxprune.groups.costs.CostTable` does).
+    """
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter:
+            yield counter
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
 
 
 def count_flops(model: nn.Module, example_inputs: ExampleInputs) -> int:
     """FLOPs of one forward pass (a multiply-add counts as 2), measured in eval mode without grad.
 
     ``example_inputs`` is a tensor, a tuple/list of positional inputs or a dict of keyword inputs.
-    The model's train/eval state is restored afterwards.
+    The model's train/eval state is restored afterwards. Counted with :func:`flop_counter`.
     """
     args, kwargs = as_args_kwargs(example_inputs)
-    counter = FlopCounterMode(display=False)
-    with eval_mode(model), torch.no_grad(), _params_without_grad(model), counter:
+    with eval_mode(model), torch.no_grad(), _params_without_grad(model), flop_counter() as counter:
         model(*args, **kwargs)
     return int(counter.get_total_flops())
 
