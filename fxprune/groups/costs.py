@@ -120,10 +120,16 @@ class CostTable:
     def flops(self, kept: np.ndarray) -> int:
         """FLOPs once each factor keeps the fraction ``kept[i]`` of its channels."""
         total = 0.0
+        scaled = lambda v: _scaled(v, kept) if isinstance(v, _Shape) else v  # noqa: E731
         for e in self.entries:
-            scaled = lambda v: _scaled(v, kept) if isinstance(v, _Shape) else v  # noqa: E731
-            args, kwargs = tree_map(scaled, e.args), tree_map(scaled, e.kwargs)
-            total += FLOP_FORMULAS[e.op](*args, **kwargs, out_val=tree_map(scaled, e.out))
+            formula = getattr(FLOP_FORMULAS[e.op], "__wrapped__", None)  # the formula on shapes
+            if formula is None or not isinstance(e.out, _Shape):
+                args, kwargs = tree_map(scaled, e.args), tree_map(scaled, e.kwargs)
+                total += FLOP_FORMULAS[e.op](*args, **kwargs, out_val=tree_map(scaled, e.out))
+                continue
+            args = [scaled(a) for a in e.args]
+            kwargs = {k: scaled(v) for k, v in e.kwargs.items()}
+            total += formula(*args, out_shape=scaled(e.out), **kwargs)
         return int(round(total))
 
     def param_count(self, kept: np.ndarray) -> int:
