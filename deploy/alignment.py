@@ -33,7 +33,12 @@ def cpu_vector_width() -> int:
 
 def int8_multiple(device: str = "cpu") -> int:
     """Channel multiple INT8 kernels want on ``device``: 4x the fp32 SIMD lanes on CPU (64 with AVX-512,
-    32 with AVX2: VNNI packs four int8 values per 32-bit lane), 32 on GPU tensor cores (``"cuda"``)."""
+    32 with AVX2: VNNI packs four int8 values per 32-bit lane), 32 on GPU tensor cores (``"cuda"``).
+
+    The CPU multiple is conservative: oneDNN's (OpenVINO) and onnxruntime's INT8 convolutions block output
+    channels by the lane count and input channels by 4, so multiples of 16 also keep full vectors; on
+    ResNet-50 at a quarter of the FLOPs, 64 still gave the largest INT8 speed-up on both runtimes
+    (bench/RESULTS.md, INT8 section)."""
     if device == "cuda":
         return _GPU_ROUND_TO["int8"]
     if device != "cpu":
