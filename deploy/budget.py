@@ -9,13 +9,17 @@ internal target is tightened if needed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from fxprune.analysis import Analysis
 from fxprune.groups.grouping import Group
@@ -23,8 +27,10 @@ from fxprune.plan import Plan, chunk_size, max_removable, normalized_scores, pla
 from fxprune.targets import slimmed_copy
 
 from .alignment import default_round_to
+from .backends import get_backend
 from .latency_model import LatencyModel
 from .lut import LatencyTable
+from .onnx_export import export_onnx
 from .runtime_latency import measure_latency, speedup
 
 __all__ = [
@@ -32,6 +38,7 @@ __all__ = [
     "budget_plan",
     "greedy_counts",
     "kept_importance",
+    "next_internal_target",
     "parse_latency_target",
     "plan_for_latency",
 ]
@@ -164,6 +171,7 @@ class BudgetResult:
     dense_ms: float | None = None
     backend: str = "ort"
     round_to: int = 1
+    internal_target: float | None = None  # the estimated ratio the chosen plan was built for
 
     @property
     def within(self) -> float | None:
@@ -191,6 +199,8 @@ def plan_for_latency(
     max_rounds: int = 4,
     measure_kw: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    start: float | None = None,
+    dense_ms: float | None = None,
 ) -> BudgetResult:
     """Plan channel removal for a latency ``target`` (``"0.5x"`` of dense or ``"12ms"``) on ``backend``.
 
@@ -198,9 +208,11 @@ def plan_for_latency(
     thread count; missing layer shapes are measured first). ``round_to`` defaults to the backend's
     alignment (``default_round_to``). With ``validate``, each candidate is slimmed
     and timed against the dense model on the backend (interleaved); when the measured ratio misses the
-    target by more than ``tolerance``, the internal target is corrected by the miss and the plan rebuilt
-    (at most ``max_rounds`` times). The plan whose measured ratio is closest to the target without
-    exceeding it by more than ``tolerance`` is returned.
+    target by more than ``tolerance``, the internal target is corrected (:func:`next_internal_target`)
+    and the plan rebuilt (at most ``max_rounds`` times). The plan whose measured ratio is closest to the
+    target without exceeding it by more than ``tolerance`` is returned. ``start`` (the internal target
+    of an earlier plan for the same model and target) and ``dense_ms`` (its measured dense latency) let
+    a repeated plan begin where an earlier one ended.
     """
     if round_to is None:
         round_to = default_round_to(backend, precision)
@@ -208,34 +220,91 @@ def plan_for_latency(
     scores = analysis.scores(importance)
     if latency_model is None:
         latency_model = LatencyModel.build(analysis, example_inputs, table, round_to, progress, scores)
-    model = latency_model
     measure_kw = {"precision": precision, "threads": threads, **(measure_kw or {})}
     value, unit = parse_latency_target(target)
-    dense_ms = None
-    if unit == "ms" or validate:
-        dense_ms = _dense_ms(analysis, example_inputs, backend, measure_kw)
-    ratio = value if unit == "x" else value / dense_ms
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"latency target {target} is {ratio:.2f}x of the dense {dense_ms:.3g} ms; need < 1x")
-    internal, rounds, best = ratio, [], None
-    for _ in range(max_rounds if validate else 1):
-        plan = budget_plan(analysis.groups, scores, model, internal, round_to, min_width)
+    with _dense_source(analysis.model, example_inputs, backend, precision, validate) as dense:
+        if dense_ms is None and (unit == "ms" or validate):
+            dense_ms = _dense_ms(dense, example_inputs, backend, measure_kw)
+        ratio = value if unit == "x" else value / dense_ms
+        if not 0.0 < ratio < 1.0:
+            raise ValueError(
+                f"latency target {target} is {ratio:.2f}x of the dense {dense_ms:.3g} ms; need < 1x"
+            )
+
+        def measure(plan: Plan) -> float:
+            return _measured_ratio(analysis, dense, plan, example_inputs, backend, measure_kw)
+
+        settings = dict(round_to=round_to, min_width=min_width, tolerance=tolerance, max_rounds=max_rounds)
+        check = measure if validate else None
+        rounds, best = _search(analysis.groups, scores, latency_model, ratio, start, check, **settings)
+    plan, est, measured, internal = best
+    kept = kept_importance(analysis.groups, scores, plan)
+    return BudgetResult(plan, ratio, est, measured, kept, rounds, dense_ms, backend, round_to, internal)
+
+
+def _search(
+    groups: list[Group],
+    scores: dict[int, np.ndarray],
+    model: LatencyModel,
+    ratio: float,
+    start: float | None,
+    measure: Callable[[Plan], float] | None,
+    *,
+    round_to: int,
+    min_width: int,
+    tolerance: float,
+    max_rounds: int,
+) -> tuple[list[dict[str, Any]], tuple[Plan, float, float | None, float]]:
+    """Plan for the internal (estimated) target, ``measure`` the plan's latency ratio, correct the
+    internal target; without ``measure``, one unchecked plan. Returns the rounds and the best
+    ``(plan, estimated ratio, measured ratio, internal target)``."""
+    internal, rounds, best = (ratio if start is None else start), [], None
+    for _ in range(max_rounds if measure is not None else 1):
+        plan = budget_plan(groups, scores, model, internal, round_to, min_width)
         est = model.ratio({gid: len(idx) for gid, idx in plan.remove.items()})
         row = {"internal_target": internal, "estimated_ratio": est, "measured_ratio": None}
         rounds.append(row)
-        if not validate:
-            best = (plan, est, None)
+        if measure is None:
+            best = (plan, est, None, internal)
             break
-        measured = _measured_ratio(analysis, plan, example_inputs, backend, measure_kw)
+        measured = measure(plan)
         row["measured_ratio"] = measured
         if best is None or _better(measured, best[2], ratio, tolerance):
-            best = (plan, est, measured)
+            best = (plan, est, measured, internal)
         if abs(measured - ratio) <= tolerance * ratio * 0.5:
             break
-        internal = min(0.999, max(0.02, internal * ratio / measured))
-    plan, est, measured = best
-    kept = kept_importance(analysis.groups, scores, plan)
-    return BudgetResult(plan, ratio, est, measured, kept, rounds, dense_ms, backend, round_to)
+        internal = next_internal_target(rounds, ratio)
+    return rounds, best
+
+
+def next_internal_target(rounds: list[dict[str, Any]], target: float) -> float:
+    """The estimated ratio to plan for next, from the measured rounds so far (``estimated_ratio`` and
+    ``measured_ratio`` of each).
+
+    Measured and estimated ratios are both 1 for the dense model, and latency tends to follow a power of
+    the estimate, so: between the closest rounds measured below and above the target, interpolate in
+    log-log space; with rounds on one side only, follow the power law through the dense model and the
+    round measured closest to the target. Clipped to [0.02, 0.999].
+    """
+    measured = [r for r in rounds if r.get("measured_ratio") is not None]
+    points = [
+        (r["estimated_ratio"], r["measured_ratio"])
+        for r in measured
+        if 0 < r["estimated_ratio"] < 1 and 0 < r["measured_ratio"] < 1
+    ]
+    below = [p for p in points if p[1] <= target]
+    above = [p for p in points if p[1] > target]
+    if below and above:
+        (e0, m0), (e1, m1) = max(below, key=lambda p: p[1]), min(above, key=lambda p: p[1])
+        w = (math.log(target) - math.log(m0)) / (math.log(m1) - math.log(m0))
+        nxt = math.exp(math.log(e0) + w * (math.log(e1) - math.log(e0)))
+    elif points:
+        e, m = min(points, key=lambda p: abs(math.log(p[1] / target)))
+        nxt = target ** (math.log(e) / math.log(m))
+    else:  # a round measured at or above the dense latency: scale by the miss
+        last = rounds[-1]
+        nxt = last["internal_target"] * target / max(last["measured_ratio"], 1e-9)
+    return min(0.999, max(0.02, nxt))
 
 
 def _better(new: float, old: float, target: float, tol: float) -> bool:
@@ -245,12 +314,29 @@ def _better(new: float, old: float, target: float, tol: float) -> bool:
     return abs(new - target) < abs(old - target)
 
 
-def _dense_ms(analysis: Analysis, example_inputs: Any, backend: str, kw: dict[str, Any]) -> float:
-    res = measure_latency({"dense": analysis.model}, example_inputs, backend, **kw)
+@contextlib.contextmanager
+def _dense_source(
+    model: nn.Module, example_inputs: Any, backend: str, precision: str, validate: bool
+) -> Iterator[nn.Module | Path]:
+    """What the dense model is timed from in every round: for an fp32 ONNX backend, one ONNX export
+    (in a temporary folder) instead of one per measurement; otherwise the model itself."""
+    if not (validate and precision == "fp32" and get_backend(backend).needs_onnx):
+        yield model
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dense.onnx"
+        export_onnx(model, example_inputs, path, check=False, parity=False)
+        yield path
+
+
+def _dense_ms(dense: nn.Module | Path, example_inputs: Any, backend: str, kw: dict[str, Any]) -> float:
+    res = measure_latency({"dense": dense}, example_inputs, backend, **kw)
     return res["dense"].median_ms
 
 
-def _measured_ratio(analysis: Analysis, plan: Plan, example_inputs: Any, backend: str, kw: dict[str, Any]):
+def _measured_ratio(
+    analysis: Analysis, dense: nn.Module | Path, plan: Plan, example_inputs: Any, backend: str, kw: dict
+) -> float:
     pruned = slimmed_copy(analysis, plan)
-    res = measure_latency({"dense": analysis.model, "pruned": pruned}, example_inputs, backend, **kw)
+    res = measure_latency({"dense": dense, "pruned": pruned}, example_inputs, backend, **kw)
     return 1.0 / speedup(res["dense"], res["pruned"])

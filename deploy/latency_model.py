@@ -53,8 +53,11 @@ class LayerUse:
 
     def cost(self, cin: int, cout: int) -> float:
         """Bilinear interpolation in the measured grid (a layer with no channels costs nothing)."""
-        rows = np.array([np.interp(cin, self.grid_in, row) for row in self.costs])
-        return float(np.interp(cout, self.grid_out, rows))
+        j = int(np.clip(np.searchsorted(self.grid_in, cin, side="right") - 1, 0, len(self.grid_in) - 2))
+        lo, hi = self.grid_in[j], self.grid_in[j + 1]
+        t = min(max((cin - lo) / (hi - lo), 0.0), 1.0)
+        column = self.costs[:, j] * (1.0 - t) + self.costs[:, j + 1] * t  # every row at cin
+        return float(np.interp(cout, self.grid_out, column))
 
 
 def _grid(size: int, q: int, prunable: bool) -> np.ndarray:
@@ -72,10 +75,12 @@ def _record_calls(model: nn.Module, example_inputs: Any) -> list[tuple[str, nn.M
             hooks.append(
                 m.register_forward_pre_hook(lambda mod, a, n=name: calls.append((n, mod, a[0].shape)))
             )
+    was_training = model.training
     try:
         with torch.no_grad(), one_thread():
             run_model(model.eval(), example_inputs)
     finally:
+        model.train(was_training)  # a model analysed inside a training loop keeps training
         for h in hooks:
             h.remove()
     return calls

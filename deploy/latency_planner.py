@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from fxprune.analysis import Analysis
-from fxprune.capture.inputs import ExampleInputs
+from fxprune.capture.inputs import ExampleInputs, as_args_kwargs
 from fxprune.importance.registry import Importance
 from fxprune.plan import Plan
 from fxprune.prune import PruneReport
@@ -36,7 +37,8 @@ class LatencyPlanner:
 
     The fields are those of :func:`fxprune.deploy.plan_for_latency` (``round_to=None``: the backend's
     alignment). After planning, ``result`` holds the :class:`BudgetResult` (estimates, measured ratio,
-    rounds).
+    rounds). A planner asked again for the same model (a training method re-choosing its channels) reuses
+    the dense latency it measured and starts from the internal target that met the budget last time.
     """
 
     target: str | float
@@ -53,11 +55,14 @@ class LatencyPlanner:
     measure_kw: dict[str, Any] | None = None
     progress: Callable[[int, int], None] | None = None
     result: BudgetResult | None = field(default=None, init=False)
+    _planned_for: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         parse_latency_target(self.target)  # a bad budget fails here, before any analysis
 
     def plan(self, analysis: Analysis, example_inputs: Any, importance: str | Importance = "l2") -> Plan:
+        key = (id(analysis.model), _shapes(example_inputs), [g.width for g in analysis.groups])
+        earlier = self.result if key == self._planned_for else None
         self.result = plan_for_latency(
             analysis,
             example_inputs,
@@ -75,8 +80,18 @@ class LatencyPlanner:
             max_rounds=self.max_rounds,
             measure_kw=self.measure_kw,
             progress=self.progress,
+            start=earlier.internal_target if earlier is not None else None,
+            dense_ms=earlier.dense_ms if earlier is not None else None,
         )
+        self._planned_for = key
         return self.result.plan
+
+
+def _shapes(example_inputs: Any) -> tuple:
+    """The shapes of the example input tensors (what the dense latency depends on)."""
+    args, kwargs = as_args_kwargs(example_inputs)
+    values = [*args, *(kwargs[k] for k in sorted(kwargs))]
+    return tuple(tuple(v.shape) if isinstance(v, torch.Tensor) else repr(v) for v in values)
 
 
 def prune(

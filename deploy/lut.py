@@ -9,9 +9,12 @@ measurement does not distort the table.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from torch import nn
 
 from .backends.base import cpu_name
 
-__all__ = ["LatencyTable", "LayerShape", "default_table_path"]
+__all__ = ["LatencyTable", "LayerShape", "default_table_path", "write_layer_onnx"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,54 @@ class LayerShape:
 
 _OVERHEAD = LayerShape("conv", 8, 8, 1, 1)
 _REFERENCE = LayerShape("conv", 32, 32, 28, 28, kernel=(3, 3), padding=(1, 1))
+
+
+def write_layer_onnx(module: nn.Conv2d | nn.Linear, x: torch.Tensor, path: Path) -> Path:
+    """``module`` as a one-node ONNX file (``Conv`` or ``Gemm``, fp32, opset 17): what
+    ``torch.onnx.export`` writes for a single layer, without the cost of tracing it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    with torch.no_grad():
+        out_shape = list(module(x).shape)
+    weights = [numpy_helper.from_array(module.weight.detach().numpy(), "weight")]
+    if module.bias is not None:
+        weights.append(numpy_helper.from_array(module.bias.detach().numpy(), "bias"))
+    names = ["input", *(w.name for w in weights)]
+    if isinstance(module, nn.Linear):
+        node = helper.make_node("Gemm", names, ["output0"], transB=1)
+    else:
+        (ph, pw), kernel = module.padding, list(module.kernel_size)
+        attrs = dict(strides=list(module.stride), dilations=list(module.dilation), group=module.groups)
+        node = helper.make_node(
+            "Conv", names, ["output0"], kernel_shape=kernel, pads=[ph, pw, ph, pw], **attrs
+        )
+    graph = helper.make_graph(
+        [node],
+        "layer",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)],
+        weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Move the objects alive now out of the garbage collector's reach (``gc.freeze``) for a block.
+
+    Latency runs collect garbage before timing; in a process holding a large framework that collection
+    would otherwise walk every object for each of hundreds of layer runs.
+    """
+    if gc.get_freeze_count():  # someone else froze the heap: leave their state alone
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def default_table_path(backend: str, precision: str, threads: int) -> Path:
@@ -134,6 +185,11 @@ class LatencyTable:
     def __getitem__(self, shape: LayerShape) -> float:
         return max(self.entries[shape.key] - self.entries.get(_OVERHEAD.key, 0.0), 0.0)
 
+    def _writes_onnx(self) -> bool:
+        from .backends import get_backend
+
+        return self.precision == "fp32" and get_backend(self.backend).needs_onnx
+
     def _measure(self, sources: dict, x, inputs_of=None, repeats: int | None = None):
         from .runtime_latency import measure_latency
 
@@ -154,8 +210,15 @@ class LatencyTable:
         module, x = shape.build()
         return min(self._measure({"layer": module}, x)["layer"].median_ms for _ in range(3))
 
-    def ensure(self, shapes: Iterable[LayerShape], *, progress=None) -> int:
-        """Measure every shape not in the table yet (then save); returns how many were measured."""
+    def ensure(self, shapes: Iterable[LayerShape], *, progress=None, per_run: int = 8) -> int:
+        """Measure every shape not in the table yet (then save); returns how many were measured.
+
+        Up to ``per_run`` layers are timed in one interleaved run with the reference layer (timed once
+        per run, not once per layer), within the table's ``budget_s``; ONNX backends get each layer as a
+        one-node ONNX file written directly (fp32), not through ``torch.onnx.export``; the garbage
+        collector's existing objects are frozen, so the collection before each run stays cheap in a
+        large process.
+        """
         from .runtime_latency import speedup
 
         self.overhead()
@@ -163,13 +226,27 @@ class LatencyTable:
             self.entries[_REFERENCE.key] = self._alone(_REFERENCE)
         ref_module, ref_x = _REFERENCE.build()
         todo = list({s.key: s for s in shapes if s.key not in self.entries}.values())
-        for i, shape in enumerate(todo):
-            module, x = shape.build()
-            res = self._measure({"layer": module, "ref": ref_module}, x, {"ref": ref_x})
-            self.entries[shape.key] = self.entries[_REFERENCE.key] / speedup(res["ref"], res["layer"])
-            self.measured += 1
-            if progress is not None:
-                progress(i + 1, len(todo))
+        per_run = max(per_run, 1)
+        with _frozen_heap(), tempfile.TemporaryDirectory() as tmp:
+            as_file = self._writes_onnx()
+            ref = write_layer_onnx(ref_module, ref_x, Path(tmp) / "ref.onnx") if as_file else ref_module
+            for start in range(0, len(todo), per_run):
+                chunk = todo[start : start + per_run]
+                sources, inputs = {"ref": ref}, {}
+                for i, shape in enumerate(chunk):
+                    module, x = shape.build()
+                    name = f"layer{i}"
+                    sources[name] = (
+                        write_layer_onnx(module, x, Path(tmp) / f"{name}.onnx") if as_file else module
+                    )
+                    inputs[name] = x
+                res = self._measure(sources, ref_x, inputs)
+                for i, shape in enumerate(chunk):
+                    ratio = speedup(res["ref"], res[f"layer{i}"])
+                    self.entries[shape.key] = self.entries[_REFERENCE.key] / ratio
+                    self.measured += 1
+                if progress is not None:
+                    progress(start + len(chunk), len(todo))
         self.save()
         return len(todo)
 

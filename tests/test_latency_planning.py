@@ -209,3 +209,65 @@ def test_plan_for_latency_checks_by_measurement(single_thread):
     kept = [g.width - len(res.plan.remove[g.id]) for g in analysis.groups if g.id in res.plan.remove]
     assert kept and all(k % 4 == 0 for k in kept)  # round_to=4 on widths that are multiples of 4
     assert 0 < res.kept_importance < 1
+
+
+def test_next_internal_target_follows_the_measured_rounds():
+    from fxprune.deploy.budget import next_internal_target
+
+    def row(est, measured):
+        return {"internal_target": est, "estimated_ratio": est, "measured_ratio": measured}
+
+    # one round: the power law through the dense model (1, 1) and (0.5, 0.25) gives 0.5 ** 0.5 for 0.5
+    assert next_internal_target([row(0.5, 0.25)], 0.5) == pytest.approx(0.5**0.5)
+    assert next_internal_target([row(0.5, 0.8)], 0.5) < 0.5  # measured too slow: plan for less
+    # rounds on both sides of the target: log-log interpolation between them, strictly inside
+    bracketed = next_internal_target([row(0.5, 0.2), row(0.9, 0.8), row(0.3, 0.05)], 0.5)
+    w = (np.log(0.5) - np.log(0.2)) / (np.log(0.8) - np.log(0.2))
+    assert bracketed == pytest.approx(np.exp(np.log(0.5) + w * (np.log(0.9) - np.log(0.5))))
+    assert next_internal_target([row(0.9, 1.3)], 0.5) == pytest.approx(0.9 * 0.5 / 1.3)  # no power law
+
+
+def test_layer_onnx_files_compute_what_the_layer_computes(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from fxprune.deploy.lut import write_layer_onnx
+
+    shapes = [
+        LayerShape("conv", 8, 12, 9, 7, 2, (3, 3), (2, 2), (1, 1), (1, 1), 4, True),
+        LayerShape("conv", 8, 8, 6, 6, 1, (3, 3), (1, 1), (2, 2), (2, 2), 8, False),
+        LayerShape("linear", 16, 5, 3, bias=False),
+    ]
+    for shape in shapes:
+        module, x = shape.build()
+        path = write_layer_onnx(module, x, tmp_path / "layer.onnx")
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"input": x.numpy()}
+        )
+        with torch.no_grad():
+            np.testing.assert_allclose(got[0], module(x).numpy(), atol=1e-5)
+
+
+def test_latency_planner_asked_again_reuses_the_dense_latency_and_its_last_target(monkeypatch):
+    import fxprune.deploy.budget as budget
+    from fxprune.deploy import LatencyPlanner
+
+    torch.manual_seed(0)
+    model, x = create_model("cifar_resnet20").train(), torch.randn(2, 3, 32, 32)
+    analysis = fxprune.analyze(model, x)
+    dense_runs = []
+    monkeypatch.setattr(budget, "_dense_ms", lambda *a: dense_runs.append(1) or 4.0)
+    monkeypatch.setattr(budget, "_measured_ratio", lambda analysis, _, plan, *a: _kept_cubed(analysis, plan))
+    planner = LatencyPlanner("0.5x", "torch", table=AnalyticTable(path="/nonexistent/lut.json"), round_to=4)
+    planner.plan(analysis, x)
+    first = planner.result
+    assert model.training  # the latency model's forward pass left the training mode alone
+    assert first.measured_ratio <= 0.55 and len(dense_runs) == 1
+    planner.plan(analysis, x)
+    assert len(dense_runs) == 1 and planner.result.dense_ms == 4.0  # measured once
+    assert planner.result.rounds[0]["internal_target"] == pytest.approx(first.internal_target)
+    assert len(planner.result.rounds) <= len(first.rounds)
+
+
+def _kept_cubed(analysis, plan) -> float:
+    """A stand-in runtime: latency ratio = (fraction of channels kept) ** 3."""
+    total = sum(g.width for g in analysis.groups)
+    return (1 - plan.removed_count() / total) ** 3

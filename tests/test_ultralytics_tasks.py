@@ -171,3 +171,42 @@ def test_track_runs_on_a_pruned_checkpoint(datasets, tmp_path, single_thread):
     results = [r for f in frames for r in pruned.track(source=str(f), imgsz=64, persist=True, verbose=False)]
     assert len(results) == len(frames)
     assert all(r.boxes is not None for r in results)
+
+
+# -- target_latency inside the trainer ----------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_latency_target_inside_the_trainer_saves_a_slim_checkpoint(
+    datasets, tmp_path, monkeypatch, single_thread
+):
+    """``target_latency`` through the trainer, with layer latencies from a FLOP formula instead of
+    measurements and without the measured check (both cost minutes at CI scale; see bench/RESULTS.md)."""
+    import fxprune.deploy
+
+    from tests.latency_helpers import AnalyticTable
+
+    planners, real = [], fxprune.deploy.LatencyPlanner
+
+    def stand_in(target, backend="ort", **kw):
+        planner = real(target, backend, table=AnalyticTable(path=tmp_path / "lut.json"), validate=False, **kw)
+        planners.append(planner)
+        return planner
+
+    monkeypatch.setattr(fxprune.deploy, "LatencyPlanner", stand_in)  # what the trainer's engine builds
+    data = datasets["detect"]
+    with pruning_options(method="l1", target_latency="0.5x", backend="ort"):
+        load_yolo("yolov8n.yaml").train(
+            trainer=TRAINERS["detect"], **train_args(data.parent, tmp_path, "lat")
+        )
+    (planner,) = planners
+    assert planner.target == "0.5x" and planner.backend == "ort"
+    assert planner.result.estimated_ratio <= 0.5 + 1e-6  # the plan meets the budget on its latency model
+    best = load_yolo(str(tmp_path / "lat" / "weights" / "best.pt"))
+    state = getattr(best.model, STATE_ATTR)
+    assert state["phase"] == "pruned" and state["options"]["target_latency"] == "0.5x"
+    summary = state["summary"]
+    assert param_count(best.model) == summary["pruned"]["params"] < summary["dense"]["params"]
+    assert summary["latency"]["estimated_ratio"] == pytest.approx(planner.result.estimated_ratio)
+    assert summary["latency"]["measured_ratio"] is None  # validate=False: not measured
+    assert summary["pruned"]["flops"] < 0.6 * summary["dense"]["flops"]  # the stand-in latency is MACs
+    assert out_channels(best.model, "model.15") < out_channels(load_yolo("yolov8n.yaml").model, "model.15")

@@ -109,6 +109,22 @@ def _planner(options: PruningOptions) -> Any:
     return LatencyPlanner(options.target_latency, backend=options.backend, **settings)
 
 
+def _latency_summary(planner: Any) -> dict[str, Any] | None:
+    """What a latency planner found (target, estimated and measured latency ratios, dense ms, rounds), as
+    plain data for the checkpoint; None for other planners."""
+    result = getattr(planner, "result", None)
+    if result is None or not hasattr(result, "estimated_ratio"):
+        return None
+    return {
+        "backend": result.backend,
+        "target_ratio": float(result.target_ratio),
+        "estimated_ratio": float(result.estimated_ratio),
+        "measured_ratio": None if result.measured_ratio is None else float(result.measured_ratio),
+        "dense_ms": None if result.dense_ms is None else float(result.dense_ms),
+        "rounds": [{k: None if v is None else float(v) for k, v in r.items()} for r in result.rounds],
+    }
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     from ultralytics.utils.torch_utils import unwrap_model
 
@@ -244,6 +260,9 @@ class PruningEngine:
         self.summary["pruned"] = {"params": count_params(model), "flops": count_flops(model, x)}
         self.summary["at"] = {"epoch": int(getattr(trainer, "epoch", 0)), "iteration": self.pruner.iteration}
         self.summary["widths"] = [list(w) for w in getattr(report, "widths", [])]
+        latency = _latency_summary(getattr(self.pruner, "planner", None))
+        if latency is not None:
+            self.summary["latency"] = latency
         self.pruner, self.loss, self.phase = None, None, "pruned"
         rebuild_after_slimming(trainer)
         pruned = self.summary["pruned"]
