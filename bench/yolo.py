@@ -6,7 +6,7 @@ results. Latency under a shared machine is noisy: only the interleaved dense/pru
   python bench/yolo.py neck                       FLOPs kept at ratio 0.5, feats frozen vs the YOLO interface
   python bench/yolo.py methods                    every fxprune method, one short run each (8 images)
   python bench/yolo.py baseline --epochs 60       train YOLOv8n from its yaml (the dense baseline)
-  python bench/yolo.py arms --baseline best.pt    prune to half FLOPs with l1/greg1, fine-tune; dense +epochs
+  python bench/yolo.py arms --baseline best.pt    prune to half FLOPs (l1, greg1, tpp), fine-tune
 """
 
 from __future__ import annotations
@@ -138,23 +138,30 @@ def baseline(args: argparse.Namespace) -> dict:
 
     out = Path(args.out)
     data = dataset_yaml(out)
-    model = YOLO("yolov8n.yaml")
+    model = YOLO(args.init or f"{args.model}.yaml")
     extra = {"time": args.hours} if args.hours else {}
     model.train(
-        **_train_args(data, out, "baseline", epochs=args.epochs, imgsz=args.imgsz, batch=args.batch),
+        **_train_args(
+            data, out, args.name or "baseline", epochs=args.epochs, imgsz=args.imgsz, batch=args.batch
+        ),
         nbs=args.batch,
         **extra,
         **json.loads(args.train),
     )
-    metrics = YOLO(str(out / "baseline" / "weights" / "best.pt")).val(
-        data=str(data), imgsz=args.imgsz, batch=args.batch, plots=False, verbose=False
-    )
-    return {"baseline": {"epochs": args.epochs, "imgsz": args.imgsz, "map50_95": float(metrics.box.map)}}
+    weights = out / (args.name or "baseline") / "weights"
+    result = {"model": args.model, "init": args.init, "epochs": args.epochs, "imgsz": args.imgsz}
+    for which in ("last", "best"):
+        metrics = YOLO(str(weights / f"{which}.pt")).val(
+            data=str(data), imgsz=args.imgsz, batch=args.batch, plots=False, verbose=False
+        )
+        result[f"{which}_map50_95"] = float(metrics.box.map)
+        result[f"{which}_map50"] = float(metrics.box.map50)
+    return {"baseline": result}
 
 
 def arms(args: argparse.Namespace) -> dict:
-    """From the baseline: l1 and greg1 at half FLOPs, and the dense model, each fine-tuned ``--epochs``."""
-    from fxprune.integrations.ultralytics import PruneDetectionTrainer, pruning_options
+    """From the baseline: each method at half FLOPs and the dense model ("dense"), fine-tuned ``--epochs``."""
+    from fxprune.integrations.ultralytics import STATE_ATTR, PruneDetectionTrainer, pruning_options
     from ultralytics import YOLO
 
     from fxprune.cli.yolo import compare
@@ -166,7 +173,7 @@ def arms(args: argparse.Namespace) -> dict:
     dense_model = YOLO(args.baseline)
     dense_map = _map(dense_model, data, args)
     results = {"baseline_map50_95": dense_map, "epochs": args.epochs, "imgsz": args.imgsz, "arms": {}}
-    arms_ = [("dense", None)] + [(m, m) for m in args.methods.split(",")]
+    arms_ = [(m, None if m == "dense" else m) for m in args.methods.split(",")]
     for name, method in arms_:
         start = time.perf_counter()
         model = YOLO(args.baseline)
@@ -174,11 +181,13 @@ def arms(args: argparse.Namespace) -> dict:
             model.train(**_train_args(data, out, f"arm-{name}", **common))
         else:
             constants = json.loads(args.constants).get(method, {})
-            with pruning_options(method=method, target_flops=args.target_flops, method_options=constants):
+            size = dict(target_flops=args.target_flops, round_to=args.round_to)
+            with pruning_options(method=method, method_options=constants, **size):
                 model.train(trainer=PruneDetectionTrainer, **_train_args(data, out, f"arm-{name}", **common))
-        best = YOLO(str(out / f"arm-{name}" / "weights" / "best.pt"))
+        best = YOLO(str(out / f"arm-{name}" / "weights" / "last.pt"))  # the model after the last epoch
         row = {"map50_95": _map(best, data, args), "seconds": round(time.perf_counter() - start)}
         if method is not None:
+            row["fxprune"] = getattr(best.model, STATE_ATTR, {}).get("summary")
             table = compare(copy.deepcopy(dense_model.model), best.model, args.imgsz, {}, {})
             row["table"] = [[w, d, p, n] for w, d, p, n in table]
         results["arms"][name] = row
@@ -199,10 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--hours", type=float, default=None, help="ultralytics time= budget for the baseline")
+    p.add_argument("--model", default="yolov8n", help="the model's yaml name (baseline)")
+    p.add_argument("--init", help="start the baseline from these weights instead of the yaml")
+    p.add_argument("--name", help="run folder name (baseline; default: baseline)")
     p.add_argument("--baseline", help="the dense baseline checkpoint (arms)")
-    p.add_argument("--methods", default="l1,greg1")
+    p.add_argument("--methods", default="dense,l1,greg1,tpp", help="arms; dense: the unpruned model")
+    p.add_argument("--round-to", type=int, default=1, help="pruned widths in multiples of this (arms)")
     p.add_argument("--target-flops", type=float, default=0.5)
-    greg = {"greg1": {"update_every": 1, "delta": 0.05, "stabilize": 8}}
+    greg = {m: {"update_every": 1, "delta": 0.05, "stabilize": 8} for m in ("greg1", "tpp")}
     p.add_argument("--constants", default=json.dumps(greg), help="JSON: method -> schedule constants")
     p.add_argument("--train", default="{}", help="JSON: more ultralytics train arguments")
     p.add_argument("--json", help="write the results here")
