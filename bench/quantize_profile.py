@@ -27,9 +27,9 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import torch
+from fxprune.deploy import measure_latency, quantize, speedup
 
 import fxprune
-from fxprune.deploy import measure_latency, quantize, speedup
 from fxprune.measure import count_flops
 from fxprune.models.spec import load_model
 
