@@ -112,3 +112,35 @@ def test_rms_norm_is_pruned_approximately_and_its_size_follows(norm):
     assert model.fc1.out_features == 8 and model.norm.weight.shape == (8,)
     assert tuple(model.norm.normalized_shape) == (8,)
     assert model(x).shape == (3, 4)
+
+
+class _ChannelRmsNorm(nn.Module):
+    """MobileNetV5's RmsNorm2d written out: a mean over the channel dim, kept and broadcast back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        y = y * torch.rsqrt(y.pow(2).mean(1, keepdim=True) + 1e-6)
+        return self.conv2(y)
+
+
+def test_a_mean_over_channels_kept_as_a_dim_is_removed_approximately():
+    torch.manual_seed(0)
+    model, x = _ChannelRmsNorm(), torch.randn(2, 3, 8, 8)
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.verified and report.approx_groups and report.approx_error is not None
+    assert model.conv1.out_channels == 8 and model(x).shape == (2, 4, 8, 8)
+
+
+def test_a_channel_sum_still_freezes():
+    class ChannelSum(_ChannelRmsNorm):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv1(x)
+            return self.conv2(y * y.sum(1, keepdim=True))
+
+    model, x = ChannelSum(), torch.randn(2, 3, 8, 8)
+    fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert model.conv1.out_channels == 16

@@ -1,4 +1,10 @@
-"""Reductions (mean, sum, amax...) and normalisations along a dim (softmax): a reduced channel dim freezes."""
+"""Reductions (mean, sum, amax...) and normalisations along a dim (softmax): a reduced channel dim freezes.
+
+A mean over channels that keeps the dim (``x.pow(2).mean(1, keepdim=True)`` in an RMSNorm over channels,
+the channel mean of a Global Response Norm or of a hand-written LayerNorm) is a statistic broadcast back
+over the channels: removing channels changes it, as it changes a LayerNorm's, so the channels are
+removed approximately (``Group.approx_reason``) instead of freezing.
+"""
 
 from __future__ import annotations
 
@@ -44,11 +50,14 @@ def reduction(keeps_shape: bool = False) -> Callable[[OpContext], Any]:
         lab = ctx.larg(0, "input") or {}
         dims = _dims_arg(ctx, x.dim())
         dims = list(range(x.dim())) if dims is None else dims
+        out0 = ctx.out[0] if isinstance(ctx.out, (tuple, list)) else ctx.out
+        statistic = ctx.op_name == "mean" and isinstance(out0, torch.Tensor) and out0.dim() == x.dim()
         for d in dims:
-            if d in lab:
+            if d in lab and statistic:
+                ctx.table.mark_approx(lab[d], f"mean over channels ({ctx.where})")
+            elif d in lab:
                 ctx.table.freeze(lab[d], f"{ctx.where}: reduction over channels")
         kept = {d: a for d, a in lab.items() if d not in dims}
-        out0 = ctx.out[0] if isinstance(ctx.out, (tuple, list)) else ctx.out
         if not isinstance(out0, torch.Tensor):
             return structure_like(ctx.out)
         if keeps_shape or out0.dim() == x.dim():
