@@ -145,3 +145,68 @@ def test_channel_shuffle_op_is_followed(functional):
     res = check_pruned(model, torch.randn(2, 3, 8, 8), 0.5, min_flops_ratio=1.5, round_to=1)
     assert res.report.exact_error < 1e-4
     assert model.a[0].out_channels == model.b[0].out_channels == 8
+
+
+# ---------------------------------------------------------------- head sizes written as attribute sums
+class SumView(nn.Module):
+    """A per-head width written as ``self.a * 2 + self.b`` that no other op ties to ``a`` and ``b``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.heads = 8, 16, 2
+        self.stem, self.qkv, self.out = cbr(3, 16), nn.Conv2d(16, 64, 1), nn.Conv2d(64, 8, 1)
+
+    def forward(self, x):
+        y = self.qkv(self.stem(x))
+        b, _, h, w = y.shape
+        y = y.view(b, self.heads, self.a * 2 + self.b, h * w).relu()
+        return self.out(y.reshape(b, -1, h, w)).mean((2, 3))
+
+
+def test_a_sum_of_attributes_nothing_else_sizes_stays_frozen():
+    model = _prepared(SumView())
+    x = torch.randn(2, 3, 8, 8)
+    analysis = fxprune.analyze(copy.deepcopy(model), x)
+    reasons = [u.reason for u in analysis.unsupported]
+    assert reasons == ["size 2*a + b not followed by the pieces its attributes size"]
+    check_pruned(model, x, 0.5, min_flops_ratio=1.05, round_to=1)
+    assert model.qkv.out_channels == 64 and (model.a, model.b) == (8, 16)
+    assert model.stem[0].out_channels < 16
+
+
+def _ultralytics_block(name: str):
+    block = pytest.importorskip("ultralytics.nn.modules.block")
+    return getattr(block, name)
+
+
+def test_psa_key_and_value_dims_are_pruned_with_one_head():
+    c2psa = _ultralytics_block("C2PSA")
+    model = randomize_(c2psa(128, 128, 1), seed=0).eval()  # c = 64: one head of 64, key_dim 32
+    check_pruned(model, torch.randn(2, 128, 8, 8), 0.5, min_flops_ratio=2.0, round_to=1)
+    attn = model.m[0].attn
+    assert attn.num_heads == 1 and attn.key_dim < 32 and attn.head_dim < 64
+    assert attn.qkv.conv.out_channels == attn.num_heads * (2 * attn.key_dim + attn.head_dim)
+    assert attn.head_dim == model.c  # v's channels are the residual stream of the block
+
+
+def test_psa_with_two_heads_prunes_key_and_value_dims():
+    c2psa = _ultralytics_block("C2PSA")
+    model = randomize_(c2psa(256, 256, 1), seed=0).eval()  # yolo11n's block: 2 heads of 64, key_dim 32
+    check_pruned(model, torch.randn(2, 256, 8, 8), 0.5, min_flops_ratio=2.0, round_to=1)
+    attn = model.m[0].attn
+    assert attn.key_dim < 32 and attn.head_dim < 64
+    assert attn.qkv.conv.out_channels == 2 * (2 * attn.key_dim + attn.head_dim)
+    # the head view ties v's position d in both heads: the residual half loses channels in pairs, the
+    # other half of C2PSA's split((c, c)) as many single channels
+    assert model.c == 2 * attn.head_dim == model.cv1.conv.out_channels // 2
+
+
+def test_attribute_sum_is_read_from_forward():
+    attention = _ultralytics_block("Attention")
+    from fxprune.groups.attr_expressions import find_expression
+    from fxprune.groups.context import OpContext
+
+    m = attention(128, 2)
+    ctx = OpContext(None, (), {}, (), {}, None, None, m, module_name="", model=m)
+    assert find_expression(ctx, 2 * m.key_dim + m.head_dim) == {"key_dim": 2, "head_dim": 1}
+    assert find_expression(ctx, 129) is None

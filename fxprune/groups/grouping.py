@@ -11,7 +11,7 @@ from torch import nn
 
 from .context import Unsupported
 from .propagate import PropagationResult
-from .shuffle_quotas import shuffle_choosers
+from .shuffle_quotas import equal_channel_quotas, shuffle_choosers
 from .slots import Block, SlotTable
 
 __all__ = ["Group", "build_groups"]
@@ -201,6 +201,10 @@ def _attach_constraints(result: PropagationResult, groups: list[Group], table: S
         grp = next(m[0] for piece in mapped for m in piece if m is not None)
         idx_pieces = [np.array([m[1] for m in piece if m is not None]) for piece in mapped]
         flat = np.concatenate(idx_pieces)
+        weighted = None if grp.equal_parts or grp.id in choosers else equal_channel_quotas(grp, idx_pieces)
+        if weighted is not None and len(np.unique(flat)) != len(flat):
+            choosers[grp.id] = weighted  # pieces whose atoms stand for different channel counts
+            continue
         if len(np.unique(flat)) != len(flat) or grp.equal_parts:
             # an atom in two pieces, or a second constraint: keep all pieces equal position by position
             lengths = {len(p) for p in idx_pieces}

@@ -19,6 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from .attr_constants import names_read_in_forward
+from .attr_expressions import check_expressions
 from .context import Unsupported, iter_labels, op_name
 from .propagate import PropagationResult
 
@@ -65,6 +66,7 @@ def freeze_attribute_literals(
     prop: PropagationResult, graph_module: fx.GraphModule, model: nn.Module
 ) -> None:
     """Freeze the channel dims whose size a traced literal from a module attribute pins (see module doc)."""
+    check_expressions(prop, prop.unsupported)
     registered = {(m, a) for m, a, _ in prop.constants}
     table = prop.table
     for node in graph_module.graph.nodes:

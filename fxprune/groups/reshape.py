@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.fx as fx
 from torch import nn
 
 from .attr_constants import find_attribute
+from .attr_expressions import EXPRESSION, find_expression
 from .channel_constants import find_constant
 from .context import OpContext
 from .labels import Labels, permute_labels, reshape_labels
@@ -30,15 +32,19 @@ def _shape_args(ctx: OpContext) -> tuple[list, list[bool] | None]:
     return list(node_args), adaptive
 
 
-def _constant_sizes(ctx: OpContext, sizes: list, adaptive: list[bool]) -> dict[int, tuple[str, str]]:
-    """Output dims whose constant size is a channel count attribute; they count as adaptive from now.
+def _constant_sizes(
+    ctx: OpContext, sizes: list, adaptive: list[bool]
+) -> tuple[dict[int, tuple[str, str]], dict[int, dict[str, int]]]:
+    """Output dims whose constant size is a channel count attribute, and those whose size is a sum of
+    attributes (:mod:`.attr_expressions`); both count as adaptive from now.
 
     A registered attribute counts whatever its value; one read in forward only when it equals the whole
-    width of a channel dim of the input (a head count is a factor of a width, not a width).
+    width of a channel dim of the input (a head count is a factor of a width, not a width). A sum of
+    attributes counts when it divides such a width (the per-head width of a ``qkv`` view).
     """
     x, lab = ctx.arg(0, "input"), ctx.larg(0, "input") or {}
     widths = {x.shape[d] for d in lab}
-    known = {}
+    known, sums = {}, {}
     for j, (size, free) in enumerate(zip(sizes, adaptive)):
         found = None if free else find_constant(ctx.model, ctx.module_name, size)
         if found is None and not free and size in widths:
@@ -46,7 +52,12 @@ def _constant_sizes(ctx: OpContext, sizes: list, adaptive: list[bool]) -> dict[i
         if found is not None:
             known[j] = found
             adaptive[j] = True
-    return known
+        elif not free and size > 1 and any(w % size == 0 for w in widths):
+            coefs = find_expression(ctx, size)
+            if coefs is not None:
+                sums[j] = coefs
+                adaptive[j] = True
+    return known, sums
 
 
 @handles_ops("view", "reshape", "_unsafe_view")
@@ -61,22 +72,33 @@ def reshape(ctx: OpContext) -> Labels:
     x = ctx.arg(0, "input")
     lab = ctx.larg(0, "input") or {}
     sizes, adaptive = _shape_args(ctx)
-    known = _constant_sizes(ctx, sizes, adaptive) if adaptive is not None and lab else {}
+    known, sums = _constant_sizes(ctx, sizes, adaptive) if adaptive is not None and lab else ({}, {})
     out = reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, adaptive, ctx.where) if lab else {}
     for j, (module, attr) in known.items():
         if j in out:
             ctx.constants.append((module, attr, out[j]))
+    for j, coefs in sums.items():  # checked against the attributes' pieces after propagation
+        if j in out:
+            ctx.constraints.append((EXPRESSION, (out[j], ctx.module_name, coefs, ctx.node.name), ctx.where))
     _check_size_sources(ctx, lab, out)
     return out
 
 
 def _check_size_sources(ctx: OpContext, own: Labels, out: Labels) -> None:
-    """Sizes read from another tensor's channel dim must follow this output's channels."""
+    """Sizes read from another tensor's channel dim must follow this output's channels.
+
+    A channel dim sized at run time by a number read from no channel dim (the width of a model input)
+    cannot follow pruning: it freezes.
+    """
     shape_labels = ctx.largs[1:] if ctx.node.op == "call_method" else ctx.largs[1:2]
+    node_args, _ = _shape_args(ctx)
     if len(shape_labels) == 1 and isinstance(shape_labels[0], (list, tuple)):
         shape_labels = shape_labels[0]
     own_roots = [set(ctx.table.roots(a).tolist()) for a in own.values()]
     for j, info in enumerate(shape_labels):
+        sourceless = not isinstance(info, IntInfo) or not info.sources
+        if sourceless and j in out and j < len(node_args) and isinstance(node_args[j], fx.Node):
+            ctx.table.freeze(out[j], f"{ctx.where}: channel size read from a dim that is not pruned")
         if not isinstance(info, IntInfo):
             continue
         for src in info.sources:

@@ -26,7 +26,7 @@ import torch.fx as fx
 from .context import op_name
 from .permutation import PERMUTATION, Shuffle, flow_step
 
-__all__ = ["QuotaChooser", "Requirement", "choose_with_quotas", "shuffle_choosers"]
+__all__ = ["QuotaChooser", "Requirement", "choose_with_quotas", "equal_channel_quotas", "shuffle_choosers"]
 
 Count = Callable[[int], int]  # kept channels as a function of k, the channels kept per reference width
 
@@ -214,10 +214,11 @@ def _region_atoms(result, where: dict, nodes, reason: str) -> list:
 
 
 class QuotaChooser:
-    """``Group.chooser`` for a group holding followed shuffles: ``(scores, n_remove) -> atoms to remove``."""
+    """``Group.chooser`` keeping ``counts[i](k)`` of the atoms ``atoms[i]``: ``(scores, n_remove) -> atoms
+    to remove``. With ``free``, the group's other atoms go by score for the rest of ``n_remove``."""
 
-    def __init__(self, group, atoms: list[np.ndarray], counts: list[Count], ref: int):
-        self.group, self.atoms, self.counts, self.ref = group, atoms, counts, ref
+    def __init__(self, group, atoms: list[np.ndarray], counts: list[Count], ref: int, free: bool = False):
+        self.group, self.atoms, self.counts, self.ref, self.free = group, atoms, counts, ref, free
 
     def absorb(self, equal_parts: list[list[np.ndarray]]) -> bool:
         """Take the group's ``chunk`` constraints as quotas (each piece keeps ``k`` per reference width);
@@ -232,7 +233,36 @@ class QuotaChooser:
         return True
 
     def __call__(self, scores: np.ndarray, n_remove: int) -> np.ndarray:
-        return choose_with_quotas(self.group, scores, n_remove, self.atoms, self.counts, self.ref)
+        if not self.free:
+            return choose_with_quotas(self.group, scores, n_remove, self.atoms, self.counts, self.ref)
+        covered = set(np.concatenate(self.atoms).tolist())
+        share = round(n_remove * len(covered) / max(self.group.width, 1))
+        removed = choose_with_quotas(self.group, scores, share, self.atoms, self.counts, self.ref)
+        others = [i for i in range(self.group.width) if i not in self.group.frozen and i not in covered]
+        others = np.array(others, dtype=np.int64)
+        extra = others[np.argsort(np.asarray(scores)[others], kind="stable")]
+        return np.sort(np.concatenate([removed, extra[: max(n_remove - len(removed), 0)]]))
+
+
+def equal_channel_quotas(group, pieces: list[np.ndarray]) -> QuotaChooser | None:
+    """A chooser for pieces that must keep equal channel counts although one atom stands for several
+    channels in some of them (a residual half whose channels a head view ties in pairs, next to a half
+    of single channels): each piece keeps atoms in proportion to its distinct atoms. None when a piece
+    repeats its atoms unevenly, two pieces share an atom or the pieces differ in channels."""
+    distinct = [np.unique(p, return_counts=True) for p in pieces]
+    if len({len(p) for p in pieces}) != 1 or any(len(set(c.tolist())) != 1 for _, c in distinct):
+        return None
+    atoms = [a for a, _ in distinct]
+    flat = np.concatenate(atoms)
+    if len(np.unique(flat)) != len(flat):
+        return None
+    ref = math.gcd(*[len(a) for a in atoms])
+    counts = [_times(len(a) // ref) for a in atoms]
+    return QuotaChooser(group, atoms, counts, ref, free=True)
+
+
+def _times(units: int) -> Count:
+    return lambda k: units * k
 
 
 def choose_with_quotas(

@@ -1,0 +1,124 @@
+"""Channel counts written as sums of module attributes: ``self.key_dim * 2 + self.head_dim``.
+
+ultralytics' PSA attention views its ``qkv`` output as ``(B, self.num_heads, self.key_dim * 2 +
+self.head_dim, N)`` and splits it into ``[self.key_dim, self.key_dim, self.head_dim]``. The view size
+reaches the traced graph as one number (128). It follows pruning by itself (forward recomputes it from
+the attributes), provided every attribute in it is updated to the kept count of the channels it sizes.
+
+:func:`find_expression` reads such a number back to an expression in the source of the module's
+``forward``: a sum of int attributes with positive integer coefficients (``+``, ``-``, ``*``, ``//`` over
+``self.NAME`` and integer literals, no constant term). The view then treats that size as one that
+follows the channels; :func:`check_expressions` (after propagation) keeps it only where the channels
+the size covers are exactly the pieces sized by those attributes elsewhere (``coefficient`` pieces per
+attribute, each recorded as a channel constant, so slimming writes it) and freezes them otherwise.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import textwrap
+
+import numpy as np
+
+from .context import OpContext, Unsupported
+
+__all__ = ["EXPRESSION", "check_expressions", "find_expression"]
+
+EXPRESSION = "attribute_expression"  # constraint kind; payload (labels, module, coefficients, node name)
+_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+        ast.FloorDiv: lambda a, b: a // b}  # fmt: skip
+
+
+@functools.cache
+def _expressions(cls: type) -> tuple[ast.expr, ...]:
+    """Every arithmetic expression over ``self.NAME`` and int literals in ``cls.forward``'s source."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
+    except (OSError, TypeError, SyntaxError):
+        return ()
+    return tuple(n for n in ast.walk(tree) if isinstance(n, ast.BinOp) and _names(n) is not None)
+
+
+def _names(node: ast.expr) -> frozenset[str] | None:
+    """The attributes an expression reads, None when it reads anything but ``self.NAME`` and ints."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return frozenset()
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return frozenset([node.attr])
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        left, right = _names(node.left), _names(node.right)
+        return None if left is None or right is None else left | right
+    return None
+
+
+def _evaluate(node: ast.expr, values: dict[str, int]) -> int:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Attribute):
+        return values[node.attr]
+    return _OPS[type(node.op)](_evaluate(node.left, values), _evaluate(node.right, values))
+
+
+def _linear(node: ast.expr, values: dict[str, int]) -> tuple[int, dict[str, int]] | None:
+    """``(value, {attribute: coefficient})`` when the expression is a sum of attributes with positive
+    integer coefficients and no constant term (checked by moving each attribute by 1 and 2)."""
+    try:
+        base = _evaluate(node, values)
+        coefs = {}
+        for name in sorted(_names(node)):
+            one = _evaluate(node, {**values, name: values[name] + 1}) - base
+            two = _evaluate(node, {**values, name: values[name] + 2}) - base
+            if one <= 0 or two != 2 * one:
+                return None
+            coefs[name] = one
+    except (KeyError, ZeroDivisionError):
+        return None
+    if not coefs or base != sum(c * values[n] for n, c in coefs.items()):
+        return None
+    return base, coefs
+
+
+def find_expression(ctx: OpContext, value: int) -> dict[str, int] | None:
+    """``{attribute: coefficient}`` of the one attribute expression in the op's module's ``forward`` that
+    equals ``value`` (a single attribute with coefficient 1 is left to :mod:`.attr_constants`)."""
+    if ctx.model is None:
+        return None
+    try:
+        m = ctx.model.get_submodule(ctx.module_name)
+    except AttributeError:
+        return None
+    values = {k: v for k, v in vars(m).items() if type(v) is int}
+    found = []
+    for node in _expressions(type(m)):
+        hit = _linear(node, values)
+        if hit is not None and hit[0] == value and (len(hit[1]) > 1 or set(hit[1].values()) != {1}):
+            found.append(hit[1])
+    distinct = {tuple(sorted(c.items())) for c in found}
+    return found[0] if len(distinct) == 1 else None
+
+
+def check_expressions(prop, unsupported: list[Unsupported]) -> None:
+    """Freeze the channels of every followed expression whose attributes do not each size
+    ``coefficient`` of its pieces (channel constants recorded by other ops, such as the split after it)."""
+    table = prop.table
+    for kind, payload, where in prop.constraints:
+        if kind != EXPRESSION:
+            continue
+        labels, module, coefs, node = payload
+        roots = table.roots(labels)
+        pieces = [
+            (attr, table.roots(lab))
+            for mod, attr, lab in prop.constants
+            if mod == module and attr in coefs and np.isin(table.roots(lab), roots).all()
+        ]
+        counts = {a: sum(1 for p, _ in pieces if p == a) for a in coefs}
+        covered = np.sort(np.concatenate([r for _, r in pieces])) if pieces else np.zeros(0, dtype=np.int64)
+        if counts == coefs and np.array_equal(covered, np.sort(roots)):
+            continue
+        owner = f"{module}." if module else ""
+        terms = " + ".join(f"{c}*{owner}{a}" if c != 1 else f"{owner}{a}" for a, c in coefs.items())
+        reason = f"size {terms} not followed by the pieces its attributes size"
+        table.freeze(labels, f"{where}: {reason}")
+        unsupported.append(Unsupported(node, "view", module, reason))
