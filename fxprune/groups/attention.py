@@ -24,6 +24,9 @@ __all__ = ["einsum", "matmul", "multihead_attention", "sdpa"]
 # torchvision's MaxViT reshapes q, k and v to ``(B, G, P, self.n_heads, self.head_dim)``: the head count
 # follows pruning (whole heads go), the head size stays.
 register_channel_constant("torchvision.models.maxvit.RelativePositionalMultiHeadAttention", "n_heads")
+# timm's ``Attention`` (ViT, DeiT, MobileViT's transformer...) reshapes qkv to ``(B, N, 3, self.num_heads,
+# self.head_dim)`` and its output back to ``(B, N, self.attn_dim)``: heads go whole, the residual width stays.
+register_channel_constant("timm.layers.attention.Attention", "num_heads", "attn_dim")
 
 
 def _batch_labels(ctx: OpContext, operands: list[tuple[Any, Labels]]) -> Labels:
