@@ -68,17 +68,25 @@ def conv_macs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
     return out
 
 
-def node_times(path: Path, x: torch.Tensor, runs: int, prefix: str) -> dict[tuple[str, str], float]:
-    """ms per call of every node (after onnxruntime's fusions), from its profiler."""
-    sess = session(path, prefix)
-    feeds = {sess.get_inputs()[0].name: x.numpy()}
+def node_times(
+    paths: list[Path], x: torch.Tensor, runs: int, prefix: str
+) -> list[dict[tuple[str, str], float]]:
+    """ms per call of every node (after onnxruntime's fusions) of each file, from its profiler; the files'
+    calls alternate so that all of them see the same machine load."""
+    sessions = [session(path, f"{prefix}{i}") for i, path in enumerate(paths)]
+    feeds = [{s.get_inputs()[0].name: x.numpy()} for s in sessions]
     for _ in range(runs):
-        sess.run(None, feeds)
-    times: dict[tuple[str, str], float] = collections.defaultdict(float)
-    for e in json.loads(Path(sess.end_profiling()).read_text()):
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            times[(e["name"][: -len("_kernel_time")], e["args"].get("op_name", "?"))] += e["dur"] / 1e3 / runs
-    return times
+        for sess, feed in zip(sessions, feeds):
+            sess.run(None, feed)
+    out = []
+    for sess in sessions:
+        times: dict[tuple[str, str], float] = collections.defaultdict(float)
+        for e in json.loads(Path(sess.end_profiling()).read_text()):
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                key = (e["name"][: -len("_kernel_time")], e["args"].get("op_name", "?"))
+                times[key] += e["dur"] / 1e3 / runs
+        out.append(times)
+    return out
 
 
 def module_of(node: str, names: set[str]) -> str | None:
@@ -101,19 +109,21 @@ def part_stages(args, tmp: Path) -> None:
     calib = [torch.randn(1, 3, 224, 224) for _ in range(args.calib_samples)]
     log(f"ResNet-50 round_to {args.round_to}: FLOPs {count_flops(dense, x) / count_flops(pruned, x):.2f}x")
     stages: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0, 0])
-    totals = []
-    for k, m in enumerate((dense, pruned)):
-        macs = conv_macs(m, x)
-        q = quantize(m, x, calib, "onnx", tmp / f"r50-{k}.onnx", subset_size=len(calib))
-        times = node_times(q.path, x, args.runs, str(tmp / f"prof{k}"))
-        totals.append(sum(times.values()))
+    macs = [conv_macs(m, x) for m in (dense, pruned)]
+    paths = [
+        quantize(m, x, calib, "onnx", tmp / f"r50-{k}.onnx", subset_size=len(calib)).path
+        for k, m in enumerate((dense, pruned))
+    ]
+    profiles = node_times(paths, x, args.runs, str(tmp / "prof"))
+    totals = [sum(p.values()) for p in profiles]
+    for k, times in enumerate(profiles):
         for (node, op), ms in times.items():
-            name = module_of(node, set(macs)) if op == "QLinearConv" else None
+            name = module_of(node, set(macs[k])) if op == "QLinearConv" else None
             if name is None:
                 continue
             row = stages[name.split(".")[0]]
             row[k] += ms
-            row[2 + k] += macs[name]
+            row[2 + k] += macs[k][name]
     log(f"total {totals[0]:.1f} -> {totals[1]:.1f} ms ({totals[0] / totals[1]:.2f}x)")
     for stage, (td, tp, md, mp) in stages.items():
         log(
