@@ -164,10 +164,14 @@ class ScaledByAttribute(nn.Module):
 
 @pytest.mark.parametrize(("model", "on_meta"), [(net(16), True), (ScaledByAttribute(), False)])
 @pytest.mark.parametrize("metric", ["flops", "params"])
-def test_slimmed_size_counts_like_a_real_slimmed_copy(model, on_meta, metric):
+@pytest.mark.parametrize("from_analysis", [True, False])
+def test_slimmed_size_counts_like_a_real_slimmed_copy(model, on_meta, metric, from_analysis):
     analysis = fxprune.analyze(model.eval(), X)
+    if not from_analysis:  # as without a cost table: candidates are slimmed on meta or real copies
+        analysis.propagation.costs = None
     size = SlimmedSize(analysis, X, metric)
-    assert size.on_meta is (on_meta or metric == "params")
+    assert size.costs.exact is from_analysis
+    assert from_analysis or size.on_meta is (on_meta or metric == "params")
     for ratio in (0.3, 0.8):
         plan = analysis.plan(ratio, round_to=1)
         slim = slimmed_copy(analysis, plan)

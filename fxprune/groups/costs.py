@@ -107,9 +107,11 @@ class CostTable:
 
     def kept_fractions(self, table: SlotTable, gone_roots: np.ndarray) -> np.ndarray:
         """Fraction of every factor's slots whose class is not in ``gone_roots``."""
+        if getattr(self, "_roots", None) is None or len(self._roots) != len(table):
+            self._roots = table.all_roots()  # the classes do not change once the analysis is done
         gone = np.zeros(len(table), dtype=bool)
         gone[gone_roots] = True
-        gone = gone[table.all_roots()]
+        gone = gone[self._roots]
         lengths = np.diff(np.append(self._starts, len(self._concat)))
         kept = np.ones(len(self.factors))
         if len(self._concat):

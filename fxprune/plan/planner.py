@@ -62,14 +62,16 @@ def _choose(group: Group, scores: np.ndarray, n_remove: int) -> np.ndarray:
 
 def _keep_one_per_layer(group: Group, scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     """Never empty a layer: give back the best atom of any layer block that would lose all its channels."""
-    removed = set(chosen.tolist())
+    removed = np.zeros(group.width, dtype=bool)
+    removed[np.asarray(chosen, dtype=np.int64)] = True
     for b in group.blocks:
         if b.passive:
             continue
-        idx = [i for i in np.unique(group.block_atom_index[b.base]).tolist() if i >= 0]
-        if idx and all(i in removed for i in idx):
-            removed.discard(max(idx, key=lambda i: scores[i]))
-    return np.array(sorted(removed), dtype=np.int64)
+        idx = group.block_atom_index[b.base]
+        idx = idx[idx >= 0]
+        if len(idx) and removed[idx].all():
+            removed[max(np.unique(idx).tolist(), key=lambda i: scores[i])] = False
+    return np.nonzero(removed)[0].astype(np.int64)
 
 
 def make_plan(

@@ -27,7 +27,10 @@ __all__ = [
 
 def prunable_atoms(group: Group) -> np.ndarray:
     """Indices of the atoms of ``group`` that may be removed (not frozen), ascending."""
-    return np.array([i for i in range(group.width) if i not in group.frozen], dtype=np.int64)
+    free = np.ones(group.width, dtype=bool)
+    if group.frozen:
+        free[np.fromiter(group.frozen, dtype=np.int64, count=len(group.frozen))] = False
+    return np.nonzero(free)[0].astype(np.int64)
 
 
 def removal_order(group: Group, scores: np.ndarray) -> np.ndarray:
