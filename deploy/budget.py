@@ -29,7 +29,7 @@ from fxprune.targets import slimmed_copy
 from .alignment import default_round_to
 from .backends import get_backend
 from .latency_model import LatencyModel
-from .lut import LatencyTable
+from .lut import LatencyTable, frozen_heap
 from .onnx_export import export_onnx
 from .runtime_latency import measure_latency, speedup
 
@@ -222,7 +222,7 @@ def plan_for_latency(
         latency_model = LatencyModel.build(analysis, example_inputs, table, round_to, progress, scores)
     measure_kw = {"precision": precision, "threads": threads, **(measure_kw or {})}
     value, unit = parse_latency_target(target)
-    with _dense_source(analysis.model, example_inputs, backend, precision, validate) as dense:
+    with frozen_heap(), _dense_source(analysis.model, example_inputs, backend, precision, validate) as dense:
         if dense_ms is None and (unit == "ms" or validate):
             dense_ms = _dense_ms(dense, example_inputs, backend, measure_kw)
         ratio = value if unit == "x" else value / dense_ms
@@ -284,7 +284,8 @@ def next_internal_target(rounds: list[dict[str, Any]], target: float) -> float:
     Measured and estimated ratios are both 1 for the dense model, and latency tends to follow a power of
     the estimate, so: between the closest rounds measured below and above the target, interpolate in
     log-log space; with rounds on one side only, follow the power law through the dense model and the
-    round measured closest to the target. Clipped to [0.02, 0.999].
+    round measured closest to the target (its exponent kept within [0.5, 2], so the next target stays
+    between ``target ** 2`` and ``target ** 0.5``). Clipped to [0.02, 0.999].
     """
     measured = [r for r in rounds if r.get("measured_ratio") is not None]
     points = [
@@ -300,7 +301,8 @@ def next_internal_target(rounds: list[dict[str, Any]], target: float) -> float:
         nxt = math.exp(math.log(e0) + w * (math.log(e1) - math.log(e0)))
     elif points:
         e, m = min(points, key=lambda p: abs(math.log(p[1] / target)))
-        nxt = target ** (math.log(e) / math.log(m))
+        power = min(max(math.log(m) / math.log(e), 0.5), 2.0)  # one noisy round must not jump far
+        nxt = target ** (1.0 / power)
     else:  # a round measured at or above the dense latency: scale by the miss
         last = rounds[-1]
         nxt = last["internal_target"] * target / max(last["measured_ratio"], 1e-9)

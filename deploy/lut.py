@@ -23,7 +23,7 @@ from torch import nn
 
 from .backends.base import cpu_name
 
-__all__ = ["LatencyTable", "LayerShape", "default_table_path", "write_layer_onnx"]
+__all__ = ["LatencyTable", "LayerShape", "default_table_path", "frozen_heap", "write_layer_onnx"]
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,11 @@ def write_layer_onnx(module: nn.Conv2d | nn.Linear, x: torch.Tensor, path: Path)
 
 
 @contextlib.contextmanager
-def _frozen_heap() -> Iterator[None]:
+def frozen_heap() -> Iterator[None]:
     """Move the objects alive now out of the garbage collector's reach (``gc.freeze``) for a block.
 
-    Latency runs collect garbage before timing; in a process holding a large framework that collection
-    would otherwise walk every object for each of hundreds of layer runs.
+    Latency runs collect garbage before timing; in a process holding a large framework (ultralytics)
+    that collection would otherwise walk every object, 0.2-1 s each time, for each of hundreds of runs.
     """
     if gc.get_freeze_count():  # someone else froze the heap: leave their state alone
         yield
@@ -227,7 +227,7 @@ class LatencyTable:
         ref_module, ref_x = _REFERENCE.build()
         todo = list({s.key: s for s in shapes if s.key not in self.entries}.values())
         per_run = max(per_run, 1)
-        with _frozen_heap(), tempfile.TemporaryDirectory() as tmp:
+        with frozen_heap(), tempfile.TemporaryDirectory() as tmp:
             as_file = self._writes_onnx()
             ref = write_layer_onnx(ref_module, ref_x, Path(tmp) / "ref.onnx") if as_file else ref_module
             for start in range(0, len(todo), per_run):

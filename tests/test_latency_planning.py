@@ -220,6 +220,7 @@ def test_next_internal_target_follows_the_measured_rounds():
     # one round: the power law through the dense model (1, 1) and (0.5, 0.25) gives 0.5 ** 0.5 for 0.5
     assert next_internal_target([row(0.5, 0.25)], 0.5) == pytest.approx(0.5**0.5)
     assert next_internal_target([row(0.5, 0.8)], 0.5) < 0.5  # measured too slow: plan for less
+    assert next_internal_target([row(0.6, 0.95)], 0.6) == pytest.approx(0.36)  # a noisy round: bounded
     # rounds on both sides of the target: log-log interpolation between them, strictly inside
     bracketed = next_internal_target([row(0.5, 0.2), row(0.9, 0.8), row(0.3, 0.05)], 0.5)
     w = (np.log(0.5) - np.log(0.2)) / (np.log(0.8) - np.log(0.2))
