@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import time
 from typing import Any
 
@@ -19,22 +20,52 @@ import torch
 from torch import nn
 
 
-def build(name: str, size: int = 224) -> tuple[nn.Module, torch.Tensor]:
-    """The model (random weights, eval mode) and an example input."""
+def _runs(model: nn.Module, x: torch.Tensor) -> bool:
+    try:
+        with torch.no_grad():
+            model(x)
+        return True
+    except Exception:
+        return False
+
+
+def _timm_model(name: str, size: int | None) -> tuple[nn.Module, int]:
+    """A timm model and its input size: ``size`` where the model runs at it (built for it with
+    ``img_size=size`` when it has a fixed input size), else the size of its pretrained config."""
+    import timm
+
+    model = timm.create_model(name, pretrained=False)
+    default = (getattr(model, "pretrained_cfg", {}) or {}).get("input_size", (3, 224, 224))[-1]
+    if size is None or size >= default:
+        return model, default
+    x = torch.randn(1, 3, size, size)
+    if _runs(model.eval(), x):
+        return model, size
+    try:
+        small = timm.create_model(name, pretrained=False, img_size=size)
+    except Exception:  # the model does not take img_size
+        return model, default
+    return (small, size) if _runs(small.eval(), x) else (model, default)
+
+
+def build(name: str, size: int | None = None) -> tuple[nn.Module, torch.Tensor]:
+    """The model (random weights, eval mode) and an example input.
+
+    ``size`` None: the model's own input size (224 for torchvision, 640 for yolo); an int: that size where
+    the model runs at it (timm models only; others keep their own size).
+    """
     if name.startswith("tv:"):
         import torchvision
 
         model = torchvision.models.get_model(name[3:], weights=None)
+        size = 299 if name[3:] == "inception_v3" else 224
     elif name.startswith("yolo:"):
         from ultralytics import YOLO
 
         model, size = YOLO(name[5:]).model, 640
     else:
-        import timm
-
-        model = timm.create_model(name, pretrained=False)
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        size = cfg.get("input_size", (3, size, size))[-1] if "fixed_input_size" in cfg else size
+        torch.manual_seed(0)
+        model, size = _timm_model(name, size)
     torch.manual_seed(0)
     return model.eval(), torch.randn(1, 3, size, size)
 
@@ -56,22 +87,41 @@ def family_models() -> list[str]:
     return sorted(min(names, key=_smallness) for names in families if names)
 
 
-def _prune_one(name: str, ratio: float, conn) -> None:
+def _error(e: BaseException) -> str:
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {first[:300]}"
+
+
+def _limit_memory(gib: float) -> None:
+    if gib > 0:
+        import resource
+
+        limit = int(gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _prune_one(name: str, ratio: float, size: int | None, conn, round_to: int | None = None) -> None:
     import fxprune
 
     torch.set_num_threads(1)
     rec: dict[str, Any] = {"model": name}
     try:
-        model, x = build(name)
+        model, x = build(name, size)
+        rec["size"] = x.shape[-1]
         start = time.perf_counter()
-        rep = fxprune.prune(model, x, ratio=ratio)
+        rep = fxprune.prune(model, x, ratio=ratio, round_to=round_to)
+        rec["round_to"] = rep.round_to
         rec["seconds"] = round(time.perf_counter() - start, 2)
         if rep.flops_before and rep.flops_after:
             rec["flops_kept"] = round(rep.flops_after / rep.flops_before, 3)
         rec["params_kept"] = round(rep.params_after / rep.params_before, 3)
+        rec["verified"] = rep.verified
+        rec["exact_error"] = rep.exact_error
+        rec["groups_pruned"] = sum(after < before for _, _, before, after in rep.widths)
+        rec["groups"] = len(rep.widths)
         rec["warnings"] = rep.warnings[:2]
-    except Exception as e:  # one line per failure: the sweep goes on
-        rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    except BaseException as e:  # one line per failure (MemoryError included): the sweep goes on
+        rec["error"] = _error(e)
     conn.send(rec)
 
 
@@ -83,19 +133,20 @@ def _classifier(model: nn.Module) -> list[nn.Module]:
     return linears[-1:]
 
 
-def _torch_pruning_one(name: str, ratio: float, conn) -> None:
+def _torch_pruning_one(name: str, ratio: float, size: int | None, conn, round_to: int | None = None) -> None:
     """Torch-Pruning's MetaPruner (L2 magnitude, classifier ignored) at the same channel ratio."""
     import torch_pruning as tp
 
     torch.set_num_threads(1)
     rec: dict[str, Any] = {"model": name}
     try:
-        model, x = build(name)
+        model, x = build(name, size)
+        rec["size"] = x.shape[-1]
         before, _ = tp.utils.count_ops_and_params(model, x)
         start = time.perf_counter()
         pruner = tp.pruner.MetaPruner(
             model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
-            ignored_layers=_classifier(model),
+            ignored_layers=_classifier(model), round_to=round_to,
         )
         pruner.step()
         rec["seconds"] = round(time.perf_counter() - start, 2)
@@ -103,54 +154,132 @@ def _torch_pruning_one(name: str, ratio: float, conn) -> None:
             model(x)
         after, _ = tp.utils.count_ops_and_params(model, x)
         rec["flops_kept"] = round(after / before, 3)
-    except Exception as e:
-        rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    except BaseException as e:
+        rec["error"] = _error(e)
     conn.send(rec)
 
 
-def run(name: str, ratio: float, timeout: float, tool: str = "fx") -> dict:
-    """Prune ``name`` with ``tool`` (``fx`` or ``tp``) in a child process (bounded by ``timeout`` s)."""
+def run(
+    name: str, ratio: float, timeout: float, tool: str = "fx", size: int | None = None, memory_gb: float = 0,
+    round_to: int | None = None,
+) -> dict:
+    """Prune ``name`` with ``tool`` (``fx`` or ``tp``) in a child process (bounded by ``timeout`` s and
+    ``memory_gb`` GiB of address space, 0 for no limit)."""
     parent, child = mp.Pipe(duplex=False)
     target = _prune_one if tool == "fx" else _torch_pruning_one
-    p = mp.get_context("fork").Process(target=target, args=(name, ratio, child))
+
+    def child_main() -> None:
+        _limit_memory(memory_gb)
+        target(name, ratio, size, child, round_to)
+
+    p = mp.get_context("fork").Process(target=child_main)
     p.start()
     rec = parent.recv() if parent.poll(timeout) else {"model": name, "error": f"timeout {timeout:.0f} s"}
     p.join(5)
     if p.is_alive():
         p.kill()
+        p.join()
+    if "error" not in rec and "seconds" not in rec:
+        rec["error"] = f"child exited with code {p.exitcode}"
     return rec
 
 
+def load(out: str | None) -> list[dict]:
+    """The records of an earlier run written to ``out`` (none when the file does not exist)."""
+    if not out or not os.path.exists(out):
+        return []
+    with open(out) as f:
+        return json.load(f)["results"]
+
+
 def sweep(
-    names: list[str], ratio: float = 0.5, timeout: float = 300.0, out: str | None = None, tools=("fx",)
+    names: list[str], ratio: float = 0.5, timeout: float = 300.0, out: str | None = None, tools=("fx",),
+    size: int | None = None, resume: bool = False, retry_errors: bool = False, memory_gb: float = 0,
+    round_to: int | None = None,
 ) -> list[dict]:
-    """Prune each model with each tool, print one line per model and tool, write JSON to ``out``."""
-    results = []
+    """Prune each model with each tool, print one line per model and tool, write JSON to ``out``.
+
+    Records already in ``out`` are kept (a new record for the same model and tool replaces the old one);
+    ``resume`` skips the pairs it holds (``retry_errors``: except those that failed).
+    """
+    results = {(r["model"], r["tool"]): r for r in load(out)}
     for name in names:
         for tool in tools:
-            rec = {"tool": tool, **run(name, ratio, timeout, tool)}
-            results.append(rec)
+            done = results.get((name, tool))
+            if resume and done is not None and not (retry_errors and "error" in done):
+                continue
+            rec = {"tool": tool, **run(name, ratio, timeout, tool, size, memory_gb, round_to)}
+            results[(name, tool)] = rec
             kept = rec.get("flops_kept")
-            print(f"{name:32s} {tool:3s} flops_kept={kept if kept is not None else '-':<6} "
+            print(f"{name:32s} {tool:3s} size={rec.get('size', '-')!s:4s} "
+                  f"flops_kept={kept if kept is not None else '-':<6} "
                   f"{rec.get('seconds', '-')} s {rec.get('error', '')}", flush=True)
-        if out:
-            with open(out, "w") as f:
-                json.dump({"ratio": ratio, "results": results}, f, indent=1)
-    return results
+            if out:
+                tmp = out + ".tmp"
+                with open(tmp, "w") as f:
+                    json.dump({"ratio": ratio, "size": size, "round_to": round_to,
+                               "results": list(results.values())}, f, indent=1)
+                os.replace(tmp, out)
+    return list(results.values())
+
+
+def _cell(rec: dict | None) -> str:
+    if rec is None:
+        return "not run"
+    if "error" in rec:
+        return "fails: " + rec["error"][:90].replace("|", "/")
+    kept = rec.get("flops_kept")
+    return f"{kept:.3f}" if kept is not None else "runs; FLOPs not counted"
+
+
+def report(paths: list[str]) -> str:
+    """A Markdown table (one row per model: fxprune and Torch-Pruning side by side) of result files."""
+    recs: dict[tuple[str, str], dict] = {}
+    for path in paths:
+        recs.update({(r["model"], r["tool"]): r for r in load(path)})
+    models = sorted({m for m, _ in recs}, key=lambda m: (m.startswith("tv:"), m))
+    lines = ["| model | size | fxprune FLOPs kept | verified | s | Torch-Pruning FLOPs kept | s |",
+             "|---|---|---|---|---|---|---|"]
+    for m in models:
+        fx, tp = recs.get((m, "fx")), recs.get((m, "tp"))
+        size = (fx or {}).get("size") or (tp or {}).get("size") or "-"
+        verified = "yes" if fx and fx.get("verified") else "no"
+        lines.append(f"| {m} | {size} | {_cell(fx)} | {verified} | {(fx or {}).get('seconds', '-')} | "
+                     f"{_cell(tp)} | {(tp or {}).get('seconds', '-')} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", help="comma-separated names (timm, tv:NAME, yolo:CFG)")
     p.add_argument("--families", action="store_true", help="one model per timm family")
+    p.add_argument("--torchvision", action="store_true", help="every torchvision classification model")
     p.add_argument("--ratio", type=float, default=0.5)
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per model and tool")
+    p.add_argument("--size", type=int, default=None,
+                   help="input size for timm models where they run at it (built with img_size=SIZE if their "
+                        "size is fixed); default: each model's own size")
+    p.add_argument("--round-to", type=int, default=None,
+                   help="kept widths a multiple of this (default: fxprune's default, 8; Torch-Pruning's, 1)")
     p.add_argument("--tools", default="fx", help="comma-separated subset of fx,tp (tp: Torch-Pruning)")
-    p.add_argument("--out", help="write the records as JSON")
+    p.add_argument("--out", help="JSON file of the records, updated after every run (earlier records kept)")
+    p.add_argument("--resume", action="store_true", help="skip the models and tools already in --out")
+    p.add_argument("--retry-errors", action="store_true", help="with --resume: run the failed ones again")
+    p.add_argument("--memory-gb", type=float, default=10.0,
+                   help="address-space limit of each run in GiB, 0 for none (default 10)")
+    p.add_argument("--report", help="comma-separated result files: print their Markdown table and exit")
     a = p.parse_args(argv)
+    if a.report:
+        print(report(a.report.split(",")))
+        return 0
     names = family_models() if a.families else []
+    if a.torchvision:
+        import torchvision
+
+        names += ["tv:" + n for n in sorted(torchvision.models.list_models(module=torchvision.models))]
     names += [n for n in (a.models or "").split(",") if n]
-    sweep(names, a.ratio, a.timeout, a.out, [t for t in a.tools.split(",") if t in ("fx", "tp")])
+    tools = [t for t in a.tools.split(",") if t in ("fx", "tp")]
+    sweep(names, a.ratio, a.timeout, a.out, tools, a.size, a.resume, a.retry_errors, a.memory_gb, a.round_to)
     return 0
 
 
