@@ -24,8 +24,8 @@ class Group:
     ``atoms[i]`` is a removable unit (a slot class); ``blocks`` are the parameter dimensions it spans;
     ``frozen`` maps atom index -> reason it must stay. ``equal_parts`` lists atom-index pieces that must
     lose the same number of atoms (``chunk``). ``divisor`` is how many channels of the narrowest layer an
-    atom stands for (grouped convs, GroupNorm). ``chooser(scores, n_remove)``, when set, picks the atoms to
-    remove itself (channels after a channel shuffle, :mod:`.shuffle_quotas`).
+    atom stands for (grouped convs, GroupNorm). ``chooser(scores, n_remove, round_to)``, when set, picks the
+    atoms to remove itself (channels after a channel shuffle, :mod:`.shuffle_quotas`).
     """
 
     id: int
@@ -35,7 +35,7 @@ class Group:
     approx_reason: str | None = None
     equal_parts: list[list[np.ndarray]] = field(default_factory=list)
     divisor: int = 1
-    chooser: Callable[[np.ndarray, int], np.ndarray] | None = field(default=None, repr=False)
+    chooser: Callable[[np.ndarray, int, int], np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def width(self) -> int:

@@ -214,8 +214,8 @@ def _region_atoms(result, where: dict, nodes, reason: str) -> list:
 
 
 class QuotaChooser:
-    """``Group.chooser`` keeping ``counts[i](k)`` of the atoms ``atoms[i]``: ``(scores, n_remove) -> atoms
-    to remove``. With ``free``, the group's other atoms go by score for the rest of ``n_remove``."""
+    """``Group.chooser`` keeping ``counts[i](k)`` of the atoms ``atoms[i]``: ``(scores, n_remove, round_to)
+    -> atoms to remove``. With ``free``, the group's other atoms go by score for the rest of ``n_remove``."""
 
     def __init__(self, group, atoms: list[np.ndarray], counts: list[Count], ref: int, free: bool = False):
         self.group, self.atoms, self.counts, self.ref, self.free = group, atoms, counts, ref, free
@@ -232,12 +232,13 @@ class QuotaChooser:
                 self.counts.append(lambda k, units=units: units * k)
         return True
 
-    def __call__(self, scores: np.ndarray, n_remove: int) -> np.ndarray:
+    def __call__(self, scores: np.ndarray, n_remove: int, round_to: int = 1) -> np.ndarray:
+        quotas = (self.atoms, self.counts, self.ref, round_to)
         if not self.free:
-            return choose_with_quotas(self.group, scores, n_remove, self.atoms, self.counts, self.ref)
+            return choose_with_quotas(self.group, scores, n_remove, *quotas)
         covered = set(np.concatenate(self.atoms).tolist())
         share = round(n_remove * len(covered) / max(self.group.width, 1))
-        removed = choose_with_quotas(self.group, scores, share, self.atoms, self.counts, self.ref)
+        removed = choose_with_quotas(self.group, scores, share, *quotas)
         others = [i for i in range(self.group.width) if i not in self.group.frozen and i not in covered]
         others = np.array(others, dtype=np.int64)
         extra = others[np.argsort(np.asarray(scores)[others], kind="stable")]
@@ -266,15 +267,26 @@ def _times(units: int) -> Count:
 
 
 def choose_with_quotas(
-    group, scores: np.ndarray, n_remove: int, atoms: list[np.ndarray], counts: list[Count], ref: int
+    group,
+    scores: np.ndarray,
+    n_remove: int,
+    atoms: list[np.ndarray],
+    counts: list[Count],
+    ref: int,
+    round_to: int = 1,
 ) -> np.ndarray:
     """The atoms to remove: about ``n_remove``, every requirement met, the most important kept in each
-    range. Empty when no smaller width meets them (the group then keeps its width)."""
+    range, ``k`` a multiple of ``round_to`` where one is near. Empty when no smaller width meets them
+    (the group then keeps its width)."""
     every = np.unique(np.concatenate(atoms))
     target = max(ref - n_remove * ref // max(len(every), 1), 1)
     # the count each layer keeps per ``ref`` channels: the feasible one nearest the target (odd counts
-    # deep in a chain of shuffles can contradict each other), the larger one on a tie
-    for k in sorted(range(1, ref), key=lambda k: (abs(k - target), -k)):
+    # deep in a chain of shuffles can contradict each other), a multiple of ``round_to`` less than
+    # ``round_to`` away first, the larger one on a tie
+    def rank(k: int) -> tuple:
+        return (k % round_to != 0 or abs(k - target) >= round_to, abs(k - target), -k)
+
+    for k in sorted(range(1, ref), key=rank):
         kept = _solve(group, scores, atoms, [c(k) for c in counts])
         if kept is not None:
             return np.sort(every[~np.isin(every, kept)])

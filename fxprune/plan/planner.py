@@ -37,12 +37,12 @@ def _ratio_count(group: Group, ratio: float) -> int:
     return int(math.floor(ratio * group.prunable + 1e-9))
 
 
-def _choose(group: Group, scores: np.ndarray, n_remove: int) -> np.ndarray:
+def _choose(group: Group, scores: np.ndarray, n_remove: int, round_to: int = 1) -> np.ndarray:
     """The ``n_remove`` lowest-scored prunable atoms, honouring equal-parts (chunk) constraints."""
     if n_remove <= 0:
         return np.zeros(0, dtype=np.int64)
     if group.chooser is not None:  # counts the group's layers must keep (after a channel shuffle)
-        return np.sort(group.chooser(scores, n_remove))
+        return np.sort(group.chooser(scores, n_remove, round_to))
     if not group.equal_parts:
         return np.sort(removal_order(group, scores)[:n_remove])
     prunable = prunable_atoms(group)
@@ -114,7 +114,8 @@ def make_plan(
         for gid, n in quota.items():
             g = by_id[gid]
             keep = keep_count(g, n, round_to, min_width)
-            plan.remove[gid] = _keep_one_per_layer(g, scores[gid], _choose(g, scores[gid], g.width - keep))
+            chosen = _choose(g, scores[gid], g.width - keep, round_to)
+            plan.remove[gid] = _keep_one_per_layer(g, scores[gid], chosen)
         return plan
     for g in groups:
         r = group_ratio(g, ratio, ratios)
@@ -122,7 +123,7 @@ def make_plan(
             continue
         keep = keep_count(g, _ratio_count(g, r), round_to, min_width)
         n = min(g.width - keep, g.prunable)
-        chosen = _keep_one_per_layer(g, scores[g.id], _choose(g, scores[g.id], n))
+        chosen = _keep_one_per_layer(g, scores[g.id], _choose(g, scores[g.id], n, round_to))
         if len(chosen):
             plan.remove[g.id] = chosen
     return plan
@@ -147,7 +148,7 @@ def plan_from_counts(
             continue
         keep = keep_count(g, n, round_to, min_width)
         chosen = _keep_one_per_layer(
-            g, scores[g.id], _choose(g, scores[g.id], min(g.width - keep, g.prunable))
+            g, scores[g.id], _choose(g, scores[g.id], min(g.width - keep, g.prunable), round_to)
         )
         if len(chosen):
             plan.remove[g.id] = chosen
