@@ -86,6 +86,7 @@ def test_export_errors(slim_and_calib, tmp_path, capsys, monkeypatch):
     assert not any(Path(tmp_path).glob("*.onnx"))  # nothing written before the check
 
 
+@pytest.mark.slow
 def test_bench_precision_int8_quantizes_on_the_fly(slim_and_calib, capsys, single_thread):
     argv = ["bench", "cifar_resnet20", "--pruned", str(slim_and_calib / "slim.pt"), "--precision", "int8"]
     quick = ["--repeats", "2", "--seconds", "0.5"]
