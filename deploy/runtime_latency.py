@@ -11,7 +11,7 @@ import copy
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,14 @@ class Int8Quantizer:
     calibration set: up to ``subset_size`` batches of ``calibration``, or the example inputs (with a
     warning) when it is None."""
 
-    def __init__(self, backend: Backend, inputs: tuple, calibration: Iterable[Any] | None, subset_size: int):
+    def __init__(
+        self,
+        backend: Backend,
+        inputs: tuple,
+        calibration: Iterable[Any] | None,
+        subset_size: int,
+        input_names: list[str] | None = None,
+    ):
         from .calibration import CalibrationBatches
 
         if backend.int8_format is None:
@@ -58,10 +65,10 @@ class Int8Quantizer:
         if calibration is None:
             warnings.warn(NO_CALIBRATION_WARNING, UserWarning, stacklevel=3)
             calibration, self.origin = [inputs], " (the example inputs)"
-        elif iter(calibration) is calibration:  # a generator is read once, for every model
+        elif isinstance(calibration, Iterator):  # a generator is read once, for every model
             calibration = list(calibration)
         self.backend, self.calibration = backend, calibration
-        self.samples = CalibrationBatches(calibration, inputs).count(subset_size)
+        self.samples = CalibrationBatches(calibration, inputs, None, input_names or ()).count(subset_size)
         if self.samples == 0:
             raise ValueError("the calibration data gave no input batches")
 
@@ -167,8 +174,11 @@ def measure_latency(
     inputs = _inputs(example_inputs)
     batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1
     int8 = None
-    if precision == "int8" and any(isinstance(s, nn.Module) for s in sources.values()):
-        int8 = Int8Quantizer(be, inputs, calibration, subset_size)
+    modules = [s for s in sources.values() if isinstance(s, nn.Module)]
+    if precision == "int8" and modules:
+        from .calibration import forward_input_names
+
+        int8 = Int8Quantizer(be, inputs, calibration, subset_size, forward_input_names(modules[0]))
     runners: dict[str, Runner] = {}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         try:
