@@ -7,7 +7,8 @@ input) by 50% of the channels of every group:
 * fxprune: the one call ``fxprune.prune(model, x, ratio)`` with its defaults (analysis, plan, slimming in
   place, verification against the masked original, FLOPs report: ``fx prune s``); before it, on a copy,
   ``fxprune.analyze`` alone (``fx analyze s``) and re-planning that analysis to a FLOPs target of 1/3 with
-  ``fxprune.targets.plan_for_target`` (``fx replan s``: a bisection over ratios, each candidate counted);
+  ``fxprune.targets.plan_for_target`` (``fx replan s``: importance scores, then a bisection over ratios,
+  each candidate's FLOPs counted from the analysis's cost table without slimming a copy);
 * Torch-Pruning with the settings of its README: ``GroupMagnitudeImportance(p=2)`` and ``MetaPruner``
   with ``pruning_ratio=0.5``; by default nothing is ignored (``--tp-ignore classifier`` ignores the final
   classifier as the README example does by hand).
