@@ -138,9 +138,10 @@ def run_fxprune(name: str, size: int, ratio: float, tp_ignore: str, conn, rec: d
     spare = copy.deepcopy(model)
     conn.send(("ready", None))
     stage(conn, rec, "analyze")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     analysis = fxprune.analyze(spare, x)
-    rec.update(analyze_s=time.perf_counter() - t0, groups=len(analysis.groups),
+    rec.update(analyze_s=time.perf_counter() - t0, analyze_cpu_s=time.process_time() - c0,
+               groups=len(analysis.groups),
                prunable_groups=len(analysis.prunable_groups), unsupported=len(analysis.unsupported),
                capture=analysis.captured.method)
     stage(conn, rec, "replan")
@@ -149,9 +150,9 @@ def run_fxprune(name: str, size: int, ratio: float, tp_ignore: str, conn, rec: d
     rec["replan_s"] = time.perf_counter() - t0
     del analysis, spare
     stage(conn, rec, "prune")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     report = fxprune.prune(model, x, ratio)
-    rec["prune_s"] = time.perf_counter() - t0
+    rec["prune_s"], rec["total_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
     rec.update(timings=report.timings, slim_only_s=report.slim_seconds, flops_ratio=report.flops_ratio,
                params_ratio=report.params_ratio, flops_dense=report.flops_before,
                flops_pruned=report.flops_after, params_pruned=report.params_after,
@@ -172,16 +173,16 @@ def run_torch_pruning(name: str, size: int, ratio: float, tp_ignore: str, conn, 
     conn.send(("ready", None))
     stage(conn, rec, "build")
     imp = tp.importance.GroupMagnitudeImportance(p=2)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pruner = tp.pruner.MetaPruner(model, example_inputs=x, importance=imp, pruning_ratio=ratio,
                                   ignored_layers=ignored)
-    t1 = time.perf_counter()
-    rec["build_s"] = t1 - t0
+    t1, c1 = time.perf_counter(), time.process_time()
+    rec["build_s"], rec["build_cpu_s"] = t1 - t0, c1 - c0
     stage(conn, rec, "step")
     pruner.step()
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     rec["prune_s"] = t2 - t1
-    rec["total_s"] = rec["build_s"] + rec["prune_s"]
+    rec["total_s"], rec["total_cpu_s"] = rec["build_s"] + rec["prune_s"], c2 - c0
     stage(conn, rec, "forward")
     model.eval()
     rec["pruned_shapes"] = forward_shapes(model, x)
@@ -307,6 +308,16 @@ def analysis_ratio(fx: dict, tp: dict) -> float | None:
     return None
 
 
+def cpu_ratios(fx: dict, tp: dict) -> tuple[float | None, float | None]:
+    """The speed and analysis ratios in process CPU time (less sensitive to other load than wall time)."""
+    speed = analysis = None
+    if fx.get("status") == "ok" and fx.get("total_cpu_s") and "total_cpu_s" in tp:
+        speed = tp["total_cpu_s"] / fx["total_cpu_s"]
+    if fx.get("analyze_cpu_s") and "build_cpu_s" in tp:
+        analysis = tp["build_cpu_s"] / fx["analyze_cpu_s"]
+    return speed, analysis
+
+
 def fmt(value: Any, spec: str) -> str:
     if value is None:
         return "-"
@@ -315,12 +326,13 @@ def fmt(value: Any, spec: str) -> str:
 
 COLUMNS = ["model", "size", "fx status", "fx groups", "fx FLOPs x", "fx err", "fx prune s", "fx analyze s",
            "fx replan s", "TP status", "TP FLOPs x", "TP build s", "TP prune s", "speed ratio",
-           "analysis ratio"]
+           "analysis ratio", "speed ratio cpu", "analysis ratio cpu"]
 
 
 def columns(tools: list[str]) -> list[str]:
     """The table columns for the tools that ran (the speed ratio needs both)."""
-    keep = {"fx": "fx" in tools, "TP": "tp" in tools, "speed": len(tools) > 1, "analysis": len(tools) > 1}
+    both = len(tools) > 1
+    keep = {"fx": "fx" in tools, "TP": "tp" in tools, "speed": both, "analysis": both}
     return [c for c in COLUMNS if keep.get(c.split()[0], True)]
 
 
@@ -335,6 +347,7 @@ def row(r: dict) -> dict[str, str]:
         tp.get("status", "-"), fmt(tp.get("flops_ratio"), ".2f"),
         fmt(tp.get("build_s"), ".2f"), fmt(tp.get("prune_s"), ".2f"),
         fmt(r.get("speed_ratio"), ".2f"), fmt(analysis_ratio(fx, tp), ".2f"),
+        *(fmt(v, ".2f") for v in cpu_ratios(fx, tp)),
     ]
     return dict(zip(COLUMNS, cells))
 
@@ -358,6 +371,12 @@ def summary(results: list[dict], tools: list[str]) -> dict:
     if analysis:
         out["median_analysis_ratio"] = statistics.median(analysis)
         out["min_analysis_ratio"] = min(analysis)
+    cpu = [cpu_ratios(r.get("fx", {}), r.get("tp", {})) for r in results]
+    for i, key in enumerate(("speed", "analysis")):
+        values = [c[i] for c in cpu if c[i] is not None]
+        if values:
+            out[f"min_{key}_ratio_cpu"] = min(values)
+            out[f"median_{key}_ratio_cpu"] = statistics.median(values)
     if ratios:
         out["median_speed_ratio"] = statistics.median(ratios)
         out["min_speed_ratio"] = min(ratios)
@@ -384,6 +403,12 @@ def summary_lines(s: dict, tools: list[str]) -> list[str]:
         lines.append(
             f"analysis ratio (TP graph build / fxprune.analyze): median {s['median_analysis_ratio']:.1f}x "
             f"(min {s['min_analysis_ratio']:.1f}x)"
+        )
+    if "median_speed_ratio_cpu" in s:
+        lines.append(
+            f"in process CPU time: speed ratio median {s['median_speed_ratio_cpu']:.2f}x (min "
+            f"{s['min_speed_ratio_cpu']:.2f}x), analysis ratio median "
+            f"{s.get('median_analysis_ratio_cpu', 0):.2f}x (min {s.get('min_analysis_ratio_cpu', 0):.2f}x)"
         )
     for tool in tools:
         problems = s[f"{tool}_problems"]
