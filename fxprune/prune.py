@@ -196,7 +196,7 @@ def apply_plan(
     example_inputs = cast_inputs(example_inputs, torch.float32) if low_precision else example_inputs
     with watch("flops"):
         costs = PlanCosts(analysis)
-        figures = [costs.flops(Plan()), costs.flops(plan)] if costs.exact else None
+        figures = [costs.flops(Plan()), costs.flops(plan)] if costs.fits(example_inputs) else None
     flops = _PassFlops(model, example_inputs, figures)
     if verify:
         exact_plan = _exact_plan(analysis.groups, plan) if approx_groups else plan

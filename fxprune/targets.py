@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .analysis import Analysis
-from .capture.inputs import ExampleInputs, map_tensors
+from .capture.inputs import ExampleInputs, as_args_kwargs, map_tensors, tensor_shapes
 from .importance.registry import Importance
 from .measure import count_flops, count_params
 from .plan import Plan, bisect_ratio, make_plan, resolve_round_to
@@ -66,6 +66,11 @@ class PlanCosts:
         self.analysis, self.table = analysis, analysis.propagation.costs
         self.exact = self.table is not None and self.table.exact
 
+    def fits(self, example_inputs: ExampleInputs) -> bool:
+        """Whether the table is exact and was recorded on inputs of these shapes."""
+        args, kwargs = as_args_kwargs(example_inputs)
+        return self.exact and tensor_shapes((tuple(args), dict(kwargs))) == self.table.input_shapes
+
     def kept(self, plan: Plan) -> np.ndarray:
         """Fraction kept of every factor of the cost table under ``plan``."""
         removed = [g.atoms[plan.remove[g.id]] for g in self.analysis.groups if g.id in plan.remove]
@@ -90,7 +95,7 @@ class SlimmedSize:
     def __init__(self, analysis: Analysis, example_inputs: ExampleInputs, metric: str = "flops") -> None:
         self.analysis, self.example_inputs, self.count = analysis, example_inputs, _counter(metric)
         self.costs = PlanCosts(analysis)
-        if self.costs.exact:
+        if self.costs.fits(example_inputs):
             self.by_plan = self.costs.flops if metric == "flops" else self.costs.params
             self.dense = self.by_plan(Plan())
             return

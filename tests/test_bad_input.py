@@ -284,6 +284,9 @@ def test_flops_that_cannot_be_counted_leave_a_verified_model(monkeypatch):
         def __init__(self, analysis):
             pass
 
+        def fits(self, example_inputs):
+            return False
+
     monkeypatch.setattr(importlib.import_module("fxprune.prune"), "PlanCosts", NoCostTable)
     model = RefusesDispatchModes()
     report = _prune(model)

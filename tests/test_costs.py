@@ -103,6 +103,15 @@ def test_target_planning_counts_no_slimmed_copy(monkeypatch):
     assert 0.33 <= kept_params <= 0.4
 
 
+def test_inputs_of_another_size_than_the_analysis_are_counted_on_the_passes():
+    model, _, analysis, plan = _setup("resnet18", 0.5)
+    x = torch.randn(1, 3, 48, 48)  # the cost table was recorded at 64x64
+    assert not PlanCosts(analysis).fits(x)
+    dense = count_flops(model, x)
+    report = fxprune.apply_plan(analysis, plan, x)
+    assert report.verified and report.flops_before == dense and report.flops_after == count_flops(model, x)
+
+
 class CopiesToCpu(nn.Module):
     """Copies to the CPU in forward: the meta-device analysis cannot run it (fake tensors can)."""
 

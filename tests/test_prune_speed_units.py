@@ -168,6 +168,9 @@ def test_flops_fall_back_to_a_separate_count_when_the_pass_counter_fails(monkeyp
         def __init__(self, analysis):
             pass
 
+        def fits(self, example_inputs):
+            return False
+
     @contextlib.contextmanager
     def broken_counter():
         raise AssertionError("Expected gradient function to be set")

@@ -12,7 +12,7 @@ from torch import nn
 ExampleInputs = torch.Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 """A tensor (one positional input), a tuple/list of positional inputs, or a dict of keyword inputs."""
 
-__all__ = ["ExampleInputs", "as_args_kwargs", "eval_mode", "map_tensors", "run_model"]
+__all__ = ["ExampleInputs", "as_args_kwargs", "eval_mode", "map_tensors", "run_model", "tensor_shapes"]
 
 
 def as_args_kwargs(example_inputs: ExampleInputs) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -33,6 +33,13 @@ def map_tensors(example_inputs: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     if isinstance(example_inputs, (tuple, list)):
         return type(example_inputs)(map_tensors(v, fn) for v in example_inputs)
     return example_inputs
+
+
+def tensor_shapes(example_inputs: Any) -> list[tuple[int, ...]]:
+    """The shape of every tensor in the example inputs, in order (nested tuples, lists, dicts)."""
+    shapes: list[tuple[int, ...]] = []
+    map_tensors(example_inputs, lambda t: shapes.append(tuple(t.shape)))
+    return shapes
 
 
 def run_model(model: nn.Module, example_inputs: ExampleInputs) -> Any:

@@ -80,6 +80,7 @@ class CostTable:
     factors: list[Any] = field(default_factory=list)
     params: list[_Shape] = field(default_factory=list)
     exact: bool = True
+    input_shapes: list[tuple[int, ...]] | None = None  # of the example inputs the pass ran on
     _index: dict[Any, int] = field(default_factory=dict, repr=False)
 
     @property

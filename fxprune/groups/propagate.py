@@ -10,6 +10,7 @@ import torch.fx as fx
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from ..capture.inputs import tensor_shapes
 from ..capture.meta import meta_inputs, meta_like, on_meta
 from . import registry
 from .context import OpContext, Unsupported, iter_labels, op_name, structure_like
@@ -217,9 +218,11 @@ def propagate_shapes(
     falls back to fake tensors, and one that reads tensor values to real ones.
     """
     try:
-        return ChannelPropagation(gm, graph_is_export, model, on_meta_device=True).propagate(
+        result = ChannelPropagation(gm, graph_is_export, model, on_meta_device=True).propagate(
             *meta_inputs(tuple(args)), **meta_inputs(dict(kwargs))
         )
+        result.costs.input_shapes = tensor_shapes((tuple(args), dict(kwargs)))
+        return result
     except Exception:
         pass
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
