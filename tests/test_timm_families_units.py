@@ -94,6 +94,13 @@ class _RmsNorm(nn.Module):
         return nn.functional.rms_norm(x, self.normalized_shape, self.weight, 1e-6)
 
 
+class _RmsNormFp32(_RmsNorm):
+    """timm's RmsNormFp32: the weight reaches ``F.rms_norm`` computed (cast to float32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.rms_norm(x.float(), self.normalized_shape, self.weight.float(), 1e-6).to(x.dtype)
+
+
 class _RmsMlp(nn.Module):
     def __init__(self, norm: nn.Module, dim: int = 16) -> None:
         super().__init__()
@@ -103,7 +110,9 @@ class _RmsMlp(nn.Module):
         return self.fc2(self.norm(self.fc1(x)))
 
 
-@pytest.mark.parametrize("norm", [_RmsNorm(16), nn.RMSNorm(16)], ids=["functional", "module"])
+@pytest.mark.parametrize(
+    "norm", [_RmsNorm(16), _RmsNormFp32(16), nn.RMSNorm(16)], ids=["functional", "computed-weight", "module"]
+)
 def test_rms_norm_is_pruned_approximately_and_its_size_follows(norm):
     torch.manual_seed(0)
     model, x = _RmsMlp(norm), torch.randn(3, 8)

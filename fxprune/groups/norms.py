@@ -157,13 +157,19 @@ def rms_norm(
 def functional_rms_norm(ctx: OpContext) -> Any:
     """``F.rms_norm(x, normalized_shape, weight, eps)`` and ``aten.rms_norm``."""
     got = params_owner(ctx, [(2, "weight")])
-    if got is None and ctx.arg(2, "weight") is None:
-        got = ("", [None])
-    if got is None:
-        return ctx.unsupported_op("RMS norm with a computed weight")
+    weight_labels = None
+    if got is None and ctx.arg(2, "weight") is not None:  # computed (``self.weight.float()``): per channel
+        weight_labels = (ctx.larg(2, "weight") or {}).get(0)
+        if weight_labels is None:
+            return ctx.unsupported_op("RMS norm with a computed weight")
     shape = list(ctx.arg(1, "normalized_shape"))
     attr = _shape_attribute(ctx.model, ctx.module_name, shape)
-    return rms_norm(ctx, ctx.larg(0, "input"), got[0], got[1], shape, attr)
+    owner, names = got if got is not None else ("", [None])
+    out = rms_norm(ctx, ctx.larg(0, "input"), owner, names, shape, attr)
+    lab = (ctx.larg(0, "input") or {}).get(ctx.arg(0, "input").dim() - 1)
+    if weight_labels is not None:
+        couple(ctx, lab, weight_labels, ctx.where)
+    return out
 
 
 if hasattr(nn, "RMSNorm"):
