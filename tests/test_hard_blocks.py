@@ -513,7 +513,7 @@ class DistanceMix(nn.Module):
 
     def forward(self, x):
         f = self.a(x)
-        gram = torch.cdist(self.b(f).flatten(2), self.c(f).flatten(2))  # pairwise distances mix two channel dims
+        gram = torch.cdist(self.b(f).flatten(2), self.c(f).flatten(2))  # mixes two channel dims
         return self.fc(gram.flatten(1)) + self.d(self.b(f)).mean((1, 2, 3))[:, None]
 
 
