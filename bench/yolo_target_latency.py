@@ -10,29 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import yaml
-
-
-def tiny_coco(root: Path, images: int) -> Path:
-    data_dir = Path(os.environ.get("FXPRUNE_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
-    coco = data_dir / "coco128"
-    for sub in ("images", "labels"):
-        (root / sub / "train2017").mkdir(parents=True, exist_ok=True)
-    for img in sorted((coco / "images" / "train2017").glob("*.jpg"))[:images]:
-        shutil.copy(img, root / "images" / "train2017")
-        label = coco / "labels" / "train2017" / f"{img.stem}.txt"
-        if label.exists():
-            shutil.copy(label, root / "labels" / "train2017")
-    data = yaml.safe_load((coco / "coco128.yaml").read_text())
-    data.update(path=str(root), train="images/train2017", val="images/train2017")
-    (root / "data.yaml").write_text(yaml.safe_dump(data))
-    return root / "data.yaml"
+from yolo import dataset_yaml  # bench/yolo.py: run as `python bench/yolo_target_latency.py`
 
 
 def main() -> None:
@@ -65,7 +48,7 @@ def main() -> None:
                 timings.setdefault("plan_s", []).append(time.perf_counter() - start)
 
     fxprune.deploy.LatencyPlanner = TimedPlanner
-    data = tiny_coco(work / "data", args.images)
+    data = dataset_yaml(work / "data", args.images)
     train = dict(
         data=str(data), epochs=1, imgsz=args.imgsz, batch=2, nbs=2, workers=0, plots=False, amp=False
     )
