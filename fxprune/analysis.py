@@ -14,6 +14,7 @@ from .capture import Captured, as_args_kwargs, capture
 from .capture.fit import check_inputs_fit, match_parameters
 from .capture.inputs import ExampleInputs
 from .capture.outputs import OutputSelector, select_outputs
+from .groups.attr_constants import check_shared_attributes
 from .groups.channel_constants import ChannelConstant
 from .groups.context import Unsupported
 from .groups.grouping import Group, build_groups, matches_module
@@ -165,6 +166,7 @@ def analyze(
             except Exception:
                 check_inputs_fit(model, example_inputs, captured.graph_module)  # names a misfit input
                 raise
+            check_shared_attributes(prop)
             if captured.method != "export":
                 freeze_attribute_literals(prop, captured.graph_module, model)
     finally:

@@ -28,8 +28,10 @@ from .context import OpContext
 
 __all__ = [
     "AttrRef",
+    "check_shared_attributes",
     "find_attribute",
     "find_sizes",
+    "forward_function",
     "names_read_in_forward",
     "record_constants",
     "slice_refs",
@@ -39,14 +41,26 @@ __all__ = [
 AttrRef = tuple[str, str]  # (module name, attribute or ``attribute[i]``)
 
 
+def forward_function(m: nn.Module):
+    """The function ``m(...)`` runs: an instance's own ``forward`` (``self.forward = self.forward_split_cat``
+    in ``__init__``, as in timm's FasterNet) or its class's."""
+    own = vars(m).get("forward")
+    return getattr(own, "__func__", own) if callable(own) else type(m).forward
+
+
 @functools.cache
-def names_read_in_forward(cls: type) -> frozenset[str]:
-    """``NAME`` for every ``self.NAME`` in the source of ``cls.forward`` (empty when unavailable)."""
+def _names_read(fn) -> frozenset[str]:
     try:
-        src = inspect.getsource(cls.forward)
+        src = inspect.getsource(fn)
     except (OSError, TypeError):
         return frozenset()
     return frozenset(re.findall(r"\bself\.([A-Za-z_]\w*)", src))
+
+
+def names_read_in_forward(cls: type | nn.Module) -> frozenset[str]:
+    """``NAME`` for every ``self.NAME`` in the source of the forward of ``cls`` (a class, or a module: then
+    its own ``forward`` when the instance assigns one), empty when the source is unavailable."""
+    return _names_read(forward_function(cls) if isinstance(cls, nn.Module) else cls.forward)
 
 
 def _is_int(v: object) -> bool:
@@ -55,7 +69,7 @@ def _is_int(v: object) -> bool:
 
 def _int_attributes(m: nn.Module) -> dict[str, int | tuple[int, ...]]:
     """The module's int and int-sequence attributes that its forward reads."""
-    read = names_read_in_forward(type(m))
+    read = names_read_in_forward(m)
     out: dict[str, int | tuple[int, ...]] = {}
     for name, v in vars(m).items():
         if name.startswith("_") or name not in read:
@@ -155,13 +169,46 @@ def slice_refs(ctx: OpContext, idx: slice, width: int) -> list[tuple[AttrRef, in
 def record_constants(ctx: OpContext, records: list[tuple[str, str, object]]) -> None:
     """Record ``(module, attribute, labels)`` of one op as channel constants.
 
-    An attribute an earlier op already sizes with other channels (one ``self.key_dim`` read by the
-    split of every head) would need both widths at once: those channels freeze instead.
+    Whether one attribute that sizes channels of several ops can follow them is decided after
+    propagation (:func:`check_shared_attributes`): ops later in the graph may still couple them.
     """
-    for module, attr, lab in records:
-        earlier = [c[2] for c in ctx.constants if c[0] == module and c[1] == attr]
-        roots = ctx.table.roots(lab)
-        if any(not np.array_equal(ctx.table.roots(e), roots) for e in earlier):
-            for a in (lab, *earlier):
-                ctx.table.freeze(a, f"{ctx.where}: {module}.{attr} sizes channels of several ops")
     ctx.constants.extend(records)
+
+
+def check_shared_attributes(prop) -> None:
+    """Freeze the channels of every attribute that sizes channels of several ops which do not keep equal
+    counts (one ``self.key_dim`` read by the split of every head): after slimming the attribute would
+    need several values at once.
+
+    Counts are equal when the channels are the same after propagation, or when the pieces must stay
+    equal (``equal_parts``: ``split(x, (self.c, self.c))``). The check runs once every coupling is known:
+    DPN's ``x_s[:, :self.num_1x1_c]`` and ``x[:, :self.num_1x1_c]`` slice two tensors that ``x_s1 + out1``
+    couples only after both slices.
+    """
+    table = prop.table
+    by_attr: dict[tuple[str, str], list] = {}
+    for module, attr, lab in prop.constants:
+        by_attr.setdefault((module, attr), []).append(lab)
+    if all(len(labs) < 2 for labs in by_attr.values()):
+        return
+    parent: dict[tuple, tuple] = {}
+
+    def find(k: tuple) -> tuple:
+        while parent.setdefault(k, k) != k:
+            k = parent[k]
+        return k
+
+    def key(lab) -> tuple:
+        return tuple(np.sort(table.roots(lab)).tolist())
+
+    for kind, pieces, _ in prop.constraints:
+        if kind == "equal_parts":
+            first = find(key(pieces[0]))
+            for p in pieces[1:]:
+                parent[find(key(p))] = first
+    for (module, attr), labs in by_attr.items():
+        if len({find(key(lab)) for lab in labs}) < 2:
+            continue
+        owner = f"{module}.{attr}" if module else attr
+        for lab in labs:
+            table.freeze(lab, f"{owner} sizes channels of several ops")

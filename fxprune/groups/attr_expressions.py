@@ -22,9 +22,10 @@ import textwrap
 
 import numpy as np
 
+from .attr_constants import AttrRef, forward_function, record_constants
 from .context import OpContext, Unsupported
 
-__all__ = ["EXPRESSION", "check_expressions", "find_expression"]
+__all__ = ["EXPRESSION", "check_expressions", "find_division", "find_expression", "follow_divided_split"]
 
 EXPRESSION = "attribute_expression"  # constraint kind; payload (labels, module, coefficients, node name)
 _OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
@@ -32,10 +33,10 @@ _OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lamb
 
 
 @functools.cache
-def _expressions(cls: type) -> tuple[ast.expr, ...]:
-    """Every arithmetic expression over ``self.NAME`` and int literals in ``cls.forward``'s source."""
+def _expressions(forward) -> tuple[ast.expr, ...]:
+    """Every arithmetic expression over ``self.NAME`` and int literals in the source of ``forward``."""
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
+        tree = ast.parse(textwrap.dedent(inspect.getsource(forward)))
     except (OSError, TypeError, SyntaxError):
         return ()
     return tuple(n for n in ast.walk(tree) if isinstance(n, ast.BinOp) and _names(n) is not None)
@@ -83,20 +84,70 @@ def _linear(node: ast.expr, values: dict[str, int]) -> tuple[int, dict[str, int]
 def find_expression(ctx: OpContext, value: int) -> dict[str, int] | None:
     """``{attribute: coefficient}`` of the one attribute expression in the op's module's ``forward`` that
     equals ``value`` (a single attribute with coefficient 1 is left to :mod:`.attr_constants`)."""
-    if ctx.model is None:
+    m, values = _module_and_ints(ctx)
+    if m is None:
         return None
-    try:
-        m = ctx.model.get_submodule(ctx.module_name)
-    except AttributeError:
-        return None
-    values = {k: v for k, v in vars(m).items() if type(v) is int}
     found = []
-    for node in _expressions(type(m)):
+    for node in _expressions(forward_function(m)):
         hit = _linear(node, values)
         if hit is not None and hit[0] == value and (len(hit[1]) > 1 or set(hit[1].values()) != {1}):
             found.append(hit[1])
     distinct = {tuple(sorted(c.items())) for c in found}
     return found[0] if len(distinct) == 1 else None
+
+
+def _module_and_ints(ctx: OpContext):
+    if ctx.model is None:
+        return None, {}
+    try:
+        m = ctx.model.get_submodule(ctx.module_name)
+    except AttributeError:
+        return None, {}
+    return m, {k: v for k, v in vars(m).items() if type(v) is int}
+
+
+def _self_attr(node: ast.expr) -> str | None:
+    ok = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+    return node.attr if ok else None
+
+
+def find_division(ctx: OpContext, value: int, pieces: int, width: int) -> AttrRef | None:
+    """``(module, NAME)`` when the op's module's ``forward`` writes ``self.NAME // D`` (``D`` an int
+    literal or ``self.OTHER``) equal to ``value``, with ``D == pieces`` and ``NAME`` holding all ``width``
+    channels (``x.split(self.expand_chs // 2, 1)`` in timm's CSP stages,
+    ``self.in_channels // self.num_paths`` in selective-kernel convs). None when no such expression, or
+    more than one attribute, explains it."""
+    m, values = _module_and_ints(ctx)
+    found = set()
+    for node in _expressions(forward_function(m)) if m is not None else ():
+        name = _self_attr(node.left)
+        if not isinstance(node.op, ast.FloorDiv) or name is None:
+            continue
+        d = node.right
+        div = d.value if isinstance(d, ast.Constant) else values.get(_self_attr(d) or "")
+        if values.get(name) == width == value * pieces and div == pieces:
+            found.add(name)
+    return (ctx.module_name, found.pop()) if len(found) == 1 else None
+
+
+def follow_divided_split(
+    ctx: OpContext, a: np.ndarray, sections: object, sizes: list, parts: list, dim: int
+) -> bool:
+    """``split(x, self.NAME // n)`` into ``n`` equal pieces that together are ``NAME``'s channels: the pieces
+    follow pruning and stay equal, ``NAME`` is written as their total after slimming (so forward computes
+    the slim piece size). False, with nothing recorded, when the size is not such an expression."""
+    if type(sections) is not int or len(sizes) < 2 or len(set(sizes)) != 1:
+        return False
+    ref = find_division(ctx, sections, len(sizes), len(a))
+    if ref is None:
+        return False
+    bounds = np.cumsum([0, *sizes])
+    pieces = [a[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
+    for p, piece in zip(parts, pieces):
+        p[dim] = piece
+    record_constants(ctx, [(*ref, a)])
+    ctx.constraints.append(("equal_parts", pieces, ctx.where))
+    return True
 
 
 def check_expressions(prop, unsupported: list[Unsupported]) -> None:

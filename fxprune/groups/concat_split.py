@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .attr_constants import record_constants, split_refs
+from .attr_expressions import follow_divided_split
 from .context import OpContext
 from .labels import Labels, broadcast_labels
 from .registry import handles_ops
@@ -96,6 +97,8 @@ def _attribute_split(
     ctx: OpContext, a: np.ndarray, sections: object, sizes: list[int], parts: list, dim: int
 ) -> list:
     """Split sizes read from module attributes follow the pieces; pieces sized by a literal freeze."""
+    if follow_divided_split(ctx, a, sections, sizes, parts, dim):
+        return parts
     refs = split_refs(ctx, sections, sizes)
     bounds = np.cumsum([0, *sizes])
     same: dict = {}

@@ -201,6 +201,8 @@ def _attach_constraints(result: PropagationResult, groups: list[Group], table: S
         grp = next(m[0] for piece in mapped for m in piece if m is not None)
         idx_pieces = [np.array([m[1] for m in piece if m is not None]) for piece in mapped]
         flat = np.concatenate(idx_pieces)
+        if any(_same_pieces(e, idx_pieces) for e in grp.equal_parts):
+            continue  # the same pieces again (one split in every block of a stage)
         weighted = None if grp.equal_parts or grp.id in choosers else equal_channel_quotas(grp, idx_pieces)
         if weighted is not None and len(np.unique(flat)) != len(flat):
             choosers[grp.id] = weighted  # pieces whose atoms stand for different channel counts
@@ -221,3 +223,7 @@ def _attach_constraints(result: PropagationResult, groups: list[Group], table: S
             g.chooser, g.equal_parts = choosers[g.id], []
         elif g.id in choosers:
             g.frozen.update({i: "channel shuffle next to chunk constraints" for i in range(g.width)})
+
+
+def _same_pieces(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))

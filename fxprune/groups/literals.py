@@ -55,7 +55,7 @@ def scope_attributes(model: nn.Module, node: fx.Node) -> dict[int, tuple[str, st
             m = model.get_submodule(scope)
         except AttributeError:
             continue
-        read = names_read_in_forward(type(m))
+        read = names_read_in_forward(m)
         for attr, v in vars(m).items():
             if type(v) is int and v > 3 and attr in read:
                 found.setdefault(v, (scope, attr))

@@ -1,0 +1,153 @@
+"""Channel counts that forward computes from module attributes: checked after propagation, divided
+attributes (``self.expand_chs // 2``), forwards assigned per instance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fxprune
+from fxprune.measure import count_flops
+
+
+def _kept(model: nn.Module, x: torch.Tensor, **kw) -> tuple[nn.Module, float]:
+    dense = count_flops(model, x)
+    report = fxprune.prune(model, x, 0.5, **kw)  # raises VerificationError if the slim model differs
+    return model, count_flops(model, x) / dense if report is not None else 1.0
+
+
+def _frozen(model: nn.Module, x: torch.Tensor, module: str) -> int:
+    """Frozen output channels of ``module``'s weight."""
+    a = fxprune.analyze(model, x)
+    return sum(len(g.frozen) for g in a.groups if f"{module}.weight[0]" in g.members())
+
+
+def test_dpn_slices_sized_by_one_attribute_and_coupled_later_follow_pruning():
+    """DPN's ``x_s[:, :self.num_1x1_c]`` and ``x[:, :self.num_1x1_c]`` are coupled by ``x_s1 + out1`` only
+    after both slices; deciding at the second slice froze them (0.52 of FLOPs kept on this model)."""
+    dpn = pytest.importorskip("timm.models.dpn")
+    torch.manual_seed(0)
+    model = dpn.DPN(
+        k_sec=(1, 1, 1, 1), inc_sec=(16, 32, 32, 64), k_r=128, groups=32, small=True,
+        num_init_features=10, num_classes=10,
+    ).eval()  # fmt: skip
+    block = model.features.conv2_1
+    dense = block.num_1x1_c
+    model, kept = _kept(model, torch.randn(1, 3, 64, 64))
+    assert kept <= 0.4
+    assert block.num_1x1_c < dense and block.num_1x1_c < block.c1x1_c.conv.out_channels
+
+
+class _Head(nn.Module):
+    """An attribute used by two slices of tensors that are never coupled: it cannot follow both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 8
+        self.a, self.b = nn.Conv2d(4, 16, 1), nn.Conv2d(4, 16, 1)
+        self.out = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y, z = self.a(x), self.b(x)
+        return self.out(torch.cat([y[:, : self.n], z[:, : self.n]], 1))
+
+
+def test_one_attribute_slicing_uncoupled_tensors_still_freezes():
+    model, x = _Head().eval(), torch.randn(1, 4, 8, 8)
+    assert _frozen(model, x, "a") >= 8 and _frozen(model, x, "b") >= 8
+    fxprune.prune(model, x, 0.5, round_to=1)
+    assert model.n == 8
+
+
+class _CrossHalf(nn.Module):
+    """timm's CSP stage: ``x.split(self.expand_chs // 2, dim=1)``, one half through a block."""
+
+    def __init__(self, chs: int = 32, attr: int | None = None) -> None:
+        super().__init__()
+        self.expand_chs = attr or chs
+        self.conv_exp = nn.Conv2d(8, chs, 1)
+        self.block = nn.Conv2d(chs // 2, chs // 2, 3, padding=1)
+        self.out = nn.Conv2d(chs, 8, 1)
+
+    def forward(self, x):
+        x = self.conv_exp(x)
+        x1, x2 = x.split(self.expand_chs // 2, dim=1)
+        return self.out(torch.cat([self.block(x1), x2], 1))
+
+
+def test_split_size_divided_from_an_attribute_follows_pruning():
+    x = torch.randn(1, 8, 8, 8)
+    model, kept = _kept(_CrossHalf().eval(), x, round_to=1)
+    assert model.conv_exp.out_channels == 16 and model.expand_chs == 16 and kept < 0.6
+
+
+class _CrossQuarter(_CrossHalf):
+    def forward(self, x):
+        x = self.conv_exp(x)
+        x1, x2 = x.split(self.expand_chs // 4, dim=1)  # the halves of 32 channels, but written as 64 // 4
+        return self.out(torch.cat([self.block(x1), x2], 1))
+
+
+def test_divided_attribute_that_is_not_the_split_width_freezes():
+    model, x = _CrossQuarter(chs=32, attr=64).eval(), torch.randn(1, 8, 8, 8)
+    assert _frozen(model, x, "conv_exp") == 32
+    fxprune.prune(model, x, 0.5, round_to=1)
+    assert model.expand_chs == 64 and model.conv_exp.out_channels == 32
+
+
+class _SplitPaths(nn.Module):
+    """Selective-kernel conv: ``torch.split(x, self.in_channels // self.num_paths, 1)``."""
+
+    def __init__(self, chs: int = 16) -> None:
+        super().__init__()
+        self.in_channels, self.num_paths = chs, 2
+        self.paths = nn.ModuleList(nn.Conv2d(chs // 2, chs, 3, padding=1) for _ in range(2))
+
+    def forward(self, x):
+        parts = torch.split(x, self.in_channels // self.num_paths, 1)
+        return sum(p(parts[i]) for i, p in enumerate(self.paths))
+
+
+def test_split_paths_in_every_block_of_a_residual_stage():
+    """One split of the residual stream per block: the same halves constrained twice must not freeze."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _SplitPaths(), _SplitPaths(), nn.Conv2d(16, 4, 1))
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.b1, self.b2, self.head = model
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = x + self.b1(x)
+            return self.head(x + self.b2(x))
+
+    res, x = Residual().eval(), torch.randn(1, 3, 8, 8)
+    assert _frozen(res, x, "stem") == 0
+    res, kept = _kept(res, x, round_to=1)
+    assert res.b1.in_channels == res.b2.in_channels == res.stem.out_channels == 8 and kept < 0.6
+
+
+class _PartialConv(nn.Module):
+    """FasterNet's partial conv: ``self.forward = self.forward_split_cat`` assigned in ``__init__``."""
+
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__()
+        self.dim_conv3, self.dim_untouched = dim // 4, dim - dim // 4
+        self.partial_conv3 = nn.Conv2d(self.dim_conv3, self.dim_conv3, 3, 1, 1, bias=False)
+        self.forward = self.forward_split_cat
+
+    def forward_split_cat(self, x):
+        x1, x2 = torch.split(x, [self.dim_conv3, self.dim_untouched], dim=1)
+        return torch.cat((self.partial_conv3(x1), x2), 1)
+
+
+def test_split_sizes_read_by_a_forward_assigned_per_instance():
+    model = nn.Sequential(nn.Conv2d(3, 32, 1), _PartialConv(), nn.Conv2d(32, 4, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    assert _frozen(model, x, "0") == 0
+    fxprune.prune(model, x, 0.5, round_to=1)
+    pconv = model[1]
+    assert pconv.dim_conv3 + pconv.dim_untouched == model[0].out_channels < 32
+    assert pconv.dim_conv3 == pconv.partial_conv3.in_channels
