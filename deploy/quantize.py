@@ -7,7 +7,13 @@ Both routes start from the model's ONNX export (the file every other runtime her
   ultralytics' INT8 export takes), saved as ``.xml`` + ``.bin`` IR; OpenVINO runs it with VNNI/AMX kernels.
 - ``backend="onnx"``: ``nncf.quantize`` on the ONNX model, saved as an ONNX file with standard
   ``QuantizeLinear``/``DequantizeLinear`` pairs (no custom ops), which onnxruntime runs with its INT8
-  kernels and TensorRT builds as an explicitly quantized, strongly typed network.
+  kernels and TensorRT builds as an explicitly quantized, strongly typed network. NNCF leaves the outputs
+  of convolutions followed by an activation onnxruntime cannot fold (SiLU) unquantized, and onnxruntime
+  runs those convolutions in fp32; calibrated Q/DQ pairs on such convolutions' outputs (and on inputs
+  that are a Concat of quantized branches) let it run them as ``QLinearConv`` (:mod:`fxprune.deploy.qdq`).
+  Where pairs are added, activations are written as uint8 (onnxruntime's x86 INT8 convolutions take
+  uint8 activations); ``requantize_convs=False`` keeps NNCF's int8 file, which with the performance
+  preset (zero points 0) is the form TensorRT's explicit quantization takes.
 
 Detection heads (ultralytics ``Detect`` and its subclasses) keep their decode arithmetic in float, as
 ultralytics' own INT8 export does: every op of the head's own forward and of its DFL is ignored.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import os
 import tempfile
@@ -33,6 +40,7 @@ from fxprune.capture import as_args_kwargs
 
 from .calibration import CalibrationBatches, forward_input_names
 from .onnx_export import export_onnx, onnx_input_names
+from .qdq import requantize_conv_outputs
 
 __all__ = [
     "BACKENDS",
@@ -66,10 +74,12 @@ class QuantizeResult:
     seconds: float
     preset: str
     ignored: list[str] = field(default_factory=list)
+    requantized: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(path=str(self.path), source_onnx=str(self.source_onnx), ignored=len(self.ignored))
+        d.update(requantized=len(self.requantized))
         return d
 
 
@@ -197,6 +207,7 @@ def quantize(
     transform: Callable[[Any], Any] | None = None,
     keep_head_float: bool = True,
     fast_bias_correction: bool = True,
+    requantize_convs: bool = True,
 ) -> QuantizeResult:
     """Quantize ``model`` to INT8 with NNCF from ``subset_size`` calibration inputs; write it to ``out``.
 
@@ -206,6 +217,9 @@ def quantize(
     temporary folder. ``ignored_scope``: ``nncf.IgnoredScope`` (or a dict of its fields) kept in float,
     on top of a detection head's decode ops unless ``keep_head_float=False``. ``preset``:
     ``"performance"`` (symmetric) or ``"mixed"``; default mixed for detection models, else performance.
+    ``requantize_convs`` (ONNX only): add calibrated Q/DQ pairs where NNCF leaves a quantized convolution's
+    output (SiLU follows) or input (a Concat) in float, so that onnxruntime runs every one in INT8; the
+    names of those convolutions are ``result.requantized`` (none for ReLU networks, whose file is unchanged).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown quantization backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -258,9 +272,14 @@ def quantize(
             )
     except Exception as e:  # NNCF's own errors name the graph's internals; say which step failed
         raise ValueError(f"NNCF could not quantize the model ({type(e).__name__}: {str(e)[:300]})") from e
+    requantized: list[str] = []
     if backend == "openvino":
         ov.save_model(quantized, str(out), compress_to_fp16=False)
     else:
+        if requantize_convs:
+            samples = itertools.islice(batches, subset_size)
+            symmetric = chosen == "performance"
+            requantized = requantize_conv_outputs(quantized, samples, onnx_input_names(source), symmetric)
         onnx.save(quantized, str(out))
     return QuantizeResult(
         out,
@@ -271,4 +290,5 @@ def quantize(
         time.perf_counter() - start,
         chosen,
         sorted(set(head_ops) | set(scope.names)),
+        requantized,
     )

@@ -301,10 +301,15 @@ def test_detection_head_keeps_decode_in_float(tmp_path, single_thread):
     producer = {o: n.op_type for n in graph.node for o in n.output}
     inputs = {n.name: [producer.get(i, "init") for i in n.input] for n in graph.node}
     assert "DequantizeLinear" in inputs["/2/conv/Conv"]  # the head's conv is INT8
-    decode = [n for n in inputs if n.startswith("/2/") and "/" not in n[3:]]
-    assert {"/2/Sigmoid", "/2/Add", "/2/Mul", "/2/Slice_1"} <= set(decode)
-    for name in decode:  # no op of the head's own forward reads an INT8 tensor
-        assert "DequantizeLinear" not in inputs[name], name
+    decode = [n for n in graph.node if n.name.startswith("/2/") and "/" not in n.name[3:]]
+    assert {"/2/Sigmoid", "/2/Add", "/2/Mul", "/2/Slice_1"} <= {n.name for n in decode}
+    readers = {i: n.op_type for n in graph.node for i in n.input}
+    for node in decode:  # the decode arithmetic runs in float: none of its results is quantized
+        assert all(readers.get(o) != "QuantizeLinear" for o in node.output), node.name
+    # its input, the head conv's output, is requantized so that onnxruntime runs the conv in INT8
+    assert res.requantized == ["/2/conv/Conv"]
+    decode_inputs = {p for n in decode for p in inputs[n.name]}
+    assert decode_inputs <= {"DequantizeLinear", "init", "Constant", *(n.op_type for n in decode)}
 
 
 def test_int8_alignment(monkeypatch):

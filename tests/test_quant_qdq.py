@@ -1,0 +1,101 @@
+"""QDQ ONNX of networks with SiLU: onnxruntime runs every quantized convolution with its INT8 kernel."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("nncf")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from fxprune.deploy import quantize, run_artifact  # noqa: E402
+from fxprune.deploy.qdq import activations_to_uint8, unquantized_conv_tensors  # noqa: E402
+
+FLOAT_CONVS = ("Conv", "FusedConv")  # what onnxruntime runs in fp32 (NCHWc convs keep the name Conv)
+
+
+class SiluNet(nn.Module):
+    """YOLO's pattern in small: conv + SiLU, a channel split, a concat of branches, a conv head output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.branch = nn.Conv2d(8, 8, 3, padding=1)
+        self.merge = nn.Conv2d(24, 16, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.stem(x))
+        a, b = y.chunk(2, 1)
+        y = self.act(self.merge(torch.cat([a, b, self.act(self.branch(b))], 1)))
+        return self.head(y)
+
+
+def _ops_onnxruntime_runs(path, tmp_path) -> collections.Counter:
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / f"{path.stem}-optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+
+
+@pytest.mark.parametrize("preset", ["mixed", "performance"])
+def test_silu_net_has_no_fp32_conv_after_onnxruntime_optimisation(preset, tmp_path, single_thread):
+    torch.manual_seed(0)
+    net = SiluNet().eval()
+    x = torch.randn(1, 3, 16, 16)
+    calib = [torch.randn(16, 3, 16, 16)]
+    plain = quantize(net, x, calib, "onnx", tmp_path / "plain.onnx", subset_size=16, preset=preset,
+                     requantize_convs=False)  # fmt: skip
+    assert any(_ops_onnxruntime_runs(plain.path, tmp_path)[op] for op in FLOAT_CONVS)  # NNCF alone: fp32
+    res = quantize(net, x, calib, "onnx", tmp_path / "m.onnx", subset_size=16, preset=preset)
+    ops = _ops_onnxruntime_runs(res.path, tmp_path)
+    assert ops["QLinearConv"] == 4 and not any(ops[op] for op in FLOAT_CONVS), ops
+    assert sorted(res.requantized) == ["/branch/Conv", "/head/Conv", "/merge/Conv", "/stem/Conv"]
+    nodes = onnx.load(str(res.path)).graph.node
+    assert all(n.domain in ("", "ai.onnx") for n in nodes)  # standard QuantizeLinear/DequantizeLinear only
+    assert unquantized_conv_tensors(onnx.load(str(res.path))) == ([], [])
+    test_x = torch.randn(32, 3, 16, 16)
+    with torch.no_grad():
+        ref = net(test_x).numpy()
+    got = np.concatenate([run_artifact(res.path, [test_x[i : i + 1]])[0] for i in range(len(test_x))])
+    assert np.abs(got - ref).max() < 0.1 * (ref.max() - ref.min())
+
+
+def test_uint8_rewrite_keeps_the_values():
+    from onnx import TensorProto, helper, numpy_helper
+
+    scale = numpy_helper.from_array(np.array(0.05, dtype=np.float32), "s")
+    zero = numpy_helper.from_array(np.array(-7, dtype=np.int8), "z")
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])],
+        [scale, zero],
+        value_info=[helper.make_tensor_value_info("q", TensorProto.INT8, [64])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.linspace(-8, 8, 64, dtype=np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )
+
+    before = run(model)[0]
+    assert activations_to_uint8(model) == 1
+    assert {i.data_type for i in model.graph.initializer if i.name.startswith("z")} == {
+        TensorProto.INT8,
+        TensorProto.UINT8,
+    }
+    np.testing.assert_array_equal(run(model)[0], before)
