@@ -7,7 +7,8 @@ Parts (``--parts``, default all):
   (torch) and INT8 (OpenVINO IR and onnxruntime QDQ), calibrated on the first 300 train images.
   Target: INT8 within 0.5 pp of fp32.
 * ``latency``: ResNet-50 (to 1/4 FLOPs) and YOLOv8n (to 1/2 FLOPs), random weights, pruned with the INT8
-  alignment of this CPU (``int8_multiple("cpu")``); dense fp32, dense INT8, pruned fp32 and pruned INT8
+  alignment of this CPU (``int8_multiple("cpu")``) by each of ``--plans`` (``flops``: the FLOPs target;
+  ``ratio``: ``ratio=0.5``, the library's default path); dense and every pruned model, fp32 and INT8,
   timed in one interleaved run per runtime (OpenVINO, onnxruntime). Calibration for timing only:
   ``--calib-samples`` random inputs. Target: pruned-INT8 over dense-INT8 >= 0.8x the FLOPs reduction.
 * ``sweep``: INT8 models pruned at ``--ratios`` with the INT8 alignment, all timed with dense INT8 in one
@@ -184,59 +185,90 @@ def part_cifar(args, tmp: Path, pruned: bool = False) -> dict[str, Any]:
     return out
 
 
+def pruned_variants(name: str, dense: torch.nn.Module, x: torch.Tensor, args) -> dict[str, dict[str, Any]]:
+    """The pruned models of ``--plans``: ``flops`` (the model's FLOPs target with the INT8 multiple, halved
+    until reachable), ``ratio`` (``fxprune.prune(ratio=0.5)`` with the INT8 multiple, the library's default
+    INT8 path), ``ratio-rt16`` / ``flops-rt16`` (the same with 16-channel steps)."""
+    _, _, target = MODELS[name]
+    out = {}
+    for plan in args.plans:
+        kind, _, rt = plan.partition("-rt")
+        round_to = int(rt) if rt else int8_multiple("cpu")
+        while True:  # narrow models (YOLOv8n: 16..256 channels) cannot reach the target with 64-channel steps
+            pruned = copy.deepcopy(dense)
+            try:
+                if kind == "flops":
+                    fxprune.prune(pruned, x, target_flops=target, round_to=round_to)
+                else:
+                    fxprune.prune(pruned, x, ratio=args.ratio, round_to=round_to)
+                break
+            except ValueError as e:
+                if round_to <= 8 or kind != "flops":
+                    raise
+                log(f"{name} {plan}: round_to {round_to}: {e}; trying {round_to // 2}")
+                round_to //= 2
+        pruned.eval()
+        flops = count_flops(dense, x) / count_flops(pruned, x)
+        out[plan] = {"model": pruned, "round_to": round_to, "flops_ratio": flops}
+        log(f"{name} {plan}: {flops:.2f}x fewer FLOPs with round_to {round_to}")
+    return out
+
+
 def part_latency(name: str, args, tmp: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     spec, shape, target = MODELS[name]
     dense, _ = load_model(spec)
     dense.eval()
     x = torch.randn(*shape)
-    round_to = int8_multiple("cpu")
-    while True:  # narrow models (YOLOv8n: 16..256 channels) cannot reach the target with 64-channel steps
-        pruned = copy.deepcopy(dense)
-        try:
-            report = fxprune.prune(pruned, x, target_flops=target, round_to=round_to)
-            break
-        except ValueError as e:
-            if round_to <= 8:
-                raise
-            log(f"{name}: round_to {round_to}: {e}; trying {round_to // 2}")
-            round_to //= 2
-    pruned.eval()
-    flops_ratio = count_flops(dense, x) / count_flops(pruned, x)
+    plans = pruned_variants(name, dense, x, args)
     calib = [torch.randn(*shape) for _ in range(args.calib_samples)]
-    out: dict[str, Any] = {"model": name, "round_to": round_to, "flops_ratio": flops_ratio, "runtimes": {}}
-    log(f"{name}: pruned to {report.flops_ratio:.2f}x fewer FLOPs with round_to {round_to}")
+    out: dict[str, Any] = {
+        "model": name,
+        "target_flops": target,
+        "ratio": args.ratio,
+        "plans": {k: {"round_to": v["round_to"], "flops_ratio": v["flops_ratio"]} for k, v in plans.items()},
+        "runtimes": {},
+    }
+    models = {"dense": dense, **{k: v["model"] for k, v in plans.items()}}
     for runtime in args.backends:
-        fmt, files = QUANT_FORMAT[runtime], {}
-        for label, m in (("dense", dense), ("pruned", pruned)):
-            suffix = "xml" if fmt == "openvino" else "onnx"
+        fmt, files, requantized = QUANT_FORMAT[runtime], {}, {}
+        suffix = "xml" if fmt == "openvino" else "onnx"
+        for label, m in models.items():
             res = quantize(m, x, calib, fmt, tmp / f"{name}-{label}-int8.{suffix}", subset_size=len(calib))
             files[f"{label} fp32"], files[f"{label} int8"] = res.source_onnx, res.path
-        order = ["dense fp32", "dense int8", "pruned fp32", "pruned int8"]
+            requantized[label] = len(res.requantized)
         res = measure_latency(
-            {k: files[k] for k in order},
+            files,
             x,
             get_backend(runtime),
             threads=args.threads,
             repeats=args.repeats,
-            budget_s=args.budget_s,
+            budget_s=args.budget_s * len(files) / 4,
         )
-        row = {
+        row: dict[str, Any] = {
             "conditions": res["dense fp32"].conditions(),
-            "median_ms": {k: res[k].median_ms for k in order},
+            "median_ms": {k: m.median_ms for k, m in res.items()},
             "int8_over_fp32_dense": speedup(res["dense fp32"], res["dense int8"]),
-            "int8_over_fp32_pruned": speedup(res["pruned fp32"], res["pruned int8"]),
-            "pruned_over_dense_fp32": speedup(res["dense fp32"], res["pruned fp32"]),
-            "pruned_over_dense_int8": speedup(res["dense int8"], res["pruned int8"]),
+            "requantized_convs": requantized,
+            "plans": {},
         }
-        row["int8_speedup_over_flops"] = row["pruned_over_dense_int8"] / flops_ratio
+        ms = ", ".join(f"{k} {v:.1f}" for k, v in row["median_ms"].items())
+        log(f"{name} {runtime} (ms): {ms}; INT8/fp32 dense {row['int8_over_fp32_dense']:.2f}x")
+        for plan, info in plans.items():
+            p = {
+                "pruned_over_dense_fp32": speedup(res["dense fp32"], res[f"{plan} fp32"]),
+                "pruned_over_dense_int8": speedup(res["dense int8"], res[f"{plan} int8"]),
+                "int8_over_fp32_pruned": speedup(res[f"{plan} fp32"], res[f"{plan} int8"]),
+            }
+            p["int8_speedup_over_flops"] = p["pruned_over_dense_int8"] / info["flops_ratio"]
+            row["plans"][plan] = p
+            log(
+                f"  {plan} (FLOPs {info['flops_ratio']:.2f}x, round_to {info['round_to']}): pruned/dense "
+                f"INT8 {p['pruned_over_dense_int8']:.2f}x = {p['int8_speedup_over_flops']:.2f} of the FLOPs "
+                f"ratio; fp32 {p['pruned_over_dense_fp32']:.2f}x; INT8/fp32 pruned "
+                f"{p['int8_over_fp32_pruned']:.2f}x"
+            )
         out["runtimes"][runtime] = row
-        ms = ", ".join(f"{k} {v:.1f} ms" for k, v in row["median_ms"].items())
-        log(
-            f"{name} {runtime}: {ms}; pruned/dense INT8 {row['pruned_over_dense_int8']:.2f}x "
-            f"({row['int8_speedup_over_flops']:.2f} of the FLOPs ratio {flops_ratio:.2f}x), fp32 "
-            f"{row['pruned_over_dense_fp32']:.2f}x; INT8/fp32 dense {row['int8_over_fp32_dense']:.2f}x"
-        )
     return out
 
 
@@ -414,12 +446,19 @@ def main() -> None:
     p.add_argument("--ft-epochs", type=int, default=2, help="cifar-pruned: fine-tuning epochs")
     p.add_argument("--ft-lr", type=float, default=0.01, help="cifar-pruned: SGD lr (10x lower half-way)")
     p.add_argument("--round-tos", default="16,32,64", help="alignment: channel multiples to compare")
+    p.add_argument(
+        "--plans",
+        default="flops,ratio",
+        help="latency: pruned models timed with dense: flops, ratio, flops-rt16, ratio-rt16",
+    )
+    p.add_argument("--ratio", type=float, default=0.5, help="latency: the ratio of the 'ratio' plans")
     p.add_argument("--profile-runs", type=int, default=5, help="alignment: profiled calls per file")
     p.add_argument("--out", default=None, help="JSON file to write (appends to an existing list)")
     args = p.parse_args()
     args.backends = [b for b in args.backends.split(",") if b]
     args.ratios = [float(r) for r in args.ratios.split(",") if r]
     args.round_tos = [int(r) for r in args.round_tos.split(",") if r]
+    args.plans = [p for p in args.plans.split(",") if p]
     torch.set_num_threads(args.threads)
     row: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
