@@ -11,6 +11,8 @@ Parts (``--parts``, default all):
   ``ratio``: ``ratio=0.5``, the library's default path); dense and every pruned model, fp32 and INT8,
   timed in one interleaved run per runtime (OpenVINO, onnxruntime). Calibration for timing only:
   ``--calib-samples`` random inputs. Target: pruned-INT8 over dense-INT8 >= 0.8x the FLOPs reduction.
+* ``yolo-agree``: a trained YOLOv8n (``--yolo-weights``): detections of its QDQ ONNX, NNCF alone and with
+  the requantized convolutions, against fp32 on coco128, and the convolutions onnxruntime runs in INT8.
 * ``sweep``: INT8 models pruned at ``--ratios`` with the INT8 alignment, all timed with dense INT8 in one
   run on the first backend. Target: no ratio slower than dense INT8.
 
@@ -319,6 +321,79 @@ def part_sweep(name: str, args, tmp: Path) -> dict[str, Any]:
     }
 
 
+def _detections(run, image: torch.Tensor) -> torch.Tensor:
+    from ultralytics.utils.nms import non_max_suppression
+
+    out = torch.from_numpy(np.asarray(run([image.numpy()])[0]))
+    return non_max_suppression(out, conf_thres=0.25, iou_thres=0.7)[0]
+
+
+def _matched(ref: torch.Tensor, got: torch.Tensor) -> int:
+    """Detections of ``ref`` with a detection of the same class in ``got`` at IoU >= 0.5."""
+    from ultralytics.utils.metrics import box_iou
+
+    if not len(ref) or not len(got):
+        return 0
+    same = ref[:, 5:6] == got[:, 5].view(1, -1)
+    return int(((box_iou(ref[:, :4], got[:, :4]) >= 0.5) & same).any(1).sum())
+
+
+def _ort_op_counts(path: Path) -> dict[str, int]:
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath, opts.log_severity_level = str(path.with_suffix(".optimized.onnx")), 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    return {k: ops[k] for k in ("QLinearConv", "Conv", "FusedConv")}
+
+
+def part_yolo_agree(args, tmp: Path) -> dict[str, Any]:
+    """A trained YOLOv8n (``--yolo-weights``): detections (NMS at conf 0.25) of the onnxruntime QDQ files,
+    NNCF alone and with requantized convolutions, against the fp32 ONNX on coco128's images at
+    ``--yolo-imgsz`` (calibration: every second image), and the convolutions onnxruntime runs in INT8."""
+    from fxprune.deploy import load_calibration
+    from ultralytics import YOLO
+    from ultralytics.nn.modules import Detect
+
+    model = copy.deepcopy(YOLO(str(args.yolo_weights)).model).float().eval().fuse()
+    for module in model.modules():
+        if isinstance(module, Detect):
+            module.export, module.format, module.dynamic = True, "onnx", False
+    shape = (1, 3, args.yolo_imgsz, args.yolo_imgsz)
+    images = list(load_calibration(shared_data_dir() / "coco128" / "images", shape))
+    calib = images[::2]
+    out: dict[str, Any] = {"weights": str(args.yolo_weights), "imgsz": args.yolo_imgsz, "images": len(images)}
+    files = {}
+    for label, requant in (("nncf", False), ("requantized", True)):
+        res = quantize(model, images[0], calib, "onnx", tmp / f"yolo-{label}.onnx", subset_size=len(calib),
+                       requantize_convs=requant)  # fmt: skip
+        files["fp32"], files[label] = res.source_onnx, res.path
+    runs = {k: artifact_runner(p, args.threads) for k, p in files.items()}
+    dets = {k: [_detections(run, img) for img in images] for k, run in runs.items()}
+    total = sum(len(d) for d in dets["fp32"])
+    for label in ("nncf", "requantized"):
+        found = sum(_matched(r, g) for r, g in zip(dets["fp32"], dets[label]))
+        extra = sum(len(g) - _matched(g, r) for r, g in zip(dets["fp32"], dets[label]))
+        ops = _ort_op_counts(files[label])
+        out[label] = {
+            "fp32_detections_found": found / max(total, 1),
+            "unmatched_int8_detections": extra,
+            "int8_detections": sum(len(g) for g in dets[label]),
+            "onnxruntime_ops": ops,
+        }
+        log(
+            f"YOLOv8n {label}: {found}/{total} fp32 detections found by INT8 "
+            f"({100 * found / max(total, 1):.1f} %), {extra} INT8 detections without an fp32 match; "
+            f"onnxruntime runs {ops}"
+        )
+    out["fp32_detections"] = total
+    return out
+
+
 def _ort_profile(path: Path, x: torch.Tensor, runs: int, threads: int) -> dict[str, float]:
     """onnxruntime: ms per call spent in each op type (after graph fusion), from its profiler."""
     import onnxruntime as ort
@@ -425,7 +500,9 @@ def part_alignment(name: str, args, tmp: Path) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--parts", default="cifar,latency", help="cifar, cifar-pruned, latency, sweep (comma-separated)"
+        "--parts",
+        default="cifar,latency",
+        help="cifar, cifar-pruned, yolo-agree, latency, sweep, alignment (comma-separated)",
     )
     p.add_argument("--models", default="resnet50,yolov8n", help="latency models: resnet50, yolov8n")
     p.add_argument("--backends", default="openvino,ort", help="openvino, ort (comma-separated)")
@@ -453,6 +530,8 @@ def main() -> None:
     )
     p.add_argument("--ratio", type=float, default=0.5, help="latency: the ratio of the 'ratio' plans")
     p.add_argument("--profile-runs", type=int, default=5, help="alignment: profiled calls per file")
+    p.add_argument("--yolo-weights", default=None, help="yolo-agree: a trained YOLOv8n checkpoint (.pt)")
+    p.add_argument("--yolo-imgsz", type=int, default=160, help="yolo-agree: input size")
     p.add_argument("--out", default=None, help="JSON file to write (appends to an existing list)")
     args = p.parse_args()
     args.backends = [b for b in args.backends.split(",") if b]
@@ -480,6 +559,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if "cifar" in parts:
             add({"part": "cifar", **part_cifar(args, Path(tmp))})
+        if "yolo-agree" in parts:
+            add({"part": "yolo-agree", **part_yolo_agree(args, Path(tmp))})
         if "cifar-pruned" in parts:
             add({"part": "cifar-pruned", **part_cifar(args, Path(tmp), pruned=True)})
         for part, run in (("latency", part_latency), ("sweep", part_sweep), ("alignment", part_alignment)):
