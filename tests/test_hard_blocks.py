@@ -380,16 +380,18 @@ class TinyViT(nn.Module):
 
 
 def test_qkv_attention_with_head_dim_from_x_shape():
-    """``C // heads`` read from the input ties the head dim to the embedding in a way channel sets
-    cannot express: the embedding and attention stay, the MLP is pruned, nothing breaks."""
+    """``C // heads`` read from the input: head channel ``d`` goes with channel ``d`` of every
+    ``C // heads`` part of the embedding, so the embedding stays ``heads`` times the head dim."""
     model = _prepare(TinyViT(computed=True))
     x = torch.randn(2, 3, 32, 32)
     analysis = fxprune.analyze(copy.deepcopy(model), x)
     (emb,) = [g for g in analysis.groups if "attn.qkv" in g.modules and "patch" in g.modules]
-    assert emb.prunable == 0 and emb.divisor == 4
-    check_pruned(model, x, 0.5, min_flops_ratio=1.1)
-    assert model.patch.out_channels == model.attn.qkv.in_features == model.attn.proj.out_features == 32
-    assert model.attn.qkv.out_features == 96 and model.attn.proj.in_features == 32
+    assert emb.prunable == 8 and emb.divisor == 4
+    check_pruned(model, x, 0.5, min_flops_ratio=1.5)
+    width = model.patch.out_channels
+    assert width < 32 and width % 4 == 0
+    assert model.attn.qkv.in_features == model.attn.proj.out_features == width
+    assert model.attn.qkv.out_features == 3 * width and model.attn.proj.in_features == width
     assert model.fc1.out_features == model.fc2.in_features < 64
 
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.fx as fx
 from torch import nn
 
 from .channel_constants import register_channel_constant
-from .context import OpContext
+from .context import OpContext, op_name
 from .labels import Labels, broadcast_labels
 from .registry import handles_modules, handles_ops
 
-__all__ = ["einsum", "matmul", "multihead_attention", "sdpa"]
+__all__ = ["einsum", "matmul", "multihead_attention", "head_size_fixed", "sdpa"]
 
 # torchvision's MaxViT reshapes q, k and v to ``(B, G, P, self.n_heads, self.head_dim)``: the head count
 # follows pruning (whole heads go), the head size stays.
@@ -107,12 +108,94 @@ def einsum(ctx: OpContext) -> Labels:
     return out
 
 
-@handles_ops("scaled_dot_product_attention")
+_SDPA = "scaled_dot_product_attention"
+_SAME_DIMS = frozenset("contiguous clone to float type_as mul truediv div add sub dropout".split())
+_NORMALIZING = frozenset("softmax log_softmax normalize".split())
+
+
+def _default_scale(node: fx.Node) -> bool:
+    """An sdpa call without ``scale=``: it divides by the square root of the head size it is given."""
+    return node.kwargs.get("scale") is None and (len(node.args) < 7 or node.args[6] is None)
+
+
+def _dim_arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    args = node.args[1:] if node.op == "call_method" else node.args[1:]
+    return args[i] if i < len(args) else node.kwargs.get(name, default)
+
+
+def _next_dim(src: fx.Node, user: fx.Node, d: int, nd: int) -> tuple[int, int] | bool | None:
+    """Where dim ``d`` of ``src`` (of rank ``nd``) lies in ``user``'s output: ``(dim, rank)``; True when
+    ``user`` normalises over it (a softmax over it, sdpa without ``scale=`` on it); None: not followed."""
+    name = op_name(user)
+    if name in _NORMALIZING:
+        dim = _dim_arg(user, 0, "dim")
+        return True if isinstance(dim, int) and dim % nd == d else (d, nd)
+    if name in _SAME_DIMS or (user.op == "call_module" and _weightless_module(user)):
+        return (d, nd)
+    if name == "permute":
+        dims = [x % nd for x in (user.args[1:] if user.op == "call_method" else [])]
+        dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else dims
+        return (dims.index(d), nd) if d in dims else None
+    if name in ("transpose", "swapaxes"):
+        a, b = _dim_arg(user, 0, "dim0") % nd, _dim_arg(user, 1, "dim1") % nd
+        return ({a: b, b: a}.get(d, d), nd)
+    if name == "unbind":
+        u = (_dim_arg(user, 0, "dim", 0) or 0) % nd
+        return None if u == d else (d - (u < d), nd - 1)
+    if name == "getitem" and op_name(src) in ("unbind", "split", "chunk"):
+        return (d, nd)  # one tensor of the tuple
+    if name == "getitem" and type(user.args[1]) is int:
+        return None if d == 0 else (d - 1, nd - 1)
+    if name in ("matmul", "bmm"):
+        side = user.args.index(src) if src in user.args[:2] else None
+        keeps = {0: nd - 2, 1: nd - 1}.get(side)
+        return (d, nd) if keeps == d else None
+    if name == _SDPA:
+        qk = src in user.args[:2] or src in (user.kwargs.get("query"), user.kwargs.get("key"))
+        return True if qk and d == nd - 1 and _default_scale(user) else None
+    return None
+
+
+def head_size_fixed(node: fx.Node, dim: int, ndim: int, depth: int = 12) -> bool:
+    """Whether dim ``dim`` of ``node``'s output (a head size) must keep its width: it reaches, through
+    dim reorders, indexing, matrix products and elementwise ops, a softmax over it (cross-covariance
+    attention) or ``scaled_dot_product_attention`` without ``scale=`` as the query's or key's width."""
+    frontier = [(node, dim, ndim)]
+    for _ in range(depth):
+        nxt = []
+        for n, d, nd in frontier:
+            for user in n.users:
+                found = _next_dim(n, user, d, nd)
+                if found is True:
+                    return True
+                if found is not None and user.op != "output":
+                    nxt.append((user, *found))
+        frontier = nxt
+    return False
+
+
+def _weightless_module(node: fx.Node) -> bool:
+    if node.op != "call_module":
+        return False
+    m = node.graph.owning_module.get_submodule(node.target)
+    return not any(p.dim() > 1 for p in m.parameters()) and not isinstance(m, nn.modules.pooling._MaxPoolNd)
+
+
+@handles_ops(_SDPA)
 def sdpa(ctx: OpContext) -> Labels:
-    """Query and key widths are coupled, the sequence dims of key and value freeze, value's width passes."""
+    """Query and key widths are coupled, the sequence dims of key and value freeze, value's width passes.
+
+    Without ``scale=`` the scores are divided by the square root of the query's width: removing query
+    and key channels would change that factor, so they freeze (views that reach such a call follow
+    whole heads instead where they can, :mod:`.reshape`).
+    """
     q, k, v = ctx.arg(0, "query"), ctx.arg(1, "key"), ctx.arg(2, "value")
     lq, lk, lv = ctx.larg(0) or {}, ctx.larg(1) or {}, ctx.larg(2) or {}
     _contract(ctx, lq.get(q.dim() - 1), lk.get(k.dim() - 1), ctx.where)
+    if ctx.node.op == "call_function" and _default_scale(ctx.node):
+        for lab, t in ((lq, q), (lk, k)):
+            if t.dim() - 1 in lab and t.shape[-1] > 1:
+                ctx.table.freeze(lab[t.dim() - 1], f"{ctx.where}: no scale= (1/sqrt of the head size)")
     for lab, t in ((lk, k), (lv, v)):
         if t.dim() - 2 in lab:
             ctx.table.freeze(lab[t.dim() - 2], ctx.where)

@@ -120,8 +120,12 @@ def conv(
     w, b = names
     cdim = ctx.arg(0, "input").dim() - (weight.dim() - 1)
     x = x_labels.get(cdim) if x_labels else None
+    passed = {}  # channels on a spatial dim the conv maps position by position (kernel 1, same size)
     for d, lab in (x_labels or {}).items():
-        if d != cdim:
+        pointwise = d > cdim and weight.shape[1 + d - cdim] == 1 and ctx.out.shape[d] == len(lab)
+        if pointwise and not transposed:
+            passed[d] = lab
+        elif d != cdim:
             ctx.table.freeze(lab, f"{ctx.where}: channels on a spatial dim")
     if transposed:
         return _transposed_conv(ctx, x, cdim, weight, module, names, groups)
@@ -131,7 +135,7 @@ def conv(
         couple(ctx, x, ctx.table.block(module, param_members(module, (w, 1)), cin_g), ctx.where)
     else:
         _grouped_conv(ctx, x, out, module, w, groups, cin_g)
-    return {cdim: out}
+    return {cdim: out, **passed}
 
 
 def _functional_conv(transposed: bool, aten_convolution: bool = False) -> Callable[[OpContext], Any]:

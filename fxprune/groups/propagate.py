@@ -194,7 +194,10 @@ class ChannelPropagation(fx.Interpreter):
             return None
         w = n.args[spec.weight]
         if isinstance(w, fx.Node) and w.op == "get_attr":
-            return w.target.rpartition(".")[0], spec.input
+            owner, x = w.target.rpartition(".")[0], n.args[spec.input]
+            if isinstance(x, fx.Node) and _scope_of(x) == owner:
+                return None  # the module's forward transformed its input first (LayerNorm2d's permute)
+            return owner, spec.input
         return None
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
+import numpy as np
 import torch.fx as fx
 from torch import nn
 
+from .attention import head_size_fixed
 from .attr_constants import find_attribute
 from .attr_expressions import EXPRESSION, find_expression
 from .channel_constants import find_constant
@@ -15,6 +18,7 @@ from .labels import Labels, permute_labels, reshape_labels
 from .permutation import finish_shuffle_view, start_shuffle_view
 from .registry import handles_modules, handles_ops
 from .sizes import IntInfo
+from .view_sources import SizeSource, view_attributes
 
 __all__ = ["expand", "movedim", "permute", "reshape", "reshape_free", "transpose", "unflatten"]
 
@@ -32,32 +36,85 @@ def _shape_args(ctx: OpContext) -> tuple[list, list[bool] | None]:
     return list(node_args), adaptive
 
 
+def _view_module(ctx: OpContext) -> nn.Module | None:
+    if ctx.model is None or ctx.graph_is_export:
+        return None
+    try:
+        return ctx.model.get_submodule(ctx.module_name)
+    except AttributeError:
+        return None
+
+
 def _constant_sizes(
-    ctx: OpContext, sizes: list, adaptive: list[bool]
+    ctx: OpContext, sizes: list, adaptive: list[bool], sources: list[SizeSource] | None
 ) -> tuple[dict[int, tuple[str, str]], dict[int, dict[str, int]]]:
     """Output dims whose constant size is a channel count attribute, and those whose size is a sum of
     attributes (:mod:`.attr_expressions`); both count as adaptive from now.
 
     A registered attribute counts whatever its value; one read in forward only when it equals the whole
     width of a channel dim of the input (a head count is a factor of a width, not a width). A sum of
-    attributes counts when it divides such a width (the per-head width of a ``qkv`` view).
+    attributes counts when it divides such a width (the per-head width of a ``qkv`` view). ``sources``
+    (:func:`.view_sources.view_attributes`) says which attribute, if any, wrote each size: a literal
+    equal to an attribute's value is not taken for it.
     """
     x, lab = ctx.arg(0, "input"), ctx.larg(0, "input") or {}
     widths = {x.shape[d] for d in lab}
     known, sums = {}, {}
     for j, (size, free) in enumerate(zip(sizes, adaptive)):
-        found = None if free else find_constant(ctx.model, ctx.module_name, size)
-        if found is None and not free and size in widths:
-            found = find_attribute(ctx, size)
+        kind = sources[j].kind if sources is not None else None
+        if free or type(size) is not int or kind == "literal":
+            continue
+        found = None
+        if kind in (None, "attr"):
+            found = find_constant(ctx.model, ctx.module_name, size)
+            if found is None and size in widths:
+                found = find_attribute(ctx, size)
+        if found is not None and kind == "attr" and found[1] != sources[j].name:
+            found = None
         if found is not None:
             known[j] = found
             adaptive[j] = True
-        elif not free and size > 1 and any(w % size == 0 for w in widths):
+        elif size > 1 and any(w % size == 0 for w in widths):
             coefs = find_expression(ctx, size)
             if coefs is not None:
                 sums[j] = coefs
                 adaptive[j] = True
     return known, sums
+
+
+def _sourceless_constants(ctx: OpContext, adaptive: list[bool]) -> None:
+    """Sizes computed at run time from no channel dim (the batch size, a head count read from a dim the
+    analysis does not prune) keep their value after pruning: they count as constants."""
+    infos = _shape_infos(ctx)
+    node_args, _ = _shape_args(ctx)
+    for j, arg in enumerate(node_args[: len(adaptive)]):
+        info = infos[j] if j < len(infos) else None
+        if isinstance(arg, fx.Node) and not (isinstance(info, IntInfo) and info.sources):
+            adaptive[j] = False
+
+
+def _prefer_heads(
+    ctx: OpContext, sizes: list, adaptive: list[bool], sources: list[SizeSource] | None
+) -> dict[int, tuple[str, str]]:
+    """Follow whole heads instead of the head size where the head size cannot change.
+
+    A view with a head count written ``self.NAME`` and a head size written ``-1`` or computed
+    (``C // self.num_heads``) follows the head size by default. Where the head size must keep its width
+    (:func:`.attention.head_size_fixed`: ``F.scaled_dot_product_attention`` without ``scale=`` divides
+    by its square root; cross-covariance attention softmaxes over it), the head count is followed
+    instead (recorded as a channel constant, written after slimming) and the head size kept.
+    """
+    if sources is None:
+        return {}
+    heads = [j for j, s in enumerate(sources) if s.kind == "attr" and type(sizes[j]) is int and sizes[j] > 1]
+    head_size = [j for j, s in enumerate(sources) if adaptive[j] and (sizes[j] == -1 or s.kind == "divided")]
+    if len(heads) != 1 or len(head_size) != 1 or head_size[0] < heads[0]:
+        return {}
+    if not head_size_fixed(ctx.node, head_size[0], len(sizes)):
+        return {}
+    adaptive[head_size[0]] = False
+    adaptive[heads[0]] = True
+    return {heads[0]: (ctx.module_name, sources[heads[0]].name)}
 
 
 @handles_ops("view", "reshape", "_unsafe_view")
@@ -72,7 +129,12 @@ def reshape(ctx: OpContext) -> Labels:
     x = ctx.arg(0, "input")
     lab = ctx.larg(0, "input") or {}
     sizes, adaptive = _shape_args(ctx)
-    known, sums = _constant_sizes(ctx, sizes, adaptive) if adaptive is not None and lab else ({}, {})
+    known, sums = {}, {}
+    if adaptive is not None and lab:
+        sources = view_attributes(_view_module(ctx), sizes)
+        _sourceless_constants(ctx, adaptive)
+        known, sums = _constant_sizes(ctx, sizes, adaptive, sources)
+        known.update(_prefer_heads(ctx, sizes, adaptive, sources))
     out = reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, adaptive, ctx.where) if lab else {}
     for j, (module, attr) in known.items():
         if j in out:
@@ -84,16 +146,33 @@ def reshape(ctx: OpContext) -> Labels:
     return out
 
 
+def _shape_infos(ctx: OpContext) -> list:
+    """The size provenance (:class:`.sizes.IntInfo`) of each shape argument of a view."""
+    infos = ctx.largs[1:] if ctx.node.op == "call_method" else ctx.largs[1:2]
+    if len(infos) == 1 and isinstance(infos[0], (list, tuple)):
+        infos = infos[0]
+    return list(infos)
+
+
+def _divisor(arg: object) -> int:
+    """``k`` when a size argument is ``C // k`` with a literal ``k`` (a head size ``C // num_heads``)."""
+    if isinstance(arg, fx.Node) and arg.target is operator.floordiv and type(arg.args[1]) is int:
+        return arg.args[1]
+    return 1
+
+
 def _check_size_sources(ctx: OpContext, own: Labels, out: Labels) -> None:
     """Sizes read from another tensor's channel dim must follow this output's channels.
+
+    ``C // k`` (a head size read from the block's width) ties each ``k``-th part of the ``C`` channels,
+    in order, to the head channels: removing head channel ``d`` removes channel ``d`` of every part, so
+    the width stays ``k`` times the head size.
 
     A channel dim sized at run time by a number read from no channel dim (the width of a model input)
     cannot follow pruning: it freezes.
     """
-    shape_labels = ctx.largs[1:] if ctx.node.op == "call_method" else ctx.largs[1:2]
+    shape_labels = _shape_infos(ctx)
     node_args, _ = _shape_args(ctx)
-    if len(shape_labels) == 1 and isinstance(shape_labels[0], (list, tuple)):
-        shape_labels = shape_labels[0]
     own_roots = [set(ctx.table.roots(a).tolist()) for a in own.values()]
     for j, info in enumerate(shape_labels):
         sourceless = not isinstance(info, IntInfo) or not info.sources
@@ -106,8 +185,12 @@ def _check_size_sources(ctx: OpContext, own: Labels, out: Labels) -> None:
             if any(roots == r for r in own_roots):
                 continue  # read from the tensor being reshaped
             target = out.get(j)
+            parts = _divisor(node_args[j]) if j < len(node_args) else 1
             if target is not None and len(target) == len(src):
                 ctx.table.union(src, target)
+            elif target is not None and parts > 1 and len(src) == parts * len(target):
+                for row in np.asarray(src).reshape(parts, len(target)):
+                    ctx.table.union(row, target)  # C // k: each k-th of C goes with one channel
             else:
                 ctx.table.freeze(src, f"{ctx.where}: size read from a channel dim of another tensor")
                 if target is not None:

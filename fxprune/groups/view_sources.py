@@ -1,0 +1,125 @@
+"""Which attribute wrote each size of a view: ``reshape(B, N, 3, self.num_heads, self.head_dim)``.
+
+A traced graph writes ``self.num_heads`` as a plain number. When that number also appears as a literal in
+the same call (DeiT-Tiny has 3 heads: ``reshape(B, N, 3, 3, 64)``), the value alone cannot say which
+size is the head count. This module reads the ``forward`` source of the module that made the call and
+finds the ``reshape``/``view`` calls with as many sizes as the graph's; each size is a literal, an
+attribute (``self.NAME``), arithmetic over attributes, a run-time size divided by an attribute
+(``C // self.num_heads``) or something else computed at run time. A call matches when its literals
+and attributes hold the graph's values at the same positions and its run-time sizes are run-time in
+the graph too. When every match names the same attributes at the same positions,
+:func:`view_attributes` returns them.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import textwrap
+from collections.abc import Sequence
+
+from torch import nn
+
+__all__ = ["SizeSource", "view_attributes"]
+
+_VIEWS = ("reshape", "view")
+
+
+@functools.cache
+def _view_calls(cls: type) -> tuple[tuple[ast.expr, ...], ...]:
+    """The size arguments of every ``x.reshape(...)``/``x.view(...)``/``torch.reshape(x, ...)`` in
+    ``cls.forward`` (a single tuple or list argument is unpacked)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
+    except (OSError, TypeError, SyntaxError):
+        return ()
+    calls = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)) or node.keywords:
+            continue
+        if node.func.attr not in _VIEWS:
+            continue
+        args = list(node.args)
+        if isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+            args = args[1:]  # torch.reshape(x, shape)
+        if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
+            args = list(args[0].elts)
+        if args and not any(isinstance(a, ast.Starred) for a in args):
+            calls.append(tuple(args))
+    return tuple(calls)
+
+
+def _self_attr(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return node.attr
+    return None
+
+
+class SizeSource(tuple):
+    """``(kind, name)``: ``("literal", "")``, ``("attr", NAME)``, ``("expression", "")`` (arithmetic over
+    attributes and literals), ``("divided", NAME)`` (a run-time size divided by ``self.NAME``) or
+    ``("runtime", "")``."""
+
+    @property
+    def kind(self) -> str:
+        return self[0]
+
+    @property
+    def name(self) -> str:
+        return self[1]
+
+
+def _constant_expression(node: ast.expr) -> bool:
+    """Arithmetic over ``self.NAME`` and int literals only (a constant in the graph)."""
+    if isinstance(node, ast.BinOp):
+        return _constant_expression(node.left) and _constant_expression(node.right)
+    return _self_attr(node) is not None or (isinstance(node, ast.Constant) and type(node.value) is int)
+
+
+def _source(node: ast.expr) -> SizeSource:
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return SizeSource(("literal", ""))
+    attr = _self_attr(node)
+    if attr is not None:
+        return SizeSource(("attr", attr))
+    if _constant_expression(node):
+        return SizeSource(("expression", ""))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.FloorDiv) and _self_attr(node.right):
+        return SizeSource(("divided", _self_attr(node.right)))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return SizeSource(("literal", ""))  # -1
+    return SizeSource(("runtime", ""))
+
+
+def _matches(sources: Sequence[SizeSource], call: Sequence[ast.expr], sizes: Sequence, m: nn.Module) -> bool:
+    for src, node, size in zip(sources, call, sizes):
+        constant = isinstance(size, int)
+        if src.kind == "literal":
+            value = node.value if isinstance(node, ast.Constant) else -1
+            if not constant or value != size:
+                return False
+        elif src.kind == "attr":
+            if not constant or getattr(m, src.name, None) != size:
+                return False
+        elif src.kind == "expression":
+            if not constant:
+                return False
+        elif constant:  # a size computed at run time in the source is a graph node
+            return False
+    return True
+
+
+def view_attributes(m: nn.Module | None, sizes: Sequence) -> list[SizeSource] | None:
+    """The source of each size of a view made in ``m.forward`` (``sizes``: the graph's arguments, ints
+    for constants), or None when no call in the source matches, or matches disagree."""
+    if m is None:
+        return None
+    found = set()
+    for call in _view_calls(type(m)):
+        if len(call) != len(sizes):
+            continue
+        sources = [_source(a) for a in call]
+        if _matches(sources, call, sizes, m):
+            found.add(tuple(sources))
+    return [SizeSource(s) for s in found.pop()] if len(found) == 1 else None
