@@ -14,6 +14,7 @@ from .capture import Captured, as_args_kwargs, capture
 from .capture.fit import check_inputs_fit, match_parameters
 from .capture.inputs import ExampleInputs
 from .capture.outputs import OutputSelector, select_outputs
+from .gc_pause import paused_gc
 from .groups.attr_constants import check_shared_attributes
 from .groups.channel_constants import ChannelConstant
 from .groups.context import Unsupported
@@ -128,6 +129,7 @@ def _check_ignore(model: nn.Module, ignore: Iterable) -> tuple[list[str], list[t
     return patterns, types
 
 
+@paused_gc()
 def analyze(
     model: nn.Module,
     example_inputs: ExampleInputs,

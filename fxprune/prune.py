@@ -16,6 +16,7 @@ from .analysis import Analysis, analyze
 from .capture import run_model
 from .capture.inputs import ExampleInputs
 from .capture.outputs import OutputSelector, selected_tensors
+from .gc_pause import paused_gc
 from .groups.channel_order import channel_orders
 from .groups.grouping import Group
 from .importance.registry import Importance
@@ -41,6 +42,9 @@ class PruneReport:
     """What ``prune`` did: sizes before/after, per-group widths, verification figures, timings.
 
     ``flops_before``/``flops_after`` are None when they could not be counted (``warnings`` says why).
+    ``exact_error`` is the slim model's largest relative difference from the masked original over the exactly
+    removable channels; ``approx_error``, where groups were removed approximately (``approx_groups``, a
+    LayerNorm over their channels), is its difference from that same output.
     """
 
     params_before: int
@@ -167,23 +171,36 @@ class _PassFlops:
             self.notes.append(note)
 
 
+def _structure_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s modules that shares its parameters and buffers (nothing is cloned).
+
+    Slimming never writes into a tensor (it sets new, sliced tensors on the modules), so slimming the
+    copy leaves the original's tensors as they are.
+    """
+    shared = [*model.parameters(), *model.buffers()]
+    return copy.deepcopy(model, memo={id(t): t for t in shared})
+
+
 def _orders(analysis: Analysis, plan: Plan) -> dict:
     """The order of the kept channels of layers fed by a followed channel shuffle (see ``slim_model``)."""
     gm = analysis.captured.graph_module
     return channel_orders(analysis.propagation, gm, analysis.groups, plan.remove)
 
 
+@paused_gc()
 def apply_plan(
     analysis: Analysis, plan: Plan, example_inputs: Any, *, verify: bool = True, tol: float = 1e-4
 ) -> PruneReport:
     """Slim ``analysis.model`` in place according to ``plan`` and verify it against the masked original.
 
     Verification runs the model twice: once before slimming, with the removed channels masked out by hooks
-    (no copy of the model), and once slimmed; the FLOPs before and after are counted on those two passes.
-    Groups whose removal is approximate (a LayerNorm over the channels) are checked separately on a
-    slimmed copy without them. The FLOPs come from the analysis when it could follow every operand's
-    width (:class:`fxprune.targets.PlanCosts`), else from those passes. ``report.timings`` gives the
-    seconds of each step.
+    (no copy of the model), and once slimmed. Groups whose removal is approximate (a LayerNorm over the
+    channels) cannot match a masked original: the masked pass then masks the exact removals only, a copy
+    of the modules sharing the model's tensors is slimmed by them alone and must match it
+    (``exact_error``), and the slim model's distance from that same output is ``approx_error`` (what the
+    approximate removals change). The FLOPs come from the analysis when it could follow every operand's
+    width (:class:`fxprune.targets.PlanCosts`), else they are counted on the verification passes.
+    ``report.timings`` gives the seconds of each step.
     """
     model = analysis.model
     was_training = model.training
@@ -203,8 +220,7 @@ def apply_plan(
         with watch("masked reference"):
             reference = flops.run(lambda: _masked_output(analysis, exact_plan, True, example_inputs))
             if approx_groups:
-                approx_reference = _masked_output(analysis, plan, False, example_inputs)
-                exact_model = copy.deepcopy(model)
+                exact_model = _structure_copy(model)
                 exact_orders = _orders(analysis, exact_plan)
                 slim_model(exact_model, analysis.groups, exact_plan, analysis.constants, exact_orders)
     else:
@@ -217,7 +233,7 @@ def apply_plan(
             with watch("verify"):
                 if approx_groups:
                     exact_error, problems = _check(analysis, reference, exact_model, example_inputs)
-                    check = lambda: _check(analysis, approx_reference, model, example_inputs)  # noqa: E731
+                    check = lambda: _check(analysis, reference, model, example_inputs)  # noqa: E731
                     approx_error, more = flops.run(check)
                     problems += more
                 else:
@@ -264,6 +280,7 @@ def apply_plan(
     return report
 
 
+@paused_gc()
 def prune(
     model: nn.Module,
     example_inputs: ExampleInputs,

@@ -41,6 +41,7 @@ class SlotTable:
 
     def __init__(self) -> None:
         self._parent = np.zeros(1024, dtype=np.int64)
+        self._stamp = np.zeros(1024, dtype=np.int64)  # scratch for the disjointness test of _merge
         self._size = 0
         self.frozen: dict[int, str] = {}
         self.approx: dict[int, str] = {}
@@ -63,6 +64,7 @@ class SlotTable:
             grown = np.zeros(max(2 * len(self._parent), base + n), dtype=np.int64)
             grown[:base] = self._parent[:base]
             self._parent = grown
+            self._stamp = np.zeros(len(grown), dtype=np.int64)
         self._parent[base : base + n] = np.arange(base, base + n)
         self._size = base + n
         return np.arange(base, base + n)
@@ -144,6 +146,9 @@ class SlotTable:
 
     def _merge(self, ra: np.ndarray, rb: np.ndarray) -> None:
         """Join the classes of roots ``ra[i]`` and ``rb[i]``; each new class keeps its smallest root."""
+        if self._disjoint(ra, rb):
+            self._merge_pairs(ra, rb)
+            return
         nodes, index = np.unique(np.concatenate([ra, rb]), return_inverse=True)
         u, v = index[: len(ra)], index[len(ra) :]
         if len(nodes) == 2 * len(ra):  # disjoint pairs (a layer meeting fresh channels): one step
@@ -162,6 +167,28 @@ class SlotTable:
         for flags, hit in flagged:
             moved = np.nonzero((nodes != top) & hit)[0]
             for r, t in zip(nodes[moved].tolist(), top[moved].tolist()):
+                flags[t] = flags.pop(r)
+
+    def _disjoint(self, ra: np.ndarray, rb: np.ndarray) -> bool:
+        """Whether the roots of ``ra`` and ``rb`` are all different (without sorting: each root is stamped
+        with its position; a repeated root keeps only its last stamp)."""
+        n = len(ra)
+        stamp, at = self._stamp, np.arange(2 * n)
+        stamp[ra] = at[:n]
+        stamp[rb] = at[n:]
+        return bool(np.array_equal(stamp[ra], at[:n]) and np.array_equal(stamp[rb], at[n:]))
+
+    def _merge_pairs(self, ra: np.ndarray, rb: np.ndarray) -> None:
+        """``_merge`` for pairs of distinct classes (a layer meeting fresh channels): one step."""
+        low, high = np.minimum(ra, rb), np.maximum(ra, rb)
+        flagged = [(flags, _in_keys(high, flags)) for flags in (self.frozen, self.approx) if flags]
+        if any((hit & _in_keys(low, flags)).any() for flags, hit in flagged):
+            for x, y in zip(ra.tolist(), rb.tolist()):  # two flagged classes: the union order picks
+                self._union(x, y)
+            return
+        self._parent[high] = low
+        for flags, hit in flagged:
+            for r, t in zip(high[hit].tolist(), low[hit].tolist()):
                 flags[t] = flags.pop(r)
 
     def union_all(self, slots: np.ndarray) -> None:
