@@ -18,6 +18,7 @@ from .gc_pause import paused_gc
 from .groups.attr_constants import check_shared_attributes
 from .groups.channel_constants import ChannelConstant
 from .groups.context import Unsupported
+from .groups.grouped_conv import shaped_for
 from .groups.grouping import Group, build_groups, matches_module
 from .groups.literals import freeze_attribute_literals
 from .groups.propagate import PropagationResult, propagate_shapes
@@ -138,6 +139,7 @@ def analyze(
     leaf_modules: Iterable[str | type] = (),
     use_export: bool = True,
     outputs: OutputSelector | None = None,
+    round_to: int | None = None,
 ) -> Analysis:
     """Capture ``model`` and discover its coupled channel groups.
 
@@ -149,6 +151,9 @@ def analyze(
     to the tensors that are its interface; the other outputs may change width (for example feature maps
     returned only for their sizes). Example inputs the model cannot run on raise
     :class:`fxprune.InputMismatchError` (a ``ValueError``) naming its first layer.
+    ``round_to``: the channel multiple plans will keep (None: the default, 8); a grouped conv whose
+    groups would not keep aligned widths position by position loses whole groups instead
+    (:mod:`fxprune.groups.grouped_conv`).
     """
     start = time.perf_counter()
     patterns, types = _check_ignore(model, ignore)
@@ -164,7 +169,8 @@ def analyze(
             if outputs is not None:
                 select_outputs(captured, outputs, example_inputs)
             try:
-                prop = _propagate(captured, example_inputs, model)
+                with shaped_for(round_to):
+                    prop = _propagate(captured, example_inputs, model)
             except Exception:
                 check_inputs_fit(model, example_inputs, captured.graph_module)  # names a misfit input
                 raise

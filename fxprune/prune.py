@@ -323,7 +323,9 @@ def prune(
             f"planner must have a plan(analysis, example_inputs, importance) method, got {planner!r}"
         )
     round_to = resolve_round_to(round_to)
-    analysis = analyze(model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, outputs=outputs)
+    analysis = analyze(
+        model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, outputs=outputs, round_to=round_to
+    )
     settings = dict(
         ratios=ratios,
         round_to=round_to,

@@ -1,5 +1,5 @@
 """Channel counts that forward computes from module attributes: checked after propagation, divided
-attributes (``self.expand_chs // 2``), forwards assigned per instance."""
+attributes (``self.expand_chs // 2``), forwards assigned per instance; grouped convs and alignment."""
 
 from __future__ import annotations
 
@@ -151,3 +151,54 @@ def test_split_sizes_read_by_a_forward_assigned_per_instance():
     pconv = model[1]
     assert pconv.dim_conv3 + pconv.dim_untouched == model[0].out_channels < 32
     assert pconv.dim_conv3 == pconv.partial_conv3.in_channels
+
+
+def _grouped_block(groups: int, group_width: int) -> nn.Sequential:
+    c = groups * group_width
+    return nn.Sequential(
+        nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+        nn.Conv2d(c, c, 3, padding=1, groups=groups), nn.BatchNorm2d(c), nn.ReLU(),
+        nn.Conv2d(c, 8, 1),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("groups", [3, 13])
+def test_grouped_conv_with_narrow_groups_loses_whole_groups_at_the_default_alignment(groups):
+    """RegNet: 13 groups of 8 channels. By positions, 8-channel alignment could only remove all 8 or none;
+    whole groups keep every width a multiple of 8 and the group width intact."""
+    torch.manual_seed(0)
+    model, x = _grouped_block(groups, 8).eval(), torch.randn(1, 3, 8, 8)
+    model, kept = _kept(model, x)
+    conv = model[3]
+    assert conv.groups < groups and conv.out_channels == conv.in_channels == 8 * conv.groups
+    assert model[0].out_channels == conv.in_channels and conv.weight.shape[1] == 8
+    assert kept < 0.75
+
+
+def test_grouped_conv_with_groups_a_multiple_of_the_alignment_keeps_its_group_count():
+    """ResNeXt-like, 8 groups of 4: positions keep widths aligned. The input positions count 8 channels
+    each (one per group), so they are pruned at the default alignment too."""
+    torch.manual_seed(0)
+    model = _grouped_block(8, 4).eval()
+    fxprune.prune(model, torch.randn(1, 3, 8, 8), 0.5)
+    conv = model[3]
+    assert conv.groups == 8 and conv.out_channels < 32 and conv.in_channels < 32
+    assert conv.in_channels == 8 * conv.weight.shape[1] == model[0].out_channels
+
+
+@pytest.mark.parametrize(
+    ("groups", "width", "whole"),
+    [(13, 8, 1), (55, 8, 1), (6, 8, 0), (7, 24, 1), (3, 24, 0), (32, 4, 0), (9, 16, 0), (2, 64, 0)],
+)
+def test_whole_groups_are_chosen_only_where_positions_align_worse(groups, width, whole):
+    from fxprune.groups.grouped_conv import whole_groups_are_finer
+
+    assert whole_groups_are_finer(groups, width, width) is bool(whole)
+
+
+def test_grouped_conv_keeps_its_groups_when_widths_need_no_alignment():
+    torch.manual_seed(0)
+    model = _grouped_block(13, 8).eval()
+    fxprune.prune(model, torch.randn(1, 3, 8, 8), 0.5, round_to=1)
+    conv = model[3]
+    assert conv.groups == 13 and conv.weight.shape[1] < 8 and conv.out_channels < 104

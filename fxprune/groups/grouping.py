@@ -10,6 +10,7 @@ import numpy as np
 from torch import nn
 
 from .context import Unsupported
+from .grouped_conv import channels_per_slot
 from .propagate import PropagationResult
 from .shuffle_quotas import equal_channel_quotas, shuffle_choosers
 from .slots import Block, SlotTable
@@ -121,7 +122,7 @@ def build_groups(result: PropagationResult, model: nn.Module) -> tuple[list[Grou
         if b.base in firsts:
             by_group.setdefault(int(comp[firsts[b.base]]), []).append(b)
     atoms_of = _atoms_by_component(comp, seq_all)
-    make = _GroupMaker(table, roots_of, len(roots))
+    make = _GroupMaker(table, roots_of, len(roots), model)
     ordered = sorted(by_group.items(), key=lambda kv: min(b.base for b in kv[1]))
     groups = [make(gid, atoms_of[g], blocks) for gid, (g, blocks) in enumerate(ordered)]
     _attach_constraints(result, groups, table)
@@ -159,8 +160,10 @@ def _atoms_by_component(comp: np.ndarray, seq_all: np.ndarray) -> dict[int, np.n
 class _GroupMaker:
     """Builds each :class:`Group` from its atoms, with the frozen and approximate flags of the table."""
 
-    def __init__(self, table: SlotTable, roots_of: dict[int, np.ndarray], n: int):
-        self.table, self.roots_of = table, roots_of
+    def __init__(
+        self, table: SlotTable, roots_of: dict[int, np.ndarray], n: int, model: nn.Module | None = None
+    ):
+        self.table, self.roots_of, self.model = table, roots_of, model
         self.frozen_roots = np.fromiter(table.frozen.keys(), dtype=np.int64, count=len(table.frozen))
         self.approx_roots = np.fromiter(table.approx.keys(), dtype=np.int64, count=len(table.approx))
         self.position = np.full(n, -1, dtype=np.int64)  # atom index of each root within its group
@@ -173,10 +176,14 @@ class _GroupMaker:
         approx_hits = np.nonzero(np.isin(atoms, self.approx_roots))[0]
         approx = table.approx[int(atoms[approx_hits[0]])] if len(approx_hits) else None
         grp = Group(gid, atoms, blocks, frozen, approx)
-        grp.block_atom_index = {b.base: self.position[self.roots_of[b.base]] for b in blocks}
+        grp.block_atom_index = idx = {b.base: self.position[self.roots_of[b.base]] for b in blocks}
         # channels per atom of the narrowest layer: > 1 for grouped convs and GroupNorm
         grp.divisor = min(
-            (b.size // max(len(np.unique(grp.block_atom_index[b.base])), 1) for b in blocks if not b.passive),
+            (
+                b.size * channels_per_slot(self.model, b) // max(len(np.unique(idx[b.base])), 1)
+                for b in blocks
+                if not b.passive
+            ),
             default=1,
         )
         return grp

@@ -16,6 +16,7 @@ from torch import nn
 
 from .computed_params import computed_conv
 from .context import OpContext
+from .grouped_conv import prune_whole_groups
 from .labels import Labels
 from .registry import LayerArgs, handles_modules, handles_ops, register_op_handler
 
@@ -97,6 +98,8 @@ def _grouped_conv(ctx: OpContext, x, out: np.ndarray, module: str, w: str, group
             ctx.table.freeze(out, f"{ctx.where}: depthwise conv on channels that cannot be pruned")
         else:
             ctx.table.union(x.reshape(groups, 1), per_group)
+        return
+    if prune_whole_groups(ctx, x, out, module, groups, cin_g):
         return
     # grouped conv: every group keeps the same width, so a position is removed in all groups at once
     in_slots = ctx.table.block(module, param_members(module, (w, 1)), cin_g)
