@@ -202,3 +202,10 @@ def test_grouped_conv_keeps_its_groups_when_widths_need_no_alignment():
     fxprune.prune(model, torch.randn(1, 3, 8, 8), 0.5, round_to=1)
     conv = model[3]
     assert conv.groups == 13 and conv.weight.shape[1] < 8 and conv.out_channels < 104
+
+
+def test_grouped_convs_are_shaped_for_the_planners_default_alignment():
+    from fxprune.groups.grouped_conv import ALIGNMENT
+    from fxprune.plan import DEFAULT_ROUND_TO
+
+    assert ALIGNMENT == DEFAULT_ROUND_TO
