@@ -119,7 +119,12 @@ class Pruner:
         self.planner = planner
         self.plan_options = dict(round_to=round_to, min_width=min_width, global_ranking=global_ranking)
         self.analysis = analyze(
-            model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, outputs=outputs
+            model,
+            example_inputs,
+            ignore=ignore,
+            leaf_modules=leaf_modules,
+            outputs=outputs,
+            round_to=round_to,
         )
         self.analysis.check_ratio_patterns(self.ratios)
         roles = cls.roles[scope]
