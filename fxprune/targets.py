@@ -9,6 +9,7 @@ buffers on the ``meta`` device) and counted there, or on real copies when the mo
 from __future__ import annotations
 
 import copy
+import fnmatch
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from .analysis import Analysis
 from .capture.inputs import ExampleInputs, as_args_kwargs, map_tensors, tensor_shapes
 from .importance.registry import Importance
 from .measure import count_flops, count_params
-from .plan import Plan, bisect_ratio, make_plan, resolve_round_to
+from .plan import Plan, bisect_ratio, fill_up, make_plan, resolve_round_to
 from .slim import slim_model
 
 __all__ = ["METRICS", "PlanCosts", "SizeTargetPlanner", "SlimmedSize", "plan_for_target", "slimmed_copy"]
@@ -132,13 +133,17 @@ def plan_for_target(
     round_to: int | None = None,
     min_width: int = 1,
     global_ranking: bool = False,
+    fill: bool = True,
 ) -> Plan:
     """The plan whose slimmed model keeps at most ``target`` x the dense FLOPs (or params, ``metric``).
 
     The scores are computed once; :func:`fxprune.plan.bisect_ratio` then searches the ratio of
     :func:`fxprune.plan.make_plan` (same ``ratios``, ``round_to``, ``min_width``, ``global_ranking``),
     counting every candidate with :class:`SlimmedSize` (the analysed model is not changed). ``round_to``
-    None is :data:`fxprune.plan.DEFAULT_ROUND_TO`: the nearest aligned plan at or below the target.
+    None is :data:`fxprune.plan.DEFAULT_ROUND_TO`. With ``fill`` (default), :func:`fxprune.plan.fill_up`
+    then gives channels back, one aligned block at a time and most important first, while the count stays
+    at or below the target (groups with their own entry in ``ratios`` keep it): aligned widths make the
+    ratio's cost curve jump, and the bisection alone can land far below the target.
     """
     if not 0.0 < target < 1.0:
         raise ValueError(f"target {metric} fraction must be in (0, 1), got {target}")
@@ -150,7 +155,31 @@ def plan_for_target(
     def plan_at(ratio: float) -> Plan:
         return make_plan(analysis.groups, scores, ratio, ratios, round_to, min_width, global_ranking)
 
-    return bisect_ratio(plan_at, lambda plan: size(plan) / size.dense, target, what=metric)
+    fraction = lambda plan: size(plan) / size.dense  # noqa: E731
+    plan = bisect_ratio(plan_at, fraction, target, what=metric)
+    if not fill:
+        return plan
+    own_ratio = {g.id for g in analysis.groups if _matches(g.modules, ratios)}
+    trials = None if size.by_plan is not None else FILL_TRIALS_ON_COPIES
+    return fill_up(
+        analysis.groups,
+        scores,
+        plan,
+        fraction,
+        target,
+        round_to=round_to,
+        min_width=min_width,
+        skip=own_ratio,
+        max_trials=trials,
+    )
+
+
+FILL_TRIALS_ON_COPIES = 32
+"""Most blocks :func:`plan_for_target` tries to give back when plans are counted on slimmed copies."""
+
+
+def _matches(modules: list[str], ratios: dict[str, float] | None) -> bool:
+    return any(fnmatch.fnmatchcase(m, p) for p in (ratios or {}) for m in modules)
 
 
 @dataclass
@@ -163,6 +192,7 @@ class SizeTargetPlanner:
     round_to: int | None = None
     min_width: int = 1
     global_ranking: bool = False
+    fill: bool = True
 
     def plan(self, analysis: Analysis, example_inputs: Any, importance: str | Importance = "l2") -> Plan:
         return plan_for_target(
@@ -175,4 +205,5 @@ class SizeTargetPlanner:
             round_to=self.round_to,
             min_width=self.min_width,
             global_ranking=self.global_ranking,
+            fill=self.fill,
         )

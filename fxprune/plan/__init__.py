@@ -1,6 +1,7 @@
 """Pruning plans: which atoms of which groups to remove, and the rules every planner follows."""
 
 from .alignment import DEFAULT_ROUND_TO, resolve_round_to
+from .fill import fill_up
 from .planner import Plan, group_ratio, make_plan, plan_from_counts
 from .protocol import Planner, RatioPlanner
 from .rules import (
@@ -22,6 +23,7 @@ __all__ = [
     "RatioPlanner",
     "bisect_ratio",
     "chunk_size",
+    "fill_up",
     "group_ratio",
     "keep_count",
     "make_plan",

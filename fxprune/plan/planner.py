@@ -10,6 +10,7 @@ import numpy as np
 
 from ..groups.grouping import Group
 from .rules import keep_count, max_removable, normalized_scores, prunable_atoms, removal_order
+from .segments import Segments
 
 __all__ = ["Plan", "group_ratio", "make_plan", "plan_from_counts"]
 
@@ -112,18 +113,19 @@ def make_plan(
                 budget -= 1
         by_id = {g.id: g for g in groups}
         for gid, n in quota.items():
-            g = by_id[gid]
-            keep = keep_count(g, n, round_to, min_width)
-            chosen = _choose(g, scores[gid], g.width - keep, round_to)
-            plan.remove[gid] = _keep_one_per_layer(g, scores[gid], chosen)
+            plan.remove[gid] = _removal_for_count(by_id[gid], scores[gid], n, round_to, min_width)
         return plan
     for g in groups:
         r = group_ratio(g, ratio, ratios)
         if r <= 0 or g.prunable == 0:
             continue
-        keep = keep_count(g, _ratio_count(g, r), round_to, min_width)
-        n = min(g.width - keep, g.prunable)
-        chosen = _keep_one_per_layer(g, scores[g.id], _choose(g, scores[g.id], n, round_to))
+        segments = Segments.of(g, scores[g.id])
+        if segments is not None:  # several layers in one group: each keeps its share, aligned
+            chosen = segments.removal_at(r, round_to, min_width)
+        else:
+            keep = keep_count(g, _ratio_count(g, r), round_to, min_width)
+            n = min(g.width - keep, g.prunable)
+            chosen = _keep_one_per_layer(g, scores[g.id], _choose(g, scores[g.id], n, round_to))
         if len(chosen):
             plan.remove[g.id] = chosen
     return plan
@@ -146,10 +148,17 @@ def plan_from_counts(
         n = counts.get(g.id, 0)
         if n <= 0 or g.prunable == 0:
             continue
-        keep = keep_count(g, n, round_to, min_width)
-        chosen = _keep_one_per_layer(
-            g, scores[g.id], _choose(g, scores[g.id], min(g.width - keep, g.prunable), round_to)
-        )
+        chosen = _removal_for_count(g, scores[g.id], n, round_to, min_width)
         if len(chosen):
             plan.remove[g.id] = chosen
     return plan
+
+
+def _removal_for_count(g: Group, scores: np.ndarray, n: int, round_to: int, min_width: int) -> np.ndarray:
+    """The atoms ``g`` loses when ``n`` are asked for (a group of several layers: the same share each)."""
+    segments = Segments.of(g, scores)
+    if segments is not None:
+        return segments.removal_at(n / max(g.prunable, 1), round_to, min_width)
+    keep = keep_count(g, n, round_to, min_width)
+    chosen = _choose(g, scores, min(g.width - keep, g.prunable), round_to)
+    return _keep_one_per_layer(g, scores, chosen)

@@ -57,11 +57,14 @@ def chunk_size(group: Group, round_to: int) -> int:
     """Atoms removed at a time so that every layer width of ``group`` stays a multiple of ``round_to``.
 
     An atom may stand for several channels (``group.divisor``), so fewer atoms than ``round_to`` can
-    make a chunk: ``round_to // gcd(round_to, divisor)``.
+    make a chunk: ``round_to // gcd(round_to, divisor)``. Where pieces of the group must lose the same
+    count (``group.equal_parts``, e.g. the halves of a split), a chunk takes that many atoms from every
+    piece, so each piece's width stays aligned too.
     """
     if round_to <= 1:
         return 1
-    return max(1, round_to // math.gcd(round_to, group.divisor))
+    q = max(1, round_to // math.gcd(round_to, group.divisor))
+    return q * math.lcm(*(len(pieces) for pieces in group.equal_parts)) if group.equal_parts else q
 
 
 def keep_count(group: Group, n_remove: int, round_to: int = 1, min_width: int = 1) -> int:
