@@ -26,6 +26,38 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _int_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Every module's int and int-sequence attributes (channel counts slimming may have written: ``groups``,
+    split sizes, head counts), by module name."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in model.named_modules():
+        found = {
+            k: v if type(v) is int else list(v)
+            for k, v in vars(m).items()
+            if not k.startswith("_")
+            and (type(v) is int or (isinstance(v, (list, tuple)) and v and all(type(e) is int for e in v)))
+        }
+        if found:
+            out[name] = found
+    return out
+
+
+def _restore_attributes(model: nn.Module, saved: Mapping[str, Mapping[str, Any]]) -> None:
+    """Set the saved int attributes that differ (a sequence keeps the type the module gave it)."""
+    for name, attrs in saved.items():
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:
+            continue
+        for k, v in attrs.items():
+            have = getattr(m, k, None)
+            if isinstance(have, (list, tuple)) and isinstance(v, list):
+                v = type(have)(v) if isinstance(have, tuple) else list(v)
+            if (type(have) is int and type(v) is int) or isinstance(have, (list, tuple)):
+                if have != v:
+                    setattr(m, k, v)
+
+
 def save(model: nn.Module, path: str | os.PathLike[str], *, spec: str | None = None) -> None:
     """Save ``model``'s weights and every tensor's shape so that :func:`load` can rebuild the slim model.
 
@@ -42,6 +74,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, spec: str | None = N
             "shapes": {name: list(t.shape) for name, t in tensors.items()},
             "spec": spec,
             "buffers": extra,  # non-persistent buffers (not in the state dict) that slimming may have sliced
+            "attributes": _int_attributes(model),  # channel counts in Python attributes (groups, split sizes)
         },
         os.fspath(path),
     )
@@ -166,8 +199,9 @@ def load(model_or_factory: ModelSource, path: str | os.PathLike[str]) -> nn.Modu
 
     ``model_or_factory`` is a dense model (changed in place), a callable returning one, or a model spec
     string (see :func:`fxprune.models.load_model`). Tensors whose saved shape differs are resized and layer
-    attributes (in/out channels, groups, ...) updated before a strict ``load_state_dict``. Raises
-    ``ValueError`` when the file is not an fxprune file, is corrupt, or does not fit the model.
+    attributes (in/out channels, groups, ...) updated before a strict ``load_state_dict``; int attributes
+    saved with the file (channel counts slimming wrote: ``groups``, split sizes, head counts) are set again.
+    Raises ``ValueError`` when the file is not an fxprune file, is corrupt, or does not fit the model.
     """
     path = os.fspath(path)
     obj = _read(path)
@@ -175,6 +209,7 @@ def load(model_or_factory: ModelSource, path: str | os.PathLike[str]) -> nn.Modu
     state = obj["state_dict"]
     _check_keys(path, model, state)
     _reshape(model, obj["shapes"], path)
+    _restore_attributes(model, obj.get("attributes") or {})
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # tensors disagreeing with the recorded shapes

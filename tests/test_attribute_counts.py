@@ -209,3 +209,16 @@ def test_grouped_convs_are_shaped_for_the_planners_default_alignment():
     from fxprune.plan import DEFAULT_ROUND_TO
 
     assert ALIGNMENT == DEFAULT_ROUND_TO
+
+
+@pytest.mark.parametrize(
+    ("factory", "chans"), [(lambda: _grouped_block(13, 8), 3), (_CrossHalf, 8)], ids=["whole-groups", "split"]
+)
+def test_counts_written_to_attributes_survive_save_and_load(tmp_path, factory, chans):
+    torch.manual_seed(0)
+    model, x = factory().eval(), torch.randn(1, chans, 8, 8)
+    fxprune.prune(model, x, 0.5)
+    fxprune.save(model, tmp_path / "slim.pt")
+    loaded = fxprune.load(factory, tmp_path / "slim.pt").eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
