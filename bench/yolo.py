@@ -181,7 +181,7 @@ def arms(args: argparse.Namespace) -> dict:
             model.train(**_train_args(data, out, f"arm-{name}", **common))
         else:
             constants = json.loads(args.constants).get(method, {})
-            size = dict(target_flops=args.target_flops, round_to=args.round_to)
+            size = dict(target_flops=args.target_flops, round_to=args.round_to, min_width=args.min_width)
             with pruning_options(method=method, method_options=constants, **size):
                 model.train(trainer=PruneDetectionTrainer, **_train_args(data, out, f"arm-{name}", **common))
         best = YOLO(str(out / f"arm-{name}" / "weights" / "last.pt"))  # the model after the last epoch
@@ -213,7 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="run folder name (baseline; default: baseline)")
     p.add_argument("--baseline", help="the dense baseline checkpoint (arms)")
     p.add_argument("--methods", default="dense,l1,greg1,tpp", help="arms; dense: the unpruned model")
-    p.add_argument("--round-to", type=int, default=1, help="pruned widths in multiples of this (arms)")
+    p.add_argument(
+        "--round-to",
+        type=int,
+        default=None,
+        help="pruned widths in multiples of this (arms; default: the "
+        "integration's, the CPU backends' alignment)",
+    )
+    p.add_argument("--min-width", type=int, default=1, help="channels every group keeps at least (arms)")
     p.add_argument("--target-flops", type=float, default=0.5)
     greg = {m: {"update_every": 1, "delta": 0.05, "stabilize": 8} for m in ("greg1", "tpp")}
     p.add_argument("--constants", default=json.dumps(greg), help="JSON: method -> schedule constants")

@@ -108,6 +108,22 @@ def test_options_travel_in_the_environment_and_refuse_bad_values():
         PruningOptions(ratio=0.3, target_flops=0.5)
 
 
+def test_round_to_defaults_to_the_backends_alignment_and_travels_resolved(monkeypatch):
+    from fxprune.deploy import alignment
+
+    monkeypatch.setattr(alignment, "cpu_vector_width", lambda: 16)  # an AVX-512 CPU
+    opts = PruningOptions(method="l1", target_flops=0.5)
+    assert opts.round_to == 16 and "default for ort" in opts.alignment and "round_to=1" in opts.alignment
+    assert PruningOptions(method="l1", backend="openvino").round_to == 16
+    monkeypatch.setattr(alignment, "cpu_vector_width", lambda: 8)  # AVX2
+    assert PruningOptions(method="l1").round_to == 8
+    with pruning_options(opts):  # workers and checkpoints get the value, not "the default here"
+        assert PruningOptions.from_env().round_to == 16
+    assert PruningOptions(method="l1", round_to=1).alignment == "round_to=1"
+    with pytest.raises(ValueError, match="round_to must be a positive int"):
+        PruningOptions(round_to=2.5)
+
+
 # -- the optimizer step: gradient terms once, after unscale_, before clipping ---------------------------
 def test_gradient_term_is_applied_once_after_unscale_under_amp():
     torch.manual_seed(0)

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     dense = copy.deepcopy(yolo.model).float() if not resume else None
     dense_metrics = _val(yolo, train, imgsz) if not resume else {}
     if options is not None:
-        console.print(f"pruning {args.model} with {options.method} ({options.size}) during training")
+        console.print(f"pruning {args.model} with {options.method} ({options.size}, {options.alignment})")
         with pruning_options(options):
             yolo.train(trainer=TRAINERS[yolo.task], **train)
     else:

@@ -267,9 +267,10 @@ class PruningEngine:
         rebuild_after_slimming(trainer)
         pruned = self.summary["pruned"]
         log.info(
-            "fxprune: pruned with %s (%s): %d params, %d FLOPs at %d px",
+            "fxprune: pruned with %s (%s, %s): %d params, %d FLOPs at %d px",
             self.options.method,
             self.options.size,
+            self.options.alignment,
             pruned["params"],
             pruned["flops"],
             int(trainer.args.imgsz),

@@ -21,7 +21,7 @@ from typing import Any
 from fxprune.regularize import get_method, method_names
 from fxprune.regularize.method import make_options
 
-__all__ = ["ENV_VAR", "PruningOptions", "pruning_options"]
+__all__ = ["ENV_VAR", "PruningOptions", "backend_round_to", "pruning_options"]
 
 ENV_VAR = "FXPRUNE_ULTRALYTICS"
 SCOPES = ("group", "restricted")
@@ -35,6 +35,11 @@ class PruningOptions:
     dense latency or ``"12ms"``, on ``backend``) sets the size; ``ratio`` defaults to 0.5. ``ratios`` maps
     module-name globs to their own ratio, ``ignore`` lists module globs whose channels must not change,
     ``method_options`` holds the method's schedule constants (``fxprune methods`` lists them).
+    Kept widths are multiples of ``round_to``; None (the default) is the alignment ``backend`` wants on
+    this machine (``fxprune.deploy.default_round_to(backend)``: 16 on an AVX-512 CPU, 8 with AVX2, for
+    onnxruntime and OpenVINO alike; ``backend`` defaults to CPU onnxruntime, where YOLO models are usually
+    exported for CPU). ``round_to=1`` keeps any width. The value used is stored in place of None (so
+    workers, checkpoints and resumed runs use the same) and :attr:`alignment` says where it came from.
     """
 
     method: str = "l1"
@@ -45,7 +50,7 @@ class PruningOptions:
     backend: str = "ort"
     ratios: dict[str, float] = dataclasses.field(default_factory=dict)
     ignore: list[str] = dataclasses.field(default_factory=list)
-    round_to: int = 1
+    round_to: int | None = None
     min_width: int = 1
     global_ranking: bool = False
     scope: str = "group"
@@ -68,8 +73,21 @@ class PruningOptions:
                 raise ValueError(f"{key} is a fraction of the dense model in (0, 1), got {value}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        self.round_to_source = "given"
+        if self.round_to is None:
+            self.round_to = backend_round_to(self.backend)
+            self.round_to_source = f"default for {self.backend} on this machine"
+        if not isinstance(self.round_to, int) or isinstance(self.round_to, bool):
+            raise ValueError(f"round_to must be a positive int (1 keeps any width), got {self.round_to!r}")
         if self.round_to < 1 or self.min_width < 1:
             raise ValueError("round_to and min_width must be >= 1")
+
+    @property
+    def alignment(self) -> str:
+        """The channel alignment in words, e.g. ``round_to=16 (default for ort on this CPU)``."""
+        if self.round_to_source == "given":
+            return f"round_to={self.round_to}"
+        return f"round_to={self.round_to} ({self.round_to_source}; round_to=1 keeps any width)"
 
     @property
     def size(self) -> str:
@@ -98,6 +116,13 @@ class PruningOptions:
         """The options in ``$FXPRUNE_ULTRALYTICS``, or None when it is unset."""
         text = os.environ.get(ENV_VAR)
         return None if not text else cls.from_dict(json.loads(text))
+
+
+def backend_round_to(backend: str) -> int:
+    """``fxprune.deploy.default_round_to(backend)``: the channel multiple ``backend`` wants here."""
+    from fxprune.deploy import default_round_to
+
+    return default_round_to(backend)
 
 
 @contextlib.contextmanager
