@@ -164,16 +164,17 @@ class _GroupMaker:
         self, table: SlotTable, roots_of: dict[int, np.ndarray], n: int, model: nn.Module | None = None
     ):
         self.table, self.roots_of, self.model = table, roots_of, model
-        self.frozen_roots = np.fromiter(table.frozen.keys(), dtype=np.int64, count=len(table.frozen))
-        self.approx_roots = np.fromiter(table.approx.keys(), dtype=np.int64, count=len(table.approx))
+        self.is_frozen, self.is_approx = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        self.is_frozen[np.fromiter(table.frozen.keys(), dtype=np.int64, count=len(table.frozen))] = True
+        self.is_approx[np.fromiter(table.approx.keys(), dtype=np.int64, count=len(table.approx))] = True
         self.position = np.full(n, -1, dtype=np.int64)  # atom index of each root within its group
 
     def __call__(self, gid: int, atoms: np.ndarray, blocks: list[Block]) -> Group:
         table = self.table
         self.position[atoms] = np.arange(len(atoms))
-        hits = np.nonzero(np.isin(atoms, self.frozen_roots))[0]
+        hits = np.nonzero(self.is_frozen[atoms])[0]
         frozen = {int(i): table.frozen[int(atoms[i])] for i in hits}
-        approx_hits = np.nonzero(np.isin(atoms, self.approx_roots))[0]
+        approx_hits = np.nonzero(self.is_approx[atoms])[0]
         approx = table.approx[int(atoms[approx_hits[0]])] if len(approx_hits) else None
         grp = Group(gid, atoms, blocks, frozen, approx)
         grp.block_atom_index = idx = {b.base: self.position[self.roots_of[b.base]] for b in blocks}

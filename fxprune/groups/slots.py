@@ -214,6 +214,9 @@ class SlotTable:
 
 def _in_keys(values: np.ndarray, flags: dict[int, str]) -> np.ndarray:
     """For every value: whether it is a key of ``flags`` (looping over the shorter of the two)."""
+    if len(flags) <= 8:  # a few flagged classes (the usual case): one broadcast comparison
+        keys = np.fromiter(flags.keys(), dtype=np.int64, count=len(flags))
+        return (values[:, None] == keys[None, :]).any(axis=1)
     if len(flags) < len(values):
         return np.isin(values, np.fromiter(flags.keys(), dtype=np.int64, count=len(flags)))
     return np.fromiter((v in flags for v in values.tolist()), dtype=bool, count=len(values))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -43,14 +45,17 @@ def magnitude_scores(model: nn.Module, group, p: int = 2, mean: bool = False) ->
 def _slice_power_sums(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
     """Sum of ``|x| ** p`` over each slice of ``t`` along ``dim``.
 
-    Along a contiguous tensor's first dim the norm kernel reads each row once without a temporary copy
-    (several times faster than squaring first); other dims reduce the squared tensor.
+    A contiguous tensor is viewed as ``(before, channels, after)``: the norm kernel reduces the contiguous
+    ``after`` part without a temporary copy, and only the smaller ``(before, channels)`` result is summed
+    (several times faster than raising the whole tensor to the power first when ``after`` is long).
     """
     if t.dim() == 0:
         return t.abs().pow(p).reshape(1)
-    if dim == 0 and t.is_contiguous():
-        rows = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), ord=p, dim=1)
-        return rows if p == 1 else rows.pow(p)
+    after = math.prod(t.shape[dim + 1 :])
+    if t.is_contiguous() and after >= 4:  # else the reduced copy is as large as the power of the tensor
+        n = t.shape[dim]
+        inner = torch.linalg.vector_norm(t.reshape(math.prod(t.shape[:dim]), n, -1), ord=p, dim=2)
+        return (inner if p == 1 else inner.pow(p)).sum(0)
     dims = [d for d in range(t.dim()) if d != dim]
     per = t.square() if p == 2 else t.abs().pow(p)  # same values, one pass fewer
     return per.sum(dims) if dims else per

@@ -32,17 +32,26 @@ class DimMasks(list):
     """The masks of one tensor: ``(dim, keep)`` pairs, ``keep`` a float 0/1 vector over that dim."""
 
 
-def tensor_masks(labels: Any, gone: np.ndarray) -> Any:
-    """The masks for a value whose labels are ``labels`` (a dict per tensor, nested lists for sequences)."""
+def tensor_masks(labels: Any, gone: np.ndarray, memo: dict | None = None) -> Any:
+    """The masks for a value whose labels are ``labels`` (a dict per tensor, nested lists for sequences).
+
+    ``memo`` (label array id -> mask) builds one mask per label array: a layer's output and the next
+    layer's input share their labels, hence their mask.
+    """
+    memo = {} if memo is None else memo
     if isinstance(labels, dict):
         out = DimMasks()
         for d, lab in labels.items():
-            keep = ~gone[np.asarray(lab, dtype=np.int64)]
-            if not keep.all():
-                out.append((d, torch.as_tensor(keep, dtype=torch.float32)))
+            hit = memo.get(id(lab))
+            if hit is None or hit[0] is not lab:
+                keep = ~gone[np.asarray(lab, dtype=np.int64)]
+                mask = None if keep.all() else torch.as_tensor(keep, dtype=torch.float32)
+                hit = memo[id(lab)] = (lab, mask)
+            if hit[1] is not None:
+                out.append((d, hit[1]))
         return out
     if isinstance(labels, (list, tuple)):
-        return [tensor_masks(lab, gone) for lab in labels]
+        return [tensor_masks(lab, gone, memo) for lab in labels]
     return None
 
 
@@ -101,10 +110,12 @@ class MaskSet:
         blocks: list[Block] = (),
     ) -> None:
         gone = removed_slots(table, removed)
+        memo: dict = {}
         self.calls: dict[str, list[tuple[Any, Any]]] = {}
         for name, calls in module_io.items():
             masks = [
-                (tensor_masks(i, gone) if isinstance(i, (list, tuple)) else None, tensor_masks(o, gone))
+                (tensor_masks(i, gone, memo) if isinstance(i, (list, tuple)) else None,
+                 tensor_masks(o, gone, memo))
                 for i, o in calls
             ]
             masks = [(i if _has_mask(i) else None, o if _has_mask(o) else None) for i, o in masks]
