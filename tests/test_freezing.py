@@ -162,8 +162,8 @@ def test_split_sizes_from_a_list_attribute_follow_the_pieces():
 
 
 def test_split_size_from_an_int_attribute_keeps_the_pieces_equal():
-    model = Res2NetLike()
-    _prune(model, torch.randn(1, 3, 16, 16), min_flops_ratio=1.4)
+    model = Res2NetLike()  # 8-channel pieces: any width (round_to=1), so that they can shrink at all
+    _prune(model, torch.randn(1, 3, 16, 16), min_flops_ratio=1.4, round_to=1)
     assert model.width < 8
     assert model.conv1[0].out_channels == model.width * model.scale
     # the convs whose output meets the next piece follow it; the last one is free
@@ -179,8 +179,8 @@ def test_slice_bound_from_an_attribute_follows_the_kept_channels(out_chs):
 
 
 def test_slice_start_and_stop_from_one_attribute():
-    model = DualPathLike()
-    _prune(model, torch.randn(1, 3, 16, 16), min_flops_ratio=1.3)
+    model = DualPathLike()  # an 8-channel dense part: any width (round_to=1), so that it can shrink at all
+    _prune(model, torch.randn(1, 3, 16, 16), min_flops_ratio=1.3, round_to=1)
     assert model.num_1x1_c == model.stem[0].out_channels < 24
     assert model.conv[0].out_channels - model.num_1x1_c < 8
 
