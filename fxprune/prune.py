@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -171,14 +170,14 @@ class _PassFlops:
             self.notes.append(note)
 
 
-def _structure_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model``'s modules that shares its parameters and buffers (nothing is cloned).
-
-    Slimming never writes into a tensor (it sets new, sliced tensors on the modules), so slimming the
-    copy leaves the original's tensors as they are.
-    """
-    shared = [*model.parameters(), *model.buffers()]
-    return copy.deepcopy(model, memo={id(t): t for t in shared})
+def _raise_if_wrong(exact_error: float, problems: list[str], tol: float) -> None:
+    if problems:
+        raise VerificationError("slimming changed the model's outputs: " + "; ".join(problems))
+    if exact_error > tol:
+        raise VerificationError(
+            f"slim model differs from the masked original by {exact_error:.3g} (relative) > {tol:g}; "
+            "please report this model: an op was handled wrongly"
+        )
 
 
 def _orders(analysis: Analysis, plan: Plan) -> dict:
@@ -195,10 +194,10 @@ def apply_plan(
 
     Verification runs the model twice: once before slimming, with the removed channels masked out by hooks
     (no copy of the model), and once slimmed. Groups whose removal is approximate (a LayerNorm over the
-    channels) cannot match a masked original: the masked pass then masks the exact removals only, a copy
-    of the modules sharing the model's tensors is slimmed by them alone and must match it
-    (``exact_error``), and the slim model's distance from that same output is ``approx_error`` (what the
-    approximate removals change). The FLOPs come from the analysis when it could follow every operand's
+    channels) cannot match a masked original: the masked pass then masks the exact removals only, the
+    model is slimmed by them alone and must match it (``exact_error``), then the approximate removals are
+    slimmed too and the slim model's distance from that same output is ``approx_error`` (what they
+    change). The FLOPs come from the analysis when it could follow every operand's
     width (:class:`fxprune.targets.PlanCosts`), else they are counted on the verification passes.
     ``report.timings`` gives the seconds of each step.
     """
@@ -215,40 +214,33 @@ def apply_plan(
         costs = PlanCosts(analysis)
         figures = [costs.flops(Plan()), costs.flops(plan)] if costs.fits(example_inputs) else None
     flops = _PassFlops(model, example_inputs, figures)
+    staged = verify and bool(approx_groups)  # exact removals slimmed and checked first, then the others
+    first = _exact_plan(analysis.groups, plan) if staged else plan
     if verify:
-        exact_plan = _exact_plan(analysis.groups, plan) if approx_groups else plan
         with watch("masked reference"):
-            reference = flops.run(lambda: _masked_output(analysis, exact_plan, True, example_inputs))
-            if approx_groups:
-                exact_model = _structure_copy(model)
-                exact_orders = _orders(analysis, exact_plan)
-                slim_model(exact_model, analysis.groups, exact_plan, analysis.constants, exact_orders)
+            reference = flops.run(lambda: _masked_output(analysis, first, True, example_inputs))
     else:
         with watch("flops"):
             flops.count()
-    with watch("slim"):
-        changes = slim_model(model, analysis.groups, plan, analysis.constants, _orders(analysis, plan))
-    if verify:
-        try:
+    check = lambda: _check(analysis, reference, model, example_inputs)  # noqa: E731
+    try:
+        with watch("slim"):
+            changes = slim_model(model, analysis.groups, first, analysis.constants, _orders(analysis, first))
+        if verify:
             with watch("verify"):
-                if approx_groups:
-                    exact_error, problems = _check(analysis, reference, exact_model, example_inputs)
-                    check = lambda: _check(analysis, reference, model, example_inputs)  # noqa: E731
-                    approx_error, more = flops.run(check)
-                    problems += more
-                else:
-                    check = lambda: _check(analysis, reference, model, example_inputs)  # noqa: E731
-                    exact_error, problems = flops.run(check)
-        finally:  # the model keeps its dtype even when the slim model fails to run
-            restore_dtypes(model, low_precision)
-        if problems:
-            raise VerificationError("slimming changed the model's outputs: " + "; ".join(problems))
-        if exact_error > tol:
-            raise VerificationError(
-                f"slim model differs from the masked original by {exact_error:.3g} (relative) > {tol:g}; "
-                "please report this model: an op was handled wrongly"
-            )
-    else:
+                exact_error, problems = check() if staged else flops.run(check)
+            _raise_if_wrong(exact_error, problems, tol)
+        if staged:
+            with watch("slim"):
+                orders = _orders(analysis, plan)
+                cut = set(approx_groups)
+                changes.update(slim_model(model, analysis.groups, plan, analysis.constants, orders, cut))
+            with watch("verify"):
+                approx_error, problems = flops.run(check)
+            _raise_if_wrong(exact_error, problems, tol)
+    finally:  # the model keeps its dtype even when the slim model fails to run
+        restore_dtypes(model, low_precision)
+    if not verify:
         with watch("flops"):
             flops.count()
     flops_before, flops_after = flops.figures

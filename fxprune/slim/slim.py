@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ def slim_model(
     plan: Plan,
     constants: list[ChannelConstant] = (),
     orders: Mapping[tuple[str, int], np.ndarray] | None = None,
+    cut: Collection[int] | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Slice every parameter dimension of the planned atoms out of ``model`` (in place).
 
@@ -61,13 +62,20 @@ def slim_model(
     shared between modules stays one object. ``orders`` gives, for a ``(parameter, dim)``, its kept
     indices in the order its input arrives (after a channel shuffle:
     :func:`fxprune.groups.channel_order.channel_orders`); the others keep ascending order.
+    ``cut`` (group ids) slims in two steps: only those groups' tensors are cut, the others' having been
+    cut by an earlier call with their part of ``plan``; channel constants count the whole ``plan``.
     """
     with one_thread():
-        return _slim(model, groups, plan, constants, orders or {})
+        return _slim(model, groups, plan, constants, orders or {}, cut)
 
 
 def _slim(
-    model: nn.Module, groups: list[Group], plan: Plan, constants: list[ChannelConstant], orders: Mapping
+    model: nn.Module,
+    groups: list[Group],
+    plan: Plan,
+    constants: list[ChannelConstant],
+    orders: Mapping,
+    cut: Collection[int] | None,
 ) -> dict[str, tuple[int, int]]:
     aliases = _aliases(model)
     canonical = {alias: names[0] for names in aliases.values() for alias in names}
@@ -78,7 +86,7 @@ def _slim(
     changes: dict[str, tuple[int, int]] = {}
     for g in groups:
         removed = plan.remove.get(g.id)
-        if removed is None or len(removed) == 0:
+        if removed is None or len(removed) == 0 or (cut is not None and g.id not in cut):
             continue
         for b in g.blocks:
             idx = g.block_atom_index[b.base]
