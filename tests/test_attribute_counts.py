@@ -222,3 +222,19 @@ def test_counts_written_to_attributes_survive_save_and_load(tmp_path, factory, c
     loaded = fxprune.load(factory, tmp_path / "slim.pt").eval()
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
+
+
+def test_grouped_conv_with_a_standardized_weight_loses_whole_groups():
+    """NF-RegNet: ``ScaledStdConv2d`` with 3 groups of 8. Whole groups keep every kept filter's fan-in, so
+    the standardization statistics of the kept filters do not change (exact)."""
+    layers = pytest.importorskip("timm.layers")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        layers.ScaledStdConv2d(3, 24, 3, padding=1), nn.ReLU(),
+        layers.ScaledStdConv2d(24, 24, 3, padding=1, groups=3), nn.ReLU(),
+        nn.Conv2d(24, 8, 1),
+    ).eval()  # fmt: skip
+    report = fxprune.prune(model, torch.randn(1, 3, 8, 8), 0.5)
+    conv = model[2]
+    assert conv.groups < 3 and conv.out_channels == conv.in_channels == 8 * conv.groups
+    assert report.exact_error is not None and not report.approx_groups

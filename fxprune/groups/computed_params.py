@@ -15,6 +15,7 @@ import numpy as np
 import torch.fx as fx
 
 from .context import OpContext
+from .grouped_conv import prune_whole_groups
 from .labels import Labels
 
 __all__ = ["computed_batch_norm", "computed_conv", "param_labels"]
@@ -55,24 +56,33 @@ def computed_conv(ctx: OpContext, groups: int, transposed: bool) -> Labels | Non
     xlab = ctx.larg(0, "input") or {}
     out = wlab[0]
     depthwise = groups > 1 and weight.shape[1] == 1 and groups == weight.shape[0]
-    if groups > 1 and not depthwise:
-        return None
+    grouped = groups > 1 and not depthwise
     bias = param_labels(ctx, 2, "bias", weight.shape[0])
-    if bias is None:
+    if bias is None or (grouped and xlab.get(cdim) is None):
         return None
+    if grouped:  # only whole groups: each kept filter keeps its whole fan-in, so its statistics
+        owner = next((t for t in sources if t.endswith(".weight")), sources[0]).rpartition(".")[0]
+        if not prune_whole_groups(ctx, xlab[cdim], out, owner, groups, weight.shape[1]):
+            return None
+        if wlab.get(1) is not None:
+            ctx.table.freeze(wlab[1], f"{ctx.where}: a group's input positions (whole groups go)")
     for d, lab in xlab.items():
         if d != cdim:
             ctx.table.freeze(lab, f"{ctx.where}: channels on a spatial dim")
-    fan_in = out if depthwise else wlab.get(1)
-    if xlab.get(cdim) is not None and fan_in is not None:
-        ctx.table.union(xlab[cdim], fan_in)
-    elif xlab.get(cdim) is not None or fan_in is not None:
-        for a in (xlab.get(cdim), fan_in):
-            if a is not None:
-                ctx.table.freeze(a, f"{ctx.where}: input channels without a matching weight dim")
+    if not grouped:
+        _couple_fan_in(ctx, xlab.get(cdim), out if depthwise else wlab.get(1))
     if bias is not False:
         ctx.table.union(out, bias)
     return {cdim: out}
+
+
+def _couple_fan_in(ctx: OpContext, x: np.ndarray | None, fan_in: np.ndarray | None) -> None:
+    if x is not None and fan_in is not None:
+        ctx.table.union(x, fan_in)
+    elif x is not None or fan_in is not None:
+        for a in (x, fan_in):
+            if a is not None:
+                ctx.table.freeze(a, f"{ctx.where}: input channels without a matching weight dim")
 
 
 def _source_parameters(ctx: OpContext, node: object, max_nodes: int = 32) -> list[str]:
