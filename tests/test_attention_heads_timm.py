@@ -160,3 +160,15 @@ def test_kernel_one_conv_keeps_channels_on_its_length_dim(single_thread):
     model, x = _ScaleTokens(), torch.randn(3, 8)
     _prune(model, x, round_to=1)
     assert model.a.out_features == model.b.out_features == model.head.in_features == 16
+
+
+def test_talking_heads_keep_the_head_size_prunable(single_thread):
+    """CaiT's talking heads mix the head dim with linear layers (it freezes); the head size next to it in
+    ``reshape(B, N, C)`` still follows the block width."""
+    cait = pytest.importorskip("timm.models.cait")
+    torch.manual_seed(0)
+    attn = cait.TalkingHeadAttn(32, num_heads=4)
+    model, x = _Tokens(attn, 32, grid=False), torch.randn(2, 16, 8)
+    _prune(model, x, round_to=1)
+    assert attn.qkv.in_features == attn.proj.out_features == 16 and attn.qkv.out_features == 48
+

@@ -127,7 +127,8 @@ def reshape(ctx: OpContext) -> Labels:
     if shuffled is not None:
         return shuffled
     x = ctx.arg(0, "input")
-    lab = ctx.larg(0, "input") or {}
+    full = ctx.larg(0, "input") or {}
+    lab = _without_frozen_dims(ctx, full)
     sizes, adaptive = _shape_args(ctx)
     known, sums = {}, {}
     if adaptive is not None and lab:
@@ -142,8 +143,19 @@ def reshape(ctx: OpContext) -> Labels:
     for j, coefs in sums.items():  # checked against the attributes' pieces after propagation
         if j in out:
             ctx.constraints.append((EXPRESSION, (out[j], ctx.module_name, coefs, ctx.node.name), ctx.where))
-    _check_size_sources(ctx, lab, out)
+    _check_size_sources(ctx, full, out)
     return out
+
+
+def _without_frozen_dims(ctx: OpContext, lab: Labels) -> Labels:
+    """With several channel dims, drop those whose channels are all frozen already: their size never
+    changes, so merging them with another channel dim (talking heads' mixed head dim next to the head
+    size) does not need to freeze that one too."""
+    if len(lab) < 2:
+        return lab
+    frozen = ctx.table.frozen
+    kept = {d: a for d, a in lab.items() if not all(int(r) in frozen for r in np.unique(ctx.table.roots(a)))}
+    return kept or lab
 
 
 def _shape_infos(ctx: OpContext) -> list:
