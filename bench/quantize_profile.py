@@ -4,12 +4,17 @@
 * ``stages``: ResNet-50 dense and pruned (``--target-flops``, ``--round-to``), both quantized to QDQ ONNX by
   ``fxprune.deploy.quantize``; onnxruntime's per-node profile, convolution time and MACs summed per top-level
   stage (``conv1``, ``layer1`` ... ``layer4``), and the throughput of each stage in GMAC/s.
+* ``yolo-ops``: YOLOv8n dense and pruned (FLOPs target with 32- and 16-channel steps, ratio 0.5 with 64),
+  INT8 on ``--backend`` (OpenVINO IR or QDQ ONNX), profiled per node with alternating calls: time outside
+  the INT8 convolutions by op type, and the slowest such nodes of each pruned model (with their output
+  layouts and shapes on OpenVINO).
 * ``ort-static``: YOLOv8n dense and pruned, fp32 ONNX, NNCF QDQ (``fxprune.deploy.quantize``) and
   onnxruntime's own ``quantize_static`` QDQ (a quantizer after every convolution), six files timed in one
   interleaved run, and the fused op types onnxruntime runs for each INT8 file.
 
     python bench/quantize_profile.py --part stages
     python bench/quantize_profile.py --part ort-static
+    python bench/quantize_profile.py --part yolo-ops --backend openvino --runs 5
 
 Batch 1, one thread, random weights and inputs (timing only); ratios within one run are what counts.
 """
@@ -185,9 +190,117 @@ def part_ort_static(args, tmp: Path) -> None:
         )
 
 
+def ov_node_profiles(paths: dict[str, Path], x: torch.Tensor, runs: int) -> dict[str, dict[str, dict]]:
+    """OpenVINO INT8 IRs, calls alternating between files: per executed node, its type, kernel, ms per call,
+    output layout and shape (from the compiled runtime model)."""
+    import openvino as ov
+
+    config = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+        "INFERENCE_NUM_THREADS": "1",
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERF_COUNT": "YES",
+    }
+    core = ov.Core()
+    compiled = {k: core.compile_model(str(p), "CPU", config) for k, p in paths.items()}
+    requests = {k: c.create_infer_request() for k, c in compiled.items()}
+    out: dict[str, dict[str, dict]] = {k: {} for k in paths}
+    for i in range(2 + runs):
+        for k, request in requests.items():
+            request.infer({0: x.numpy()})
+            if i < 2:
+                continue
+            for info in request.get_profiling_info():
+                if info.status != info.Status.EXECUTED:
+                    continue
+                node = out[k].setdefault(
+                    info.node_name, {"type": info.node_type, "exec": info.exec_type, "ms": 0.0}
+                )
+                node["ms"] += info.real_time.total_seconds() * 1000 / runs
+    for k, c in compiled.items():
+        for op in c.get_runtime_model().get_ordered_ops():
+            node = out[k].get(op.get_friendly_name())
+            if node is not None:
+                rt = op.get_rt_info()
+                node["layout"] = str(rt["outputLayouts"]) if "outputLayouts" in rt else "?"
+                node["shape"] = str(op.get_output_partial_shape(0)) if op.get_output_size() else ""
+    return out
+
+
+def _is_int8_conv(node: dict) -> bool:
+    return node["type"] == "QLinearConv" or (node["type"] == "Convolution" and "I8" in node["exec"])
+
+
+def ort_node_profiles(paths: dict[str, Path], x: torch.Tensor, runs: int, prefix: str) -> dict[str, dict]:
+    """onnxruntime: per node (after its fusions), type and ms per call; calls alternate between files."""
+    times = node_times(list(paths.values()), x, runs, prefix)
+    return {
+        k: {name: {"type": op, "exec": "", "ms": ms} for (name, op), ms in t.items()}
+        for k, t in zip(paths, times)
+    }
+
+
+def part_yolo_ops(args, tmp: Path) -> None:
+    """YOLOv8n INT8 (``--backend``): where the time outside the INT8 convolutions goes, dense vs pruned."""
+    torch.manual_seed(0)
+    dense, _ = load_model("yolov8n.yaml")
+    dense.eval()
+    x = torch.randn(1, 3, 640, 640)
+    models = {"dense": dense}
+    for label, kw in (("flops rt32", {"target_flops": 0.5, "round_to": 32}),
+                      ("flops rt16", {"target_flops": 0.5, "round_to": 16}),
+                      ("ratio0.5 rt64", {"ratio": 0.5, "round_to": 64})):  # fmt: skip
+        models[label] = copy.deepcopy(dense)
+        fxprune.prune(models[label], x, **kw)
+        models[label].eval()
+        log(f"{label}: FLOPs {count_flops(dense, x) / count_flops(models[label], x):.2f}x")
+    calib = [torch.randn(1, 3, 640, 640) for _ in range(args.calib_samples)]
+    paths = {
+        k: quantize(
+            m, x, calib, "openvino", tmp / f"y-{k.replace(' ', '_')}.xml", subset_size=len(calib)
+        ).path
+        for k, m in models.items()
+    }
+    profiles = ov_node_profiles(paths, x, args.runs)
+    summary = {}
+    for k, nodes in profiles.items():
+        conv = sum(n["ms"] for n in nodes.values() if _is_int8_conv(n))
+        other = sum(n["ms"] for n in nodes.values()) - conv
+        by_type = collections.Counter()
+        for n in nodes.values():
+            if not _is_int8_conv(n):
+                by_type[f"{n['type']}/{n['exec'].rsplit('_', 1)[-1]}"] += n["ms"]
+        reorders = [n for n in nodes.values() if n["type"] == "Reorder"]
+        summary[k] = {"conv": conv, "other": other, "by_type": by_type}
+        log(
+            f"{k}: INT8 conv {conv:.1f} ms, other {other:.1f} ms; {len(reorders)} Reorders "
+            f"{sum(n['ms'] for n in reorders):.1f} ms; other by type: "
+            + ", ".join(f"{t} {v:.1f}" for t, v in by_type.most_common(10))
+        )
+    for k in list(profiles)[1:]:
+        growth = collections.Counter()
+        for t in set(summary[k]["by_type"]) | set(summary["dense"]["by_type"]):
+            growth[t] = summary[k]["by_type"][t] - summary["dense"]["by_type"][t]
+        log(
+            f"{k} - dense, other ops by type: " + ", ".join(f"{t} {v:+.1f}" for t, v in growth.most_common(6))
+        )
+        top = sorted(
+            (n for n in profiles[k].values() if not _is_int8_conv(n)),
+            key=lambda n: -n["ms"],
+        )[:12]
+        for name, n in ((nm, n) for nm, n in profiles[k].items() if any(n is t for t in top)):
+            d = profiles["dense"].get(name)
+            log(
+                f"   {name[:60]:60s} {n['type']}/{n['exec']} {n['ms']:.2f} ms (dense "
+                f"{d['ms'] if d else float('nan'):.2f}) {n.get('layout', '?')} {n.get('shape', '')}"
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=("stages", "ort-static"), required=True)
+    p.add_argument("--part", choices=("stages", "ort-static", "yolo-ops"), required=True)
+    p.add_argument("--backend", choices=("openvino", "ort"), default="openvino", help="yolo-ops: runtime")
     p.add_argument("--round-to", type=int, default=None, help="default: 64 for stages, 32 for ort-static")
     p.add_argument("--target-flops", type=float, default=0.25, help="stages: FLOPs kept")
     p.add_argument("--calib-samples", type=int, default=4, help="random calibration inputs")
@@ -198,7 +311,8 @@ def main() -> None:
     args.round_to = args.round_to or (64 if args.part == "stages" else 32)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        (part_stages if args.part == "stages" else part_ort_static)(args, Path(tmp))
+        parts = {"stages": part_stages, "ort-static": part_ort_static, "yolo-ops": part_yolo_ops}
+        parts[args.part](args, Path(tmp))
 
 
 if __name__ == "__main__":
