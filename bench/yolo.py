@@ -182,6 +182,7 @@ def arms(args: argparse.Namespace) -> dict:
         else:
             constants = json.loads(args.constants).get(method, {})
             size = dict(target_flops=args.target_flops, round_to=args.round_to, min_width=args.min_width)
+            size["global_ranking"] = args.global_ranking
             with pruning_options(method=method, method_options=constants, **size):
                 model.train(trainer=PruneDetectionTrainer, **_train_args(data, out, f"arm-{name}", **common))
         best = YOLO(str(out / f"arm-{name}" / "weights" / "last.pt"))  # the model after the last epoch
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "integration's, the CPU backends' alignment)",
     )
     p.add_argument("--min-width", type=int, default=1, help="channels every group keeps at least (arms)")
+    p.add_argument("--global-ranking", action="store_true", help="rank channels across groups (arms)")
     p.add_argument("--target-flops", type=float, default=0.5)
     greg = {m: {"update_every": 1, "delta": 0.05, "stabilize": 8} for m in ("greg1", "tpp")}
     p.add_argument("--constants", default=json.dumps(greg), help="JSON: method -> schedule constants")
