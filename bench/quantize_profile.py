@@ -256,13 +256,15 @@ def part_yolo_ops(args, tmp: Path) -> None:
         models[label].eval()
         log(f"{label}: FLOPs {count_flops(dense, x) / count_flops(models[label], x):.2f}x")
     calib = [torch.randn(1, 3, 640, 640) for _ in range(args.calib_samples)]
+    fmt, suffix = ("openvino", "xml") if args.backend == "openvino" else ("onnx", "onnx")
     paths = {
-        k: quantize(
-            m, x, calib, "openvino", tmp / f"y-{k.replace(' ', '_')}.xml", subset_size=len(calib)
-        ).path
+        k: quantize(m, x, calib, fmt, tmp / f"y-{k.replace(' ', '_')}.{suffix}", subset_size=len(calib)).path
         for k, m in models.items()
     }
-    profiles = ov_node_profiles(paths, x, args.runs)
+    if args.backend == "openvino":
+        profiles = ov_node_profiles(paths, x, args.runs)
+    else:
+        profiles = ort_node_profiles(paths, x, args.runs, str(tmp / "prof"))
     summary = {}
     for k, nodes in profiles.items():
         conv = sum(n["ms"] for n in nodes.values() if _is_int8_conv(n))
