@@ -83,7 +83,8 @@ class SplitMix(nn.Module):
 def test_c2f_chunk_keeps_equal_halves(ratio):
     model = _prepare(C2fLike())
     x = torch.randn(2, 3, 32, 32)
-    res = check_pruned(model, x, ratio, min_flops_ratio=1.4 if ratio >= 0.5 else 1.2)
+    # 16-channel halves lose 4.8 channels at ratio 0.3, less than one 8-channel step: no rounding here
+    res = check_pruned(model, x, ratio, min_flops_ratio=1.4 if ratio >= 0.5 else 1.2, round_to=1)
     (g,) = [g for g in _group_of(res.groups, "cv1.0") if g.equal_parts]
     pieces = g.equal_parts[0]
     assert len(pieces) == 2
