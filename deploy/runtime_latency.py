@@ -77,7 +77,8 @@ class Int8Quantizer:
 
         fmt = self.backend.int8_format
         out = path.with_suffix(".xml" if fmt == "openvino" else ".onnx")
-        return quantize(model, inputs, self.calibration, fmt, out, subset_size=self.samples).path
+        extra = {"requantize_convs": self.backend.requantize_convs} if fmt == "onnx" else {}
+        return quantize(model, inputs, self.calibration, fmt, out, subset_size=self.samples, **extra).path
 
 
 def _file(backend: Backend, source: str | Path, precision: str) -> Path:

@@ -99,3 +99,19 @@ def test_uint8_rewrite_keeps_the_values():
         TensorProto.UINT8,
     }
     np.testing.assert_array_equal(run(model)[0], before)
+
+
+def test_tensorrt_latency_runs_keep_nncf_file(tmp_path):
+    """Latency runs for TensorRT get NNCF's int8 QDQ (TensorRT rejects uint8 activations), onnxruntime the
+    requantized file."""
+    from fxprune.deploy.backends import get_backend
+    from fxprune.deploy.runtime_latency import Int8Quantizer
+
+    torch.manual_seed(0)
+    net, x = SiluNet().eval(), torch.randn(1, 3, 16, 16)
+    files = {}
+    for name in ("trtexec", "ort"):
+        quantizer = Int8Quantizer(get_backend(name), (x,), [torch.randn(1, 3, 16, 16) for _ in range(4)], 4)
+        files[name] = onnx.load(str(quantizer(net, (x,), tmp_path / f"{name}.onnx")))
+    assert unquantized_conv_tensors(files["trtexec"]) != ([], [])
+    assert unquantized_conv_tensors(files["ort"]) == ([], [])

@@ -64,7 +64,9 @@ class Backend:
     ``nn.Module`` itself); ``file_suffixes``: the model files it also loads when given a path.
     ``precisions``: the precisions it accepts. ``int8_format``: the quantized file it runs for
     ``precision="int8"`` (``"onnx"``: a QDQ ONNX, ``"openvino"``: an INT8 IR; see
-    ``fxprune.deploy.quantize``).
+    ``fxprune.deploy.quantize``). ``requantize_convs``: whether its QDQ ONNX may carry the uint8 Q/DQ
+    pairs added on convolution outputs (onnxruntime fuses them; TensorRT takes int8 zero-point-free
+    pairs only, so its backends keep NNCF's file).
     """
 
     name: ClassVar[str] = ""
@@ -73,6 +75,7 @@ class Backend:
     file_suffixes: ClassVar[tuple[str, ...]] = (".onnx",)  # model files it loads as they are
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     int8_format: ClassVar[str | None] = None
+    requantize_convs: ClassVar[bool] = True
     description: ClassVar[str] = ""
 
     def check(self) -> None:

@@ -142,6 +142,7 @@ class TensorRT(Backend):
     device = "cuda"
     precisions = ("fp32", "fp16", "int8")
     int8_format = "onnx"
+    requantize_convs = False  # TensorRT rejects uint8 activations
     description = "TensorRT engine built from ONNX, execute_async_v3 timed with CUDA events"
 
     def check(self) -> None:

@@ -103,6 +103,7 @@ class Trtexec(Backend):
     device = "cuda"
     precisions = ("fp32", "fp16", "int8")
     int8_format = "onnx"
+    requantize_convs = False  # TensorRT rejects uint8 activations
     description = "TensorRT's trtexec tool (engine built and timed by trtexec)"
 
     def check(self) -> None:
