@@ -137,7 +137,7 @@ def verification_lines(report: PruneReport, tol: float = 1e-4) -> list[str]:
     if report.approx_groups:
         lines.append(
             f"approximate groups {', '.join(map(str, report.approx_groups))} (normalisation over "
-            f"pruned channels): max relative error {report.approx_error:.2g}"
+            f"pruned channels): max relative change from the verified output {report.approx_error:.2g}"
         )
     return lines
 
