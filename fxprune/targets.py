@@ -9,7 +9,6 @@ buffers on the ``meta`` device) and counted there, or on real copies when the mo
 from __future__ import annotations
 
 import copy
-import fnmatch
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from .analysis import Analysis
 from .capture.inputs import ExampleInputs, as_args_kwargs, map_tensors, tensor_shapes
 from .importance.registry import Importance
 from .measure import count_flops, count_params
-from .plan import Plan, bisect_ratio, fill_up, make_plan, resolve_round_to
+from .plan import Plan, bisect_ratio, fill_up, make_plan, own_ratio, resolve_round_to
 from .slim import slim_model
 
 __all__ = ["METRICS", "PlanCosts", "SizeTargetPlanner", "SlimmedSize", "plan_for_target", "slimmed_copy"]
@@ -159,7 +158,7 @@ def plan_for_target(
     plan = bisect_ratio(plan_at, fraction, target, what=metric)
     if not fill:
         return plan
-    own_ratio = {g.id for g in analysis.groups if _matches(g.modules, ratios)}
+    with_own_ratio = {g.id for g in analysis.groups if own_ratio(g, ratios) is not None}
     trials = None if size.by_plan is not None else FILL_TRIALS_ON_COPIES
     return fill_up(
         analysis.groups,
@@ -169,17 +168,13 @@ def plan_for_target(
         target,
         round_to=round_to,
         min_width=min_width,
-        skip=own_ratio,
+        skip=with_own_ratio,
         max_trials=trials,
     )
 
 
 FILL_TRIALS_ON_COPIES = 32
 """Most blocks :func:`plan_for_target` tries to give back when plans are counted on slimmed copies."""
-
-
-def _matches(modules: list[str], ratios: dict[str, float] | None) -> bool:
-    return any(fnmatch.fnmatchcase(m, p) for p in (ratios or {}) for m in modules)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from .alignment import DEFAULT_ROUND_TO, resolve_round_to
 from .fill import fill_up
-from .planner import Plan, group_ratio, make_plan, plan_from_counts
+from .planner import Plan, group_ratio, make_plan, own_ratio, plan_from_counts
 from .protocol import Planner, RatioPlanner
 from .rules import (
     chunk_size,
@@ -29,6 +29,7 @@ __all__ = [
     "make_plan",
     "max_removable",
     "normalized_scores",
+    "own_ratio",
     "plan_from_counts",
     "prunable_atoms",
     "removal_costs",

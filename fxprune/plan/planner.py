@@ -12,7 +12,7 @@ from ..groups.grouping import Group
 from .rules import keep_count, max_removable, normalized_scores, prunable_atoms, removal_order
 from .segments import Segments
 
-__all__ = ["Plan", "group_ratio", "make_plan", "plan_from_counts"]
+__all__ = ["Plan", "group_ratio", "make_plan", "own_ratio", "plan_from_counts"]
 
 
 @dataclass
@@ -25,12 +25,18 @@ class Plan:
         return sum(len(v) for v in self.remove.values())
 
 
-def group_ratio(group: Group, ratio: float, ratios: dict[str, float] | None) -> float:
-    """The ratio for ``group``: the first pattern of ``ratios`` matching one of its modules, or ``ratio``."""
+def own_ratio(group: Group, ratios: dict[str, float] | None) -> float | None:
+    """The ratio of the first pattern of ``ratios`` matching one of ``group``'s modules, else None."""
     for pattern, r in (ratios or {}).items():
         if any(fnmatch.fnmatchcase(m, pattern) for m in group.modules):
             return r
-    return ratio
+    return None
+
+
+def group_ratio(group: Group, ratio: float, ratios: dict[str, float] | None) -> float:
+    """The ratio for ``group``: its own (:func:`own_ratio`) where a pattern matches, else ``ratio``."""
+    r = own_ratio(group, ratios)
+    return ratio if r is None else r
 
 
 def _ratio_count(group: Group, ratio: float) -> int:
