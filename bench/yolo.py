@@ -7,6 +7,7 @@ results. Latency under a shared machine is noisy: only the interleaved dense/pru
   python bench/yolo.py methods                    every fxprune method, one short run each (8 images)
   python bench/yolo.py baseline --epochs 60       train YOLOv8n from its yaml (the dense baseline)
   python bench/yolo.py arms --baseline best.pt    prune to half FLOPs (l1, greg1, tpp), fine-tune
+  python bench/yolo.py arms --baseline best.pt --methods l1 --distill 1.0   the same, distilling from dense
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def arms(args: argparse.Namespace) -> dict:
     from fxprune.cli.yolo import compare
 
     out = Path(args.out)
-    data = dataset_yaml(out)
+    data = dataset_yaml(out, images=128)  # a copy: ultralytics writes its label cache beside the labels
     common = dict(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, nbs=args.batch)
     common.update(json.loads(args.train))
     dense_model = YOLO(args.baseline)
@@ -183,6 +184,7 @@ def arms(args: argparse.Namespace) -> dict:
             constants = json.loads(args.constants).get(method, {})
             size = dict(target_flops=args.target_flops, round_to=args.round_to, min_width=args.min_width)
             size["global_ranking"] = args.global_ranking
+            size.update(distill=args.distill, distill_feat=args.distill_feat)
             with pruning_options(method=method, method_options=constants, **size):
                 model.train(trainer=PruneDetectionTrainer, **_train_args(data, out, f"arm-{name}", **common))
         best = YOLO(str(out / f"arm-{name}" / "weights" / "last.pt"))  # the model after the last epoch
@@ -223,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--min-width", type=int, default=1, help="channels every group keeps at least (arms)")
     p.add_argument("--global-ranking", action="store_true", help="rank channels across groups (arms)")
+    p.add_argument("--distill", type=float, default=0.0, help="distillation weight, head outputs (arms)")
+    p.add_argument("--distill-feat", type=float, default=0.0, help="SP distillation weight, neck (arms)")
     p.add_argument("--target-flops", type=float, default=0.5)
     greg = {m: {"update_every": 1, "delta": 0.05, "stabilize": 8} for m in ("greg1", "tpp")}
     p.add_argument("--constants", default=json.dumps(greg), help="JSON: method -> schedule constants")

@@ -25,6 +25,9 @@ PRUNING_KEYS = (
     "min_width",
     "global_ranking",
     "scope",
+    "distill",
+    "distill_feat",
+    "teacher",
 )
 LATENCY_BACKENDS = ("ort", "openvino")
 
@@ -34,6 +37,8 @@ KEY=VALUE arguments, in ultralytics' style:
                  ratio=R | target_flops=F | target_params=P | target_latency=0.5x|12ms [backend=ort]
                  ratios=PATTERN:R,PATTERN:R  ignore=PATTERN,PATTERN  round_to=N  min_width=N
                  scope=group|restricted  global_ranking=True
+  distillation   distill=W (head outputs of the dense model)  distill_feat=W (neck, similarity-preserving)
+                 teacher=PATH (default: MODEL itself)
   constants      the method's schedule constants, e.g. delta=1e-4 update_every=10 stabilize=10000
   ultralytics    data=... epochs=... imgsz=... batch=... device=... project=... name=... and any
                  other train argument (yolo cfg lists them)

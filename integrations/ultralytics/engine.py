@@ -10,6 +10,7 @@ scale): the method's constants keep their meaning relative to the per-image loss
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from fxprune import Pruner
 from fxprune.measure import count_flops, count_params
 from fxprune.regularize import Method
 
+from .distill import Distiller, DistillLoss, freeze_teacher, load_teacher
 from .interface import example_input, sync_width_attributes, yolo_interface
 from .options import PruningOptions
 
@@ -197,6 +199,7 @@ class PruningEngine:
         self.loss: PenaltyLoss | None = None
         self.phase = "setup"  # setup -> regularizing -> pruned
         self.summary: dict[str, Any] = {}
+        self.distiller: Distiller | None = None  # held here, not by the model: checkpoints stay teacher-free
 
     @property
     def active(self) -> bool:
@@ -215,9 +218,12 @@ class PruningEngine:
             if state["phase"] == "pruned":
                 self.phase = "pruned"
                 log.info("fxprune: resuming the fine-tuning of a pruned model")
+                self.start_distillation(trainer, resumed=True)
+                self._install_distillation(_unwrap(trainer.model))
                 return
         if self.options is None:
             raise ValueError("no pruning options: use pruning_options(...) or set $FXPRUNE_ULTRALYTICS")
+        self.start_distillation(trainer, resumed=state is not None)
         model = _unwrap(trainer.model)
         x = example_input(model, int(trainer.args.imgsz))
         self.summary.setdefault("dense", {"params": count_params(model), "flops": count_flops(model, x)})
@@ -230,10 +236,47 @@ class PruningEngine:
         if self.pruner.done:  # one-shot methods prune before the first step
             self.slim(trainer)
             return
+        self._install_distillation(model)
         if getattr(model, "criterion", None) is None:
             model.criterion = model.init_criterion()
         self.loss = PenaltyLoss(model.criterion, self.pruner)
         model.criterion = self.loss
+
+    def start_distillation(self, trainer: Any, resumed: bool) -> None:
+        """Freeze the teacher when the options ask for distillation: the given ``teacher`` checkpoint,
+        else the trainer's (still dense) model, whose checkpoint path is stored for a resumed run."""
+        opts = self.options
+        if opts is None or not opts.distilling or self.distiller is not None:
+            return
+        model = _unwrap(trainer.model)
+        device = next(model.parameters()).device
+        if opts.teacher is not None:
+            teacher = load_teacher(opts.teacher, device)
+        elif resumed:
+            raise ValueError(
+                "cannot resume distillation: the run did not start from a checkpoint file and no teacher "
+                "path is stored; give teacher=PATH when starting such runs"
+            )
+        else:
+            teacher = freeze_teacher(model).to(device)
+            source = str(getattr(trainer.args, "model", "") or "")
+            if source.endswith(".pt") and os.path.isfile(source):
+                opts.teacher = os.path.abspath(source)
+        self.distiller = Distiller(teacher, opts.distill, opts.distill_feat)
+        log.info(
+            "fxprune: distilling from %s (weight %g, features %g)",
+            opts.teacher or "the dense model",
+            opts.distill,
+            opts.distill_feat,
+        )
+
+    def _install_distillation(self, model: nn.Module) -> None:
+        """Wrap the model's criterion with the distillation loss (once)."""
+        if self.distiller is None or isinstance(getattr(model, "criterion", None), DistillLoss):
+            return
+        if getattr(model, "criterion", None) is None:
+            model.criterion = model.init_criterion()
+        model.criterion = DistillLoss(model.criterion, self.distiller)
 
     def before_clip(self, trainer: Any) -> None:
         """Add the method's gradient terms; call after ``scaler.unscale_``, before clipping."""
@@ -265,6 +308,7 @@ class PruningEngine:
             self.summary["latency"] = latency
         self.pruner, self.loss, self.phase = None, None, "pruned"
         rebuild_after_slimming(trainer)
+        self._install_distillation(model)
         pruned = self.summary["pruned"]
         log.info(
             "fxprune: pruned with %s (%s, %s): %d params, %d FLOPs at %d px",

@@ -35,6 +35,10 @@ class PruningOptions:
     dense latency or ``"12ms"``, on ``backend``) sets the size; ``ratio`` defaults to 0.5. ``ratios`` maps
     module-name globs to their own ratio, ``ignore`` lists module globs whose channels must not change,
     ``method_options`` holds the method's schedule constants (``fxprune methods`` lists them).
+    ``distill`` > 0 distils the dense model's head outputs (class probabilities, box distributions) into
+    the pruned model with that weight, ``distill_feat`` > 0 adds similarity-preserving distillation of the
+    neck outputs (see ``distill.py``); ``teacher`` is the teacher's checkpoint, by default the model the
+    run starts from (its path is stored so that a resumed run reloads it).
     Kept widths are multiples of ``round_to``; None (the default) is the alignment ``backend`` wants on
     this machine (``fxprune.deploy.default_round_to(backend)``: 16 on an AVX-512 CPU, 8 with AVX2, for
     onnxruntime and OpenVINO alike; ``backend`` defaults to CPU onnxruntime, where YOLO models are usually
@@ -54,6 +58,9 @@ class PruningOptions:
     min_width: int = 1
     global_ranking: bool = False
     scope: str = "group"
+    distill: float = 0.0
+    distill_feat: float = 0.0
+    teacher: str | None = None
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,6 +78,10 @@ class PruningOptions:
             value = getattr(self, key)
             if value is not None and not 0.0 < value < 1.0:
                 raise ValueError(f"{key} is a fraction of the dense model in (0, 1), got {value}")
+        for key in ("distill", "distill_feat"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{key} is a loss weight >= 0 (0 turns it off), got {value!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         self.round_to_source = "given"
@@ -96,6 +107,11 @@ class PruningOptions:
             if getattr(self, key) is not None:
                 return f"{key}={getattr(self, key)}"
         return f"ratio={0.5 if self.ratio is None else self.ratio}"
+
+    @property
+    def distilling(self) -> bool:
+        """Whether the run distils from a teacher."""
+        return bool(self.distill or self.distill_feat)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
