@@ -20,7 +20,7 @@ from torch import nn
 import fxprune
 from fxprune.groups.slots import SlotTable
 from fxprune.measure import count_flops
-from fxprune.verify import MaskSet, compare_outputs, masked, masked_copy, removed_slots
+from fxprune.verify import MaskSet, compare_outputs, masked, masked_copy, masking, removed_slots
 from tests.helpers import randomize_
 
 
@@ -124,6 +124,42 @@ def test_masking_in_place_matches_a_masked_copy_and_restores_the_model(name):
     assert torch.equal(dense, after)  # hooks removed, zeroed rows restored
     assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+class ShiftBetweenLayers(nn.Module):
+    """A conv output shifted in place before the next conv: its removed channels turn non-zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 8, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        y += 1.0  # the same tensor object reaches b's input hook, changed
+        return self.b(y)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shift"])
+def test_inputs_masked_once_match_inputs_masked_at_every_layer(name, monkeypatch):
+    """Skipping a layer input the previous layer's hook masked changes nothing, in-place ops included."""
+    if name == "shift":
+        model, x = randomize_(ShiftBetweenLayers().eval()), torch.randn(1, 3, 12, 12)
+        analysis = fxprune.analyze(model, x)
+        plan = analysis.plan(0.5, round_to=1)
+        removed = {int(r) for g in analysis.groups if g.id in plan.remove for r in g.atoms[plan.remove[g.id]]}
+    else:
+        model, x, analysis, _, removed = _setup(name)
+    assert removed
+    prop = analysis.propagation
+    with torch.no_grad():
+        with masked(model, prop.module_io, prop.table, removed, prop.table.blocks) as m:
+            once = m(x)
+        monkeypatch.setattr(masking.MaskedTensors, "done", lambda self, value, masks: False)
+        with masked(model, prop.module_io, prop.table, removed, prop.table.blocks) as m:
+            every = m(x)
+        dense = model(x)
+    assert torch.equal(once, every)
+    assert compare_outputs(dense, once)[0] > 1e-3
 
 
 def test_masking_in_place_restores_the_model_when_the_forward_fails():

@@ -1,12 +1,15 @@
 """The masked original: the model with every removed channel zero, to compare the slim model against.
 
 The masks are computed once, when they are attached: one 0/1 vector per labelled dim of every input and
-output of every layer call, multiplied in by forward hooks.
+output of every layer call, multiplied in by forward hooks. A layer's input that is the very tensor the
+previous layer's output hook just masked with the same vectors, unchanged since (same version counter), is
+not multiplied again (multiplying by a 0/1 vector twice gives the same values).
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -61,18 +64,39 @@ def _has_mask(masks: Any) -> bool:
     return isinstance(masks, list) and any(_has_mask(m) for m in masks)
 
 
-def apply_masks(value: Any, masks: Any) -> Any:
-    """``value`` with its removed channels multiplied by zero."""
+def apply_masks(value: Any, masks: Any, applied: MaskedTensors | None = None) -> Any:
+    """``value`` with its removed channels multiplied by zero (results noted in ``applied``)."""
     if isinstance(value, torch.Tensor) and isinstance(masks, DimMasks):
+        if applied is not None and applied.done(value, masks):
+            return value
         for d, keep in masks:
             shape = [1] * value.dim()
             shape[d] = len(keep)
             value = value * keep.to(value.device, value.dtype).reshape(shape)
+        if applied is not None and masks:
+            applied.note(value, masks)
         return value
     if isinstance(value, (list, tuple)) and isinstance(masks, list) and len(masks) == len(value):
-        out = [apply_masks(v, m) for v, m in zip(value, masks)]
+        out = [apply_masks(v, m, applied) for v, m in zip(value, masks)]
         return type(value)(out) if not hasattr(value, "_fields") else type(value)(*out)
     return value
+
+
+class MaskedTensors:
+    """The tensors masked during one forward pass: which masks each got, at which version counter."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[weakref.ref, DimMasks, int]] = {}
+
+    def note(self, value: torch.Tensor, masks: DimMasks) -> None:
+        self.seen[id(value)] = (weakref.ref(value), masks, value._version)
+
+    def done(self, value: torch.Tensor, masks: DimMasks) -> bool:
+        """Whether ``value`` already had every mask of ``masks`` applied and has not changed since."""
+        hit = self.seen.get(id(value))
+        if hit is None or hit[0]() is not value or hit[2] != value._version:
+            return False
+        return all(any(d == d2 and k is k2 for d2, k2 in hit[1]) for d, k in masks)
 
 
 def _masked_by_hooks(block_roots: np.ndarray, calls: list[tuple[Any, Any]], roots: np.ndarray) -> bool:
@@ -131,12 +155,13 @@ class MaskSet:
     def attach(self, model: nn.Module) -> list[Any]:
         """Hook the masks into ``model``'s layers; the hook handles."""
         handles = []
+        applied = MaskedTensors()
         for name, masks in self.calls.items():
             try:
                 m = model.get_submodule(name)
             except AttributeError:
                 continue
-            hooks = _CallMask(masks)
+            hooks = _CallMask(masks, applied)
             handles += [m.register_forward_pre_hook(hooks.pre), m.register_forward_hook(hooks.post)]
         return handles
 
@@ -206,19 +231,19 @@ class _CallMask:
     An entry is ``(input masks, output masks)``, None where nothing is masked.
     """
 
-    def __init__(self, masks: list[tuple[Any, Any]]):
-        self.masks, self.i = masks, 0
+    def __init__(self, masks: list[tuple[Any, Any]], applied: MaskedTensors | None = None):
+        self.masks, self.i, self.applied = masks, 0, applied
 
     def pre(self, mod: nn.Module, args: tuple) -> tuple | None:
         in_masks = self.masks[self.i % len(self.masks)][0]
         if in_masks is None:
             return None
         return tuple(
-            apply_masks(a, m) if isinstance(a, torch.Tensor) else a
+            apply_masks(a, m, self.applied) if isinstance(a, torch.Tensor) else a
             for a, m in zip(args, list(in_masks) + [None] * (len(args) - len(in_masks)))
         )
 
     def post(self, mod: nn.Module, args: tuple, out: Any) -> Any:
         out_masks = self.masks[self.i % len(self.masks)][1]
         self.i += 1
-        return None if out_masks is None else apply_masks(out, out_masks)
+        return None if out_masks is None else apply_masks(out, out_masks, self.applied)
