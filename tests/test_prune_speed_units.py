@@ -295,3 +295,38 @@ def test_array_union_find_matches_the_scalar_one(seed):
     roots = fast.roots(np.arange(n))
     assert roots.tolist() == [slow.find(i) for i in range(n)]
     assert fast.frozen == slow.frozen and fast.approx == slow.approx
+
+
+def _partition_atom_by_atom(group) -> list[np.ndarray]:
+    """Atoms grouped by the blocks that hold them, one atom at a time (reference for the array version)."""
+    signature: list[list[int]] = [[] for _ in range(group.width)]
+    for k, b in enumerate(group.blocks):
+        if b.passive or b.base not in group.block_atom_index:
+            continue
+        idx = group.block_atom_index[b.base]
+        for i in sorted(set(idx[idx >= 0].tolist())):
+            signature[i].append(k)
+    parts: dict[tuple[int, ...], list[int]] = {}
+    for i, sig in enumerate(signature):
+        parts.setdefault(tuple(sig), []).append(i)
+    return [np.asarray(p) for p in parts.values()]
+
+
+def test_segments_by_arrays_match_segments_atom_by_atom():
+    from fxprune.plan.segments import Segments, _partition
+
+    model = randomize_(tvm.googlenet(num_classes=10, aux_logits=False, init_weights=False).eval())
+    analysis = fxprune.analyze(model, torch.randn(1, 3, 64, 64))
+    scores = analysis.scores()
+    several = 0
+    for g in analysis.groups:
+        got, expected = _partition(g), _partition_atom_by_atom(g)
+        assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))
+        seg = Segments.of(g, scores[g.id])
+        if seg is not None:
+            several += 1
+            removed = seg.removal_at(0.5, 8, 1)
+            gone = set(removed.tolist())
+            assert seg.counts_of(removed) == [sum(int(i) in gone for i in unit[0]) for unit in seg.units]
+            assert not gone & set(g.frozen)
+    assert several > 0  # googlenet's inception outputs concatenate several layers

@@ -23,17 +23,22 @@ __all__ = ["Segments"]
 
 def _partition(group: Group) -> list[np.ndarray]:
     """The atoms of ``group`` split by the set of (non-passive) blocks that contain them, in atom order."""
-    signature: list[list[int]] = [[] for _ in range(group.width)]
-    for k, b in enumerate(group.blocks):
+    columns = []
+    for b in group.blocks:
         if b.passive or b.base not in group.block_atom_index:
             continue
-        idx = np.unique(group.block_atom_index[b.base])
-        for i in idx[idx >= 0].tolist():
-            signature[i].append(k)
-    parts: dict[tuple[int, ...], list[int]] = {}
-    for i, sig in enumerate(signature):
-        parts.setdefault(tuple(sig), []).append(i)
-    return [np.asarray(p, dtype=np.int64) for p in parts.values()]
+        idx = group.block_atom_index[b.base]
+        column = np.zeros(group.width, dtype=bool)
+        column[idx[idx >= 0]] = True
+        columns.append(column)
+    if not columns:
+        return [np.arange(group.width, dtype=np.int64)]
+    signature = np.packbits(np.stack(columns, axis=1), axis=1)  # one row of bits per atom
+    _, first, which = np.unique(signature, axis=0, return_index=True, return_inverse=True)
+    which = which.reshape(-1)
+    atoms = np.argsort(which, kind="stable")  # atoms part by part, ascending within each
+    pieces = np.split(atoms, np.cumsum(np.bincount(which, minlength=len(first)))[:-1])
+    return [pieces[k].astype(np.int64) for k in np.argsort(first)]  # parts in order of their first atom
 
 
 class Segments:
@@ -47,12 +52,10 @@ class Segments:
     def __init__(self, group: Group, scores: np.ndarray, units: list[list[np.ndarray]]) -> None:
         self.group, self.scores = group, np.asarray(scores, dtype=np.float64)
         self.lengths = [len(u[0]) for u in units]
-        frozen = group.frozen
+        frozen = np.zeros(group.width, dtype=bool)
+        frozen[np.fromiter(group.frozen, dtype=np.int64, count=len(group.frozen))] = True
         self.units = [
-            [
-                seg[np.argsort(self.scores[seg], kind="stable")]
-                for seg in (s[[i not in frozen for i in s]] for s in unit)
-            ]
+            [seg[np.argsort(self.scores[seg], kind="stable")] for seg in (s[~frozen[s]] for s in unit)]
             for unit in units
         ]
 
@@ -110,5 +113,6 @@ class Segments:
 
     def counts_of(self, removed: np.ndarray) -> list[int]:
         """Per unit, the atoms removed from its first segment in ``removed``."""
-        gone = set(np.asarray(removed).tolist())
-        return [sum(int(i in gone) for i in unit[0]) for unit in self.units]
+        gone = np.zeros(self.group.width, dtype=bool)
+        gone[np.asarray(removed, dtype=np.int64)] = True
+        return [int(gone[unit[0]].sum()) for unit in self.units]
