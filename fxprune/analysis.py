@@ -22,6 +22,7 @@ from .groups.grouped_conv import shaped_for
 from .groups.grouping import Group, build_groups, matches_module
 from .groups.literals import freeze_attribute_literals
 from .groups.propagate import PropagationResult, propagate_shapes
+from .groups.sdpa_scale import scale_folds
 from .importance import get_importance
 from .importance.registry import Importance
 from .plan import Plan, make_plan, resolve_round_to
@@ -188,6 +189,7 @@ def analyze(
             if m is not None and any(not p.requires_grad for p in m.parameters(recurse=False)):
                 g.freeze_modules([name], "frozen parameters (requires_grad=False)")
     constants = [ChannelConstant(m, a, prop.table.roots(lab)) for m, a, lab in prop.constants]
+    constants += scale_folds(prop)  # sdpa calls without scale= whose head size may shrink
     return Analysis(
         model, captured, prop, groups, unsupported, time.perf_counter() - start, patterns, constants, outputs
     )

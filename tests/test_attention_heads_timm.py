@@ -45,16 +45,17 @@ def test_view_sizes_are_read_back_to_the_attributes_that_wrote_them():
     assert view_attributes(_Heads(3, 8), [object(), object(), 3, 4, 8]) is None  # no call matches
 
 
-def test_deit_tiny_with_three_heads_loses_a_head(single_thread):
-    """deit_tiny: ``reshape(B, N, 3, 3, 64)`` used to freeze every attention block."""
+def test_deit_tiny_keeps_its_three_heads_and_halves_the_head_size(single_thread):
+    """deit_tiny: ``reshape(B, N, 3, 3, 64)`` used to freeze every attention block, then lost one head of
+    three; the head size follows now (sdpa's default scale folds into the q rows of ``qkv``)."""
     torch.manual_seed(0)
     model = timm.create_model("deit_tiny_patch16_224", img_size=32, depth=2, num_classes=10)
     x = torch.randn(1, 3, 32, 32)
     report = _prune(model, x, ignore=["blocks.*.mlp"])
     for block in model.blocks:
         attn = block.attn
-        assert attn.num_heads == 2 and attn.head_dim == 64 and attn.attn_dim == 128
-        assert attn.qkv.out_features == 384 and attn.proj.in_features == 128
+        assert attn.num_heads == 3 and attn.head_dim == 32 and attn.attn_dim == 96
+        assert attn.qkv.out_features == 288 and attn.proj.in_features == 96
     assert report.flops_after < report.flops_before
 
 
@@ -92,22 +93,25 @@ class _Tokens(nn.Module):
         return self.head(x.flatten(1, -2).mean(1))
 
 
-def test_sdpa_without_scale_keeps_the_head_size_and_loses_whole_heads(single_thread):
+def test_sdpa_without_scale_loses_head_channels(single_thread):
     """SAM2's MultiScaleAttention: ``reshape(B, HW, 3, self.num_heads, -1)`` into ``F.sdpa(q, k, v)``,
-    whose default scale is 1/sqrt(head size): the head size must stay, whole heads go."""
+    whose default scale is 1/sqrt(head size): the factor folds into the q rows of ``qkv``, so the head
+    size shrinks and the heads stay."""
     sam2 = pytest.importorskip("timm.models.hieradet_sam2")
     torch.manual_seed(0)
     attn = sam2.MultiScaleAttention(32, 32, num_heads=4)
     attn.fused_attn = True
     model, x = _Tokens(attn, 32, grid=True), torch.randn(2, 16, 8)
     analysis = fxprune.analyze(model, x)
-    heads = _group_of(analysis, "attn.qkv.weight[0]")
-    assert heads.width == 4 and heads.divisor == 8 and heads.prunable == 4
+    head = _group_of(analysis, "attn.qkv.weight[0]")
+    assert head.width == 8 and head.divisor == 4 and head.prunable == 8
     _prune(model, x, round_to=1, ignore=["embed"])
-    assert attn.num_heads == 2 and attn.qkv.out_features == 48 and attn.proj.in_features == 16
+    assert attn.num_heads == 4 and attn.qkv.out_features == 48 and attn.proj.in_features == 16
 
 
 class _OneHead(nn.Module):
+    """One head whose query and key also feed the output: no layer of their own takes sdpa's scale."""
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.num_heads, self.qkv, self.proj = 1, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
@@ -115,7 +119,8 @@ class _OneHead(nn.Module):
     def forward(self, x):
         B, N, _ = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+        out = F.scaled_dot_product_attention(q, k, v) + q * k
+        return self.proj(out.transpose(1, 2).flatten(2))
 
 
 def test_sdpa_without_scale_freezes_a_head_size_it_cannot_replace_by_heads(single_thread):

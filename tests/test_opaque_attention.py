@@ -175,8 +175,9 @@ def test_einsum_couples_contracted_channels(fixed):
         assert sorted(group.modules) == ["a", "b"] and group.prunable == 6
 
 
-def test_timm_attention_loses_whole_heads(single_thread):
-    """timm's Attention: ``reshape(B, N, 3, self.num_heads, self.head_dim)``, ``self.attn_dim`` out."""
+def test_timm_attention_loses_head_channels(single_thread):
+    """timm's Attention: ``reshape(B, N, 3, self.num_heads, self.head_dim)``, ``self.attn_dim`` out: the
+    head size follows (sdpa's default scale folded into the q rows of ``qkv``), the heads stay."""
     vit = pytest.importorskip("timm.models.vision_transformer")
     torch.manual_seed(0)
     model = vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
@@ -184,9 +185,9 @@ def test_timm_attention_loses_whole_heads(single_thread):
     model.eval()
     x = torch.randn(2, 3, 32, 32)
     report = fxprune.prune(model, x, ratio=0.5, round_to=1, ignore=["blocks.*.mlp", "patch_embed"])
-    assert report.exact_error is not None and not report.approx_groups  # heads only: removal is exact
+    assert report.exact_error is not None and not report.approx_groups  # head channels: removal is exact
     for block in model.blocks:
         attn = block.attn
-        assert attn.num_heads == 2 and attn.head_dim == 16 and attn.attn_dim == 32
+        assert attn.num_heads == 4 and attn.head_dim == 8 and attn.attn_dim == 32
         assert attn.qkv.out_features == 96 and attn.proj.in_features == 32
     assert model(x).shape == (2, 10)

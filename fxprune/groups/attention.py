@@ -19,6 +19,7 @@ from .channel_constants import register_channel_constant
 from .context import OpContext, op_name
 from .labels import Labels, broadcast_labels
 from .registry import handles_modules, handles_ops
+from .sdpa_scale import can_fold_scale, find_scale_fold
 
 __all__ = ["einsum", "matmul", "multihead_attention", "head_size_fixed", "sdpa"]
 
@@ -26,8 +27,8 @@ __all__ = ["einsum", "matmul", "multihead_attention", "head_size_fixed", "sdpa"]
 # follows pruning (whole heads go), the head size stays.
 register_channel_constant("torchvision.models.maxvit.RelativePositionalMultiHeadAttention", "n_heads")
 # timm's ``Attention`` (ViT, DeiT, MobileViT's transformer...) reshapes qkv to ``(B, N, 3, self.num_heads,
-# self.head_dim)`` and its output back to ``(B, N, self.attn_dim)``: heads go whole, the residual width stays.
-register_channel_constant("timm.layers.attention.Attention", "num_heads", "attn_dim")
+# self.head_dim)`` (the head size follows, :mod:`.reshape`) and its output back to ``(B, N, self.attn_dim)``.
+register_channel_constant("timm.layers.attention.Attention", "attn_dim")
 
 
 def _batch_labels(ctx: OpContext, operands: list[tuple[Any, Labels]]) -> Labels:
@@ -152,14 +153,16 @@ def _next_dim(src: fx.Node, user: fx.Node, d: int, nd: int) -> tuple[int, int] |
         return (d, nd) if keeps == d else None
     if name == _SDPA:
         qk = src in user.args[:2] or src in (user.kwargs.get("query"), user.kwargs.get("key"))
-        return True if qk and d == nd - 1 and _default_scale(user) else None
+        fixed = qk and d == nd - 1 and _default_scale(user) and not can_fold_scale(user)
+        return True if fixed else None
     return None
 
 
 def head_size_fixed(node: fx.Node, dim: int, ndim: int, depth: int = 12) -> bool:
     """Whether dim ``dim`` of ``node``'s output (a head size) must keep its width: it reaches, through
     dim reorders, indexing, matrix products and elementwise ops, a softmax over it (cross-covariance
-    attention) or ``scaled_dot_product_attention`` without ``scale=`` as the query's or key's width."""
+    attention) or ``scaled_dot_product_attention`` without ``scale=`` as the query's or key's width,
+    where that scale cannot fold into the layer making them (:mod:`.sdpa_scale`)."""
     frontier = [(node, dim, ndim)]
     for _ in range(depth):
         nxt = []
@@ -181,21 +184,28 @@ def _weightless_module(node: fx.Node) -> bool:
     return not any(p.dim() > 1 for p in m.parameters()) and not isinstance(m, nn.modules.pooling._MaxPoolNd)
 
 
+def _freeze_head_size(ctx: OpContext, operands) -> None:
+    for lab, t in operands:
+        if t.dim() - 1 in lab and t.shape[-1] > 1:
+            ctx.table.freeze(lab[t.dim() - 1], f"{ctx.where}: no scale= (1/sqrt of the head size)")
+
+
 @handles_ops(_SDPA)
 def sdpa(ctx: OpContext) -> Labels:
     """Query and key widths are coupled, the sequence dims of key and value freeze, value's width passes.
 
-    Without ``scale=`` the scores are divided by the square root of the query's width: removing query
-    and key channels would change that factor, so they freeze (views that reach such a call follow
-    whole heads instead where they can, :mod:`.reshape`).
+    Without ``scale=`` the scores are divided by the square root of the query's width. Where that
+    factor folds into the layer making the query or key (:mod:`.sdpa_scale`) it is recorded, to be kept
+    at slim time; otherwise query and key channels freeze (views that reach such a call follow whole
+    heads instead where they can, :mod:`.reshape`).
     """
     q, k, v = ctx.arg(0, "query"), ctx.arg(1, "key"), ctx.arg(2, "value")
     lq, lk, lv = ctx.larg(0) or {}, ctx.larg(1) or {}, ctx.larg(2) or {}
     _contract(ctx, lq.get(q.dim() - 1), lk.get(k.dim() - 1), ctx.where)
-    if ctx.node.op == "call_function" and _default_scale(ctx.node):
-        for lab, t in ((lq, q), (lk, k)):
-            if t.dim() - 1 in lab and t.shape[-1] > 1:
-                ctx.table.freeze(lab[t.dim() - 1], f"{ctx.where}: no scale= (1/sqrt of the head size)")
+    head = lq.get(q.dim() - 1)
+    if ctx.node.op == "call_function" and _default_scale(ctx.node) and q.shape[-1] > 1:
+        if head is None or not find_scale_fold(ctx, head):
+            _freeze_head_size(ctx, ((lq, q), (lk, k)))
     for lab, t in ((lk, k), (lv, v)):
         if t.dim() - 2 in lab:
             ctx.table.freeze(lab[t.dim() - 2], ctx.where)

@@ -9,6 +9,7 @@ from .attr_expressions import follow_divided_split
 from .context import OpContext
 from .labels import Labels, broadcast_labels
 from .registry import handles_ops
+from .sdpa_scale import note_shapes
 
 __all__ = ["cat", "split", "stack", "unbind"]
 
@@ -59,6 +60,7 @@ def stack(ctx: OpContext) -> Labels:
 @handles_ops("chunk", "split", "split_with_sizes", "tensor_split")
 def split(ctx: OpContext) -> list:
     """Pieces of a channel dim stay prunable when their sizes follow the width (``chunk``): equal parts."""
+    note_shapes(ctx)
     x = ctx.arg(0, "input")
     lab = ctx.larg(0, "input") or {}
     dim = _dim_arg(ctx, x.dim(), 2)
@@ -84,6 +86,7 @@ def split(ctx: OpContext) -> list:
 
 @handles_ops("unbind")
 def unbind(ctx: OpContext) -> list:
+    note_shapes(ctx)
     x = ctx.arg(0, "input")
     lab = ctx.larg(0, "input") or {}
     dim = ctx.arg(1, "dim", 0) % x.dim()

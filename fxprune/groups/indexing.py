@@ -10,6 +10,7 @@ from .attr_constants import record_constants, slice_refs
 from .context import OpContext, iter_labels, structure_like
 from .labels import Labels
 from .registry import handles_ops
+from .sdpa_scale import note_shapes
 from .sizes import IntInfo, SizeInfo
 
 __all__ = ["aten_select", "aten_slice", "getitem", "index_labels"]
@@ -108,6 +109,7 @@ def getitem(ctx: OpContext) -> Any:
             return IntInfo([picked] if picked is not None else [])
         return SizeInfo(list(picked))
     if isinstance(obj, torch.Tensor):
+        note_shapes(ctx)
         return index_labels(ctx, obj, lab or {}, index)
     if isinstance(obj, (list, tuple)) and isinstance(lab, (list, tuple)):
         return lab[index]

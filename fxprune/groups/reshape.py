@@ -17,6 +17,7 @@ from .context import OpContext
 from .labels import Labels, permute_labels, reshape_labels
 from .permutation import finish_shuffle_view, start_shuffle_view
 from .registry import handles_modules, handles_ops
+from .sdpa_scale import note_shapes
 from .sizes import IntInfo
 from .view_sources import SizeSource, view_attributes
 
@@ -117,12 +118,31 @@ def _prefer_heads(
     return {heads[0]: (ctx.module_name, sources[heads[0]].name)}
 
 
+def _head_pair(
+    ctx: OpContext, sizes: list, adaptive: list[bool], sources: list[SizeSource] | None
+) -> dict[int, tuple[str, str]]:
+    """A view written with two attributes where it splits a channel dim, ``(..., self.num_heads,
+    self.head_dim)``, and no size that follows the channels: the second (the head size) follows them,
+    unless it must keep its width (:func:`.attention.head_size_fixed`), then the first (whole heads).
+    The attribute followed is recorded as a channel constant (written after slimming)."""
+    if sources is None or any(a and s.kind != "runtime" for a, s in zip(adaptive, sources)):
+        return {}
+    pair = [j for j, s in enumerate(sources) if s.kind == "attr" and type(sizes[j]) is int and sizes[j] > 1]
+    x, lab = ctx.arg(0, "input"), ctx.larg(0, "input") or {}
+    if len(pair) != 2 or not any(x.shape[d] % (sizes[pair[0]] * sizes[pair[1]]) == 0 for d in lab):
+        return {}
+    j = pair[0] if head_size_fixed(ctx.node, pair[1], len(sizes)) else pair[1]
+    adaptive[j] = True
+    return {j: (ctx.module_name, sources[j].name)}
+
+
 @handles_ops("view", "reshape", "_unsafe_view")
 def reshape(ctx: OpContext) -> Labels:
     """``view``/``reshape`` with sizes that are constants, computed from ``x.shape``, or -1.
 
     The views opening and closing a channel shuffle follow it as a permutation (:mod:`.permutation`).
     """
+    note_shapes(ctx)
     shuffled = finish_shuffle_view(ctx) if not ctx.larg(0, "input") else start_shuffle_view(ctx)
     if shuffled is not None:
         return shuffled
@@ -136,6 +156,7 @@ def reshape(ctx: OpContext) -> Labels:
         _sourceless_constants(ctx, adaptive)
         known, sums = _constant_sizes(ctx, sizes, adaptive, sources)
         known.update(_prefer_heads(ctx, sizes, adaptive, sources))
+        known.update(_head_pair(ctx, sizes, adaptive, sources))
     out = reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, adaptive, ctx.where) if lab else {}
     for j, (module, attr) in known.items():
         if j in out:
@@ -212,6 +233,7 @@ def _check_size_sources(ctx: OpContext, own: Labels, out: Labels) -> None:
 @handles_ops("flatten", "squeeze", "unsqueeze", "view_as", "reshape_as")
 def reshape_free(ctx: OpContext) -> Labels:
     """Reshapes whose sizes always follow the input (flatten, squeeze, unsqueeze, view_as)."""
+    note_shapes(ctx)
     x = ctx.arg(0, "input")
     lab = ctx.larg(0, "input") or {}
     if not lab:
@@ -242,6 +264,7 @@ def _unflatten_labels(ctx: OpContext, dim: int, sizes: Any, adaptive_size: Any) 
 @handles_ops("unflatten")
 def unflatten(ctx: OpContext) -> Labels:
     """``x.unflatten(dim, sizes)``: constant sizes freeze a channel dim, computed ones or -1 follow it."""
+    note_shapes(ctx)
     if not ctx.larg(0, "input"):
         return {}
     sizes = ctx.node.args[2] if len(ctx.node.args) > 2 else ctx.node.kwargs.get("sizes")
@@ -256,6 +279,7 @@ def unflatten_module(ctx: OpContext, m: nn.Module) -> Labels:
 
 @handles_ops("permute")
 def permute(ctx: OpContext) -> Labels:
+    note_shapes(ctx)
     lab = ctx.larg(0, "input") or {}
     nd = ctx.arg(0, "input").dim()
     if ctx.node.op == "call_method" and not isinstance(
@@ -269,6 +293,7 @@ def permute(ctx: OpContext) -> Labels:
 
 @handles_ops("transpose", "swapaxes", "swapdims", "t")
 def transpose(ctx: OpContext) -> Labels:
+    note_shapes(ctx)
     lab = ctx.larg(0, "input") or {}
     nd = ctx.arg(0, "input").dim()
     if ctx.op_name in ("t", "numpy_T") or len(ctx.args) < 3 and "dim0" not in ctx.kwargs:

@@ -98,6 +98,10 @@ class SlotTable:
             blk.module = module
         return blk.slots
 
+    def slots_of(self, member: tuple[str, int]) -> np.ndarray | None:
+        """The slots of a parameter dimension ``(name, dim)``, None when no layer created them."""
+        return self._slots_of.get(member)
+
     def find(self, x: int) -> int:
         return int(self._find_many(np.asarray([x], dtype=np.int64))[0])
 

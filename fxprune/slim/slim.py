@@ -13,6 +13,7 @@ from ..groups.grouping import Group
 from ..plan.planner import Plan
 from ..threads import one_thread
 from .adapters import fix_attributes, snapshot, write_constant
+from .scale_folds import fold_scales
 
 __all__ = ["slim_model"]
 
@@ -26,9 +27,7 @@ def _aliases(model: nn.Module) -> dict[int, list[str]]:
     return names
 
 
-def _set_tensor(model: nn.Module, name: str, old: torch.Tensor, new: torch.Tensor) -> None:
-    owner_name, _, attr = name.rpartition(".")
-    owner = model.get_submodule(owner_name)
+def _set_tensor(owner: nn.Module, attr: str, old: torch.Tensor, new: torch.Tensor) -> None:
     if isinstance(old, nn.Parameter):
         setattr(owner, attr, new)
     elif attr in owner._buffers:
@@ -77,10 +76,12 @@ def _slim(
     orders: Mapping,
     cut: Collection[int] | None,
 ) -> dict[str, tuple[int, int]]:
+    fold_scales(model, groups, plan, constants, cut)  # sdpa's default scale: before rows move
     aliases = _aliases(model)
     canonical = {alias: names[0] for names in aliases.values() for alias in names}
     tensors = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(dict(model.named_buffers(remove_duplicate=False)))
+    modules = dict(model.named_modules(remove_duplicate=False))
     done: set[tuple[str, int]] = set()
     touched: dict[str, dict] = {}
     changes: dict[str, tuple[int, int]] = {}
@@ -110,17 +111,19 @@ def _slim(
                     else data
                 )
                 for alias in aliases.get(id(old), [name]):
-                    owner = alias.rpartition(".")[0]
+                    owner, _, attr = alias.rpartition(".")
                     if owner not in touched:
-                        touched[owner] = snapshot(model.get_submodule(owner))
-                    _set_tensor(model, alias, old, new)
+                        touched[owner] = snapshot(modules[owner])
+                    _set_tensor(modules[owner], attr, old, new)
                     tensors[alias] = new
                 aliases[id(new)] = aliases.pop(id(old), [name])
                 changes[f"{name}[{dim}]"] = (old.shape[dim], new.shape[dim])
     for owner, before in touched.items():
-        fix_attributes(model.get_submodule(owner), before)
+        fix_attributes(modules[owner], before)
     removed_roots = {int(r) for g in groups for r in g.atoms[plan.remove.get(g.id, [])].tolist()}
     for c in constants:
+        if not c.attr:  # a scale fold (applied above), not an attribute
+            continue
         kept = int(sum(1 for r in c.roots.tolist() if r not in removed_roots))
         write_constant(model, c.module, c.attr, kept)
     return changes
