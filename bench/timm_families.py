@@ -125,6 +125,38 @@ def _prune_one(name: str, ratio: float, size: int | None, conn, round_to: int | 
     conn.send(rec)
 
 
+def frozen_report(analysis, top: int = 4) -> list[str]:
+    """What froze in an :class:`fxprune.Analysis`: the groups with the most frozen channels (weighted by
+    the layers they span; the model's output and input channels last), each with its modules and freeze
+    reasons, then the unsupported ops."""
+    from collections import Counter
+
+    frozen = [g for g in analysis.groups if g.frozen]
+    total = sum(g.width for g in analysis.groups)
+    lines = [f"groups {len(analysis.groups)}, with frozen channels {len(frozen)}, "
+             f"frozen channels {sum(len(g.frozen) for g in frozen)} of {total}"]
+
+    def boring(g) -> bool:  # the classifier's outputs and the image channels freeze in every model
+        return all(r == "model output" or "input channels come from" in r for r in g.frozen.values())
+
+    for g in sorted(frozen, key=lambda g: (boring(g), -len(g.frozen) * max(1, len(g.modules))))[:top]:
+        reasons = "; ".join(f"{r} (x{n})" for r, n in Counter(g.frozen.values()).most_common(2))
+        mods = ", ".join(g.modules[:3]) + (f" +{len(g.modules) - 3}" if len(g.modules) > 3 else "")
+        lines.append(f"  group {g.id}: {len(g.frozen)}/{g.width} frozen, {len(g.modules)} layers [{mods}]: "
+                     f"{reasons[:300]}")
+    for u in analysis.unsupported[:top]:
+        lines.append(f"  unsupported {u.op} in {u.module or '-'}: {u.reason[:200]}")
+    return lines
+
+
+def why(name: str, size: int | None = None) -> list[str]:
+    """The frozen-channel report of ``name`` (built as the sweep builds it)."""
+    import fxprune
+
+    model, x = build(name, size)
+    return frozen_report(fxprune.analyze(model, x))
+
+
 def _classifier(model: nn.Module) -> list[nn.Module]:
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if isinstance(head, nn.Module):
@@ -268,9 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-gb", type=float, default=10.0,
                    help="address-space limit of each run in GiB, 0 for none (default 10)")
     p.add_argument("--report", help="comma-separated result files: print their Markdown table and exit")
+    p.add_argument("--why", action="store_true",
+                   help="print what freezes in each --models entry (largest frozen groups, reasons) and exit")
     a = p.parse_args(argv)
     if a.report:
         print(report(a.report.split(",")))
+        return 0
+    if a.why:
+        torch.set_num_threads(1)
+        for name in [n for n in (a.models or "").split(",") if n]:
+            print(name, *why(name, a.size), sep="\n", flush=True)
         return 0
     names = family_models() if a.families else []
     if a.torchvision:

@@ -153,3 +153,41 @@ def test_a_channel_sum_still_freezes():
     model, x = ChannelSum(), torch.randn(2, 3, 8, 8)
     fxprune.prune(model, x, ratio=0.5, round_to=1)
     assert model.conv1.out_channels == 16
+
+
+class _SpatialAttention(nn.Module):
+    """CBAM-style spatial attention (timm's CbamModule, CSATv2): channel mean and max, kept as dims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.gate = nn.Conv2d(2, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        stats = torch.cat([y.mean(dim=1, keepdim=True), y.amax(dim=1, keepdim=True)], dim=1)
+        return self.conv2(y * self.gate(stats).sigmoid())
+
+
+def test_a_channel_max_kept_as_a_dim_is_removed_approximately():
+    torch.manual_seed(0)
+    model, x = _SpatialAttention(), torch.randn(2, 3, 8, 8)
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.verified and report.approx_groups
+    assert model.conv1.out_channels == 8 and model(x).shape == (2, 4, 8, 8)
+
+
+@pytest.mark.parametrize("branch", [False, True])
+def test_a_norm_reads_its_dim_after_p(branch):
+    class HeightNorm(_ChannelRmsNorm):  # L1 norm over the height: dim 2, given after p = 1
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv1(x)
+            if branch and x.shape[-1] > 4:  # fx cannot trace this: captured by torch.export (aten norm)
+                y = y + 1.0
+            return self.conv2(y / (y.norm(1, 2, True) + 1.0))
+
+    torch.manual_seed(0)
+    model, x = HeightNorm(), torch.randn(2, 3, 8, 8)
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.verified and not report.approx_groups  # channel by channel: exact
+    assert model.conv1.out_channels == 8

@@ -1,9 +1,11 @@
 """Reductions (mean, sum, amax...) and normalisations along a dim (softmax): a reduced channel dim freezes.
 
-A mean over channels that keeps the dim (``x.pow(2).mean(1, keepdim=True)`` in an RMSNorm over channels,
-the channel mean of a Global Response Norm or of a hand-written LayerNorm) is a statistic broadcast back
-over the channels: removing channels changes it, as it changes a LayerNorm's, so the channels are
-removed approximately (``Group.approx_reason``) instead of freezing.
+A statistic over channels that keeps the dim (``x.pow(2).mean(1, keepdim=True)`` in an RMSNorm over
+channels, the channel mean of a Global Response Norm or of a hand-written LayerNorm, the channel mean and
+max of a CBAM-style spatial attention, a channel variance or norm) is a per-position summary of the
+channels: removing channels changes it, as it changes a LayerNorm's, so the channels are removed
+approximately (``Group.approx_reason``) instead of freezing. A sum (or a reduction that drops the dim)
+still freezes them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 from .context import OpContext, structure_like
 from .registry import handles_modules, register_op_handler
 
-__all__ = ["REDUCTIONS", "reduction"]
+__all__ = ["CHANNEL_STATISTICS", "REDUCTIONS", "reduction"]
 
 # op name -> whether the output keeps the input's shape
 REDUCTIONS: dict[str, bool] = {
@@ -29,9 +31,14 @@ REDUCTIONS: dict[str, bool] = {
     **dict.fromkeys("softmax log_softmax _softmax _log_softmax cumsum normalize".split(), True),
 }
 
+# reductions whose kept-dim result over channels is a statistic: channels removed approximately
+CHANNEL_STATISTICS = frozenset("mean amax amin var std norm linalg_vector_norm".split())
+# ops whose dim argument comes after another one (``norm(input, p, dim)``, ``normalize(input, p, dim)``)
+_DIM_POSITION = {"norm": 2, "linalg_vector_norm": 2, "normalize": 2}
+
 
 def _dims_arg(ctx: OpContext, ndim: int) -> list[int] | None:
-    dim = ctx.arg(1, "dim")
+    dim = ctx.arg(_DIM_POSITION.get(ctx.op_name, 1), "dim")
     if dim is None and ctx.node.op == "call_function" and len(ctx.args) > 1 and isinstance(ctx.args[1], list):
         dim = ctx.args[1]
     if dim is None:
@@ -51,10 +58,11 @@ def reduction(keeps_shape: bool = False) -> Callable[[OpContext], Any]:
         dims = _dims_arg(ctx, x.dim())
         dims = list(range(x.dim())) if dims is None else dims
         out0 = ctx.out[0] if isinstance(ctx.out, (tuple, list)) else ctx.out
-        statistic = ctx.op_name == "mean" and isinstance(out0, torch.Tensor) and out0.dim() == x.dim()
+        statistic = (ctx.op_name in CHANNEL_STATISTICS and isinstance(out0, torch.Tensor)
+                     and out0.dim() == x.dim())
         for d in dims:
             if d in lab and statistic:
-                ctx.table.mark_approx(lab[d], f"mean over channels ({ctx.where})")
+                ctx.table.mark_approx(lab[d], f"{ctx.op_name} over channels ({ctx.where})")
             elif d in lab:
                 ctx.table.freeze(lab[d], f"{ctx.where}: reduction over channels")
         kept = {d: a for d, a in lab.items() if d not in dims}
