@@ -228,10 +228,37 @@ class CostRecorder(TorchDispatchMode):
                     self.dims[id(o)] = (o, tuple(dims))
 
     def _record(self, packet, args, kwargs, out) -> None:
-        e_args, e_kwargs = tree_map(self._shape, args), tree_map(self._shape, kwargs)
-        e_out = tree_map(lambda v: self._shape(v, operand=False), out)
-        dense = FLOP_FORMULAS[packet](*args, **kwargs, out_val=out)
+        e_args, e_kwargs = _map_tensors(self._shape, args), _map_tensors(self._shape, kwargs)
+        e_out = _map_tensors(lambda v: self._shape(v, operand=False), out)
+        formula = getattr(FLOP_FORMULAS[packet], "__wrapped__", None)  # the formula on shapes
+        if formula is not None and isinstance(e_out, _Shape) and not _nested([*e_args, *e_kwargs.values()]):
+            size = lambda v: list(v.size) if isinstance(v, _Shape) else v  # noqa: E731
+            kw = {k: size(v) for k, v in e_kwargs.items()}
+            dense = formula(*map(size, e_args), out_shape=size(e_out), **kw)
+        else:
+            dense = FLOP_FORMULAS[packet](*args, **kwargs, out_val=out)
         self.table.entries.append(_Entry(packet, e_args, e_kwargs, e_out, dense))
+
+
+def _map_tensors(fn, value: Any) -> Any:
+    """``value`` (op arguments: nested tuples, lists, dicts) with every tensor replaced by ``fn(tensor)``."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if type(value) in (tuple, list):
+        return type(value)(_map_tensors(fn, v) for v in value)
+    if type(value) is dict:
+        return {k: _map_tensors(fn, v) for k, v in value.items()}
+    return tree_map(fn, value) if isinstance(value, (tuple, list, dict)) else value
+
+
+def _nested(values: list) -> bool:
+    """Whether a value nests an operand in a sequence (the shape formulas take top-level shapes only)."""
+    for v in values:
+        if isinstance(v, (tuple, list)) and (any(isinstance(x, _Shape) for x in v) or _nested(v)):
+            return True
+        if isinstance(v, dict) and _nested([list(v.values())]):
+            return True
+    return False
 
 
 def _has_channels(t: torch.Tensor) -> bool:

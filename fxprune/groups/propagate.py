@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,9 +102,19 @@ class ChannelPropagation(fx.Interpreter):
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
         if self.shapes_only and args and isinstance(args[0], torch.Tensor):
-            if isinstance(self.fetch_attr(target), _SHAPE_PRESERVING):  # only shapes matter
+            m = self.fetch_attr(target)
+            if isinstance(m, _SHAPE_PRESERVING):  # only shapes matter
                 return args[0] if self.on_meta_device else torch.empty_like(args[0])
+            if self.on_meta_device and type(m) in _ADAPTIVE_POOLS and len(args) == 1 and not kwargs:
+                return _adaptive_pool_like(m, args[0])
         return super().call_module(target, args, kwargs)
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if self.on_meta_device and target in _BINARY and not kwargs:
+            out = _broadcast_like(args)
+            if out is not None:
+                return out
+        return super().call_function(target, args, kwargs)
 
     def get_attr(self, target: str, args: tuple, kwargs: dict) -> Any:
         value = super().get_attr(target, args, kwargs)
@@ -257,6 +268,50 @@ _SHAPE_PRESERVING = (
     nn.Tanh,
     nn.Mish,
 )
+
+
+# Elementwise arithmetic of two operands: on meta tensors torch computes their result's shape in Python
+# (a few hundred microseconds per op); for same-dtype float operands it is the broadcast shape.
+_BINARY = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul}
+_BINARY.add(torch.div)
+_ADAPTIVE_POOLS = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}  # spatial dims
+
+
+def _broadcast_like(args: tuple) -> torch.Tensor | None:
+    """The meta result of an elementwise op of ``args`` (two operands), or None to run the op itself.
+
+    Only floating tensors of one dtype, contiguous, with Python numbers: the result is then a contiguous
+    tensor of that dtype and the broadcast shape.
+    """
+    if len(args) != 2:
+        return None
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if not tensors or any(not isinstance(a, (torch.Tensor, int, float)) or isinstance(a, bool) for a in args):
+        return None
+    first = tensors[0]
+    if not first.dtype.is_floating_point or any(
+        t.dtype != first.dtype or t.device != first.device or not t.is_contiguous() for t in tensors
+    ):
+        return None
+    ndim = max(t.dim() for t in tensors)
+    shape = [1] * ndim
+    for t in tensors:
+        for i, n in enumerate(t.shape, start=ndim - t.dim()):
+            if n != 1:
+                if shape[i] not in (1, n):
+                    return None  # not broadcastable: the op itself raises
+                shape[i] = n
+    return first.new_empty(shape)
+
+
+def _adaptive_pool_like(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The meta result of an adaptive average pool: the input's leading dims, then the output size."""
+    k = _ADAPTIVE_POOLS[type(m)]
+    if x.dim() not in (k + 1, k + 2) or not x.dtype.is_floating_point:
+        return m(x)
+    size = m.output_size if isinstance(m.output_size, (tuple, list)) else (m.output_size,) * k
+    spatial = [x.shape[x.dim() - k + i] if s is None else s for i, s in enumerate(size)]
+    return x.new_empty((*x.shape[: x.dim() - k], *spatial))
 
 
 def _kernel_dims(root: nn.Module, target: str) -> range:
