@@ -330,3 +330,19 @@ def test_segments_by_arrays_match_segments_atom_by_atom():
             assert seg.counts_of(removed) == [sum(int(i) in gone for i in unit[0]) for unit in seg.units]
             assert not gone & set(g.frozen)
     assert several > 0  # googlenet's inception outputs concatenate several layers
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [((2, 8, 5, 5), (1, 8, 1, 1)), ((8, 1, 1), (2, 8, 4, 4)), ((3, 4), 2.0), (1, (3, 4)), ((6,), (6,))],
+)
+def test_meta_arithmetic_from_shapes_matches_the_op(a, b):
+    from fxprune.groups.propagate import _BINARY, _broadcast_like
+
+    make = lambda v: torch.empty(v, device="meta") if isinstance(v, tuple) else v  # noqa: E731
+    args = (make(a), make(b))
+    for op in _BINARY:
+        got, expected = _broadcast_like(args), op(*args)
+        assert got.shape == expected.shape and got.dtype == expected.dtype and got.device == expected.device
+    assert _broadcast_like((torch.empty(3, device="meta"), torch.empty(4, device="meta"))) is None
+    assert _broadcast_like((torch.empty(3, 4, device="meta").t(), 1.0)) is None  # strided: the op decides
