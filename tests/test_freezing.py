@@ -245,3 +245,24 @@ def test_one_attribute_sizing_channels_of_several_ops_freezes_them():
     model = SharedSplitSize()
     _prune(model, torch.randn(1, 3, 16, 16), min_flops_ratio=1.05)
     assert model.key_dim == 8 and all(h[0].out_channels == 16 for h in model.heads)
+
+
+class _ConstantScale(nn.Module):
+    """A per-channel scale viewed to a size written in the code: its channels cannot follow pruning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+        self.scale = nn.Parameter(torch.ones(16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(x)
+        return self.c2(y * self.scale.view(16, 1, 1))
+
+
+def test_an_elementwise_freeze_names_its_op():
+    analysis = fxprune.analyze(_ConstantScale(), torch.randn(2, 3, 8, 8))
+    (group,) = [g for g in analysis.groups if "c1" in g.modules and "c2" in g.modules]
+    reasons = set(group.frozen.values())
+    assert group.prunable == 0 and len(reasons) == 1
+    assert reasons.pop().startswith("mul at mul")

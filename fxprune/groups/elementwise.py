@@ -50,7 +50,7 @@ def elementwise(ctx: OpContext) -> Labels:
         if isinstance(ctx.out, (int, float)):
             return merge(*ctx.largs, *ctx.lkwargs.values())
         return ctx.unsupported_op("elementwise op with a non-tensor result")
-    return broadcast_labels(ctx.table, tensor_operands(ctx), ctx.out_shape)
+    return broadcast_labels(ctx.table, tensor_operands(ctx), ctx.out_shape, ctx.where)
 
 
 def passthrough(ctx: OpContext) -> Any:

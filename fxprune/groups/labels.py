@@ -18,13 +18,15 @@ def _norm_dim(d: int, ndim: int) -> int:
 
 
 def broadcast_labels(
-    table: SlotTable, operands: Sequence[tuple[tuple[int, ...], Labels | None]], out_shape: Sequence[int]
+    table: SlotTable, operands: Sequence[tuple[tuple[int, ...], Labels | None]], out_shape: Sequence[int],
+    where: str = "",
 ) -> Labels:
     """Labels of an elementwise op's output; couples operands' channels that meet at the same index.
 
     A channel dimension that meets a full-size operand without labels (a constant, an input) is frozen:
-    that operand cannot lose channels.
+    that operand cannot lose channels. ``where`` (the op) is named in the freeze reasons.
     """
+    at = f"{where}: " if where else ""
     out_nd = len(out_shape)
     out: Labels = {}
     for j in range(out_nd):
@@ -38,7 +40,7 @@ def broadcast_labels(
             if lab is not None and size == out_shape[j] and size > 1:
                 labeled.append(lab)
             elif lab is not None:
-                table.freeze(lab, "broadcast of a single channel")
+                table.freeze(lab, f"{at}broadcast of a single channel")
             elif size == out_shape[j] and size > 1:
                 blockers = True
         if not labeled:
@@ -46,7 +48,7 @@ def broadcast_labels(
         for lab in labeled[1:]:
             table.union(labeled[0], lab)
         if blockers:
-            table.freeze(labeled[0], "elementwise op with a tensor whose channels cannot be removed")
+            table.freeze(labeled[0], f"{at}elementwise op with a tensor whose channels cannot be removed")
         out[j] = labeled[0]
     return out
 
