@@ -11,6 +11,8 @@ Parts (``--parts``, default all):
   ``ratio``: ``ratio=0.5``, the library's default path); dense and every pruned model, fp32 and INT8,
   timed in one interleaved run per runtime (OpenVINO, onnxruntime). Calibration for timing only:
   ``--calib-samples`` random inputs. Target: pruned-INT8 over dense-INT8 >= 0.8x the FLOPs reduction.
+  YOLO heads are timed in ultralytics' export form (the decoded predictions only); ``--pruned-files``
+  adds saved pruned models (e.g. ``fxprune.deploy.prune(target_latency=..., precision="int8")``).
 * ``yolo-agree``: a trained YOLOv8n (``--yolo-weights``): detections of its QDQ ONNX, NNCF alone and with
   the requantized convolutions, against fp32 on coco128, and the convolutions onnxruntime runs in INT8.
 * ``sweep``: INT8 models pruned at ``--ratios`` with the INT8 alignment, all timed with dense INT8 in one
@@ -187,12 +189,31 @@ def part_cifar(args, tmp: Path, pruned: bool = False) -> dict[str, Any]:
     return out
 
 
+def deploy_form(model: torch.nn.Module) -> torch.nn.Module:
+    """Detection heads in ultralytics' export form (the decoded predictions only, as deployed), in place:
+    in eval mode they also return the raw box and class maps and the three neck feature maps, which every
+    runtime then has to write out (float, NCHW) on top of the work the deployed model does."""
+    for module in model.modules():
+        if hasattr(module, "export") and hasattr(module, "format"):
+            module.export, module.format, module.dynamic = True, "onnx", False
+    return model
+
+
 def pruned_variants(name: str, dense: torch.nn.Module, x: torch.Tensor, args) -> dict[str, dict[str, Any]]:
     """The pruned models of ``--plans``: ``flops`` (the model's FLOPs target with the INT8 multiple, halved
     until reachable), ``ratio`` (``fxprune.prune(ratio=0.5)`` with the INT8 multiple, the library's default
-    INT8 path), ``ratio-rt16`` / ``flops-rt16`` (the same with 16-channel steps)."""
-    _, _, target = MODELS[name]
+    INT8 path), ``ratio-rt16`` / ``flops-rt16`` (the same with 16-channel steps); then every
+    ``--pruned-files`` entry of this model (``fxprune.save`` files, e.g. a latency-target INT8 plan)."""
+    spec, _, target = MODELS[name]
     out = {}
+    for entry in args.pruned_files:
+        label, _, path = entry.partition("=")
+        if label.split("-")[0] != name:
+            continue
+        pruned = fxprune.load(spec, path).eval()
+        flops = count_flops(dense, x) / count_flops(pruned, x)
+        out[label] = {"model": pruned, "round_to": 0, "flops_ratio": flops}
+        log(f"{label}: {flops:.2f}x fewer FLOPs (from {path})")
     for plan in args.plans:
         kind, _, rt = plan.partition("-rt")
         round_to = int(rt) if rt else int8_multiple("cpu")
@@ -232,13 +253,14 @@ def part_latency(name: str, args, tmp: Path) -> dict[str, Any]:
         "runtimes": {},
     }
     models = {"dense": dense, **{k: v["model"] for k, v in plans.items()}}
+    models = {k: deploy_form(m) for k, m in models.items()}
     for runtime in args.backends:
         fmt, files, requantized = QUANT_FORMAT[runtime], {}, {}
         suffix = "xml" if fmt == "openvino" else "onnx"
         for label, m in models.items():
             res = quantize(m, x, calib, fmt, tmp / f"{name}-{label}-int8.{suffix}", subset_size=len(calib))
             files[f"{label} fp32"], files[f"{label} int8"] = res.source_onnx, res.path
-            requantized[label] = len(res.requantized)
+            requantized[label] = {"convs": len(res.requantized), "gates": len(res.gates)}
         res = measure_latency(
             files,
             x,
@@ -289,6 +311,7 @@ def part_sweep(name: str, args, tmp: Path) -> dict[str, Any]:
         variants[f"{r:g}"] = copy.deepcopy(dense)
         fxprune.prune(variants[f"{r:g}"], x, ratio=r, round_to=round_to)
         flops[f"{r:g}"] = count_flops(dense, x) / count_flops(variants[f"{r:g}"].eval(), x)
+    variants = {k: deploy_form(m) for k, m in variants.items()}
     files = {
         k: quantize(m, x, calib, fmt, tmp / f"{name}-sweep-{k}.{suffix}", subset_size=len(calib)).path
         for k, m in variants.items()
@@ -529,6 +552,11 @@ def main() -> None:
         help="latency: pruned models timed with dense: flops, ratio, flops-rt16, ratio-rt16",
     )
     p.add_argument("--ratio", type=float, default=0.5, help="latency: the ratio of the 'ratio' plans")
+    p.add_argument(
+        "--pruned-files",
+        default="",
+        help="latency: more pruned models, LABEL=FILE (fxprune.save; LABEL starts with the model name)",
+    )
     p.add_argument("--profile-runs", type=int, default=5, help="alignment: profiled calls per file")
     p.add_argument("--yolo-weights", default=None, help="yolo-agree: a trained YOLOv8n checkpoint (.pt)")
     p.add_argument("--yolo-imgsz", type=int, default=160, help="yolo-agree: input size")
@@ -538,6 +566,7 @@ def main() -> None:
     args.ratios = [float(r) for r in args.ratios.split(",") if r]
     args.round_tos = [int(r) for r in args.round_tos.split(",") if r]
     args.plans = [p for p in args.plans.split(",") if p]
+    args.pruned_files = [f for f in args.pruned_files.split(",") if f]
     torch.set_num_threads(args.threads)
     row: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -101,6 +101,7 @@ def prune(
     *,
     target_latency: str | float | None = None,
     backend: str = "ort",
+    precision: str = "fp32",
     importance: str | Importance = "l2",
     ignore: Iterable[str | type | nn.Module] = (),
     leaf_modules: Iterable[str | type] = (),
@@ -112,18 +113,21 @@ def prune(
 ) -> PruneReport:
     """:func:`fxprune.prune`, plus ``target_latency`` (``"0.5x"`` of the dense latency or ``"12ms"``).
 
-    ``round_to`` defaults to ``backend``'s alignment (:func:`default_round_to`). With ``target_latency``
-    the plan comes from :class:`LatencyPlanner` on ``backend``; without it, every argument goes to
+    ``round_to`` defaults to ``backend``'s alignment at ``precision`` (:func:`default_round_to`). With
+    ``target_latency`` the plan comes from :class:`LatencyPlanner` on ``backend`` at ``precision``
+    (``"int8"``: layer tables and checks time NNCF-quantized files); without it, every argument goes to
     :func:`fxprune.prune` (``options``: ``ratios``, ``global_ranking``, ``target_flops``,
     ``target_params``, ``planner``).
     """
     common = dict(importance=importance, ignore=ignore, leaf_modules=leaf_modules, verify=verify, tol=tol)
     if target_latency is None:
-        round_to = default_round_to(backend) if round_to is None else round_to
+        round_to = default_round_to(backend, precision) if round_to is None else round_to
         return prune_model(
             model, example_inputs, ratio, round_to=round_to, min_width=min_width, **common, **options
         )
     if options:
         raise ValueError(f"target_latency does not combine with {', '.join(sorted(options))}")
-    planner = LatencyPlanner(target_latency, backend, round_to=round_to, min_width=min_width)
+    planner = LatencyPlanner(
+        target_latency, backend, round_to=round_to, min_width=min_width, precision=precision
+    )
     return prune_model(model, example_inputs, planner=planner, **common)

@@ -40,7 +40,7 @@ from fxprune.capture import as_args_kwargs
 
 from .calibration import CalibrationBatches, forward_input_names
 from .onnx_export import export_onnx, onnx_input_names
-from .qdq import requantize_conv_outputs
+from .qdq import quantize_sigmoid_gates, requantize_conv_outputs, softmax_on_last_axis
 
 __all__ = [
     "BACKENDS",
@@ -75,11 +75,12 @@ class QuantizeResult:
     preset: str
     ignored: list[str] = field(default_factory=list)
     requantized: list[str] = field(default_factory=list)
+    gates: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(path=str(self.path), source_onnx=str(self.source_onnx), ignored=len(self.ignored))
-        d.update(requantized=len(self.requantized))
+        d.update(requantized=len(self.requantized), gates=len(self.gates))
         return d
 
 
@@ -219,7 +220,11 @@ def quantize(
     ``"performance"`` (symmetric) or ``"mixed"``; default mixed for detection models, else performance.
     ``requantize_convs`` (ONNX only): add calibrated Q/DQ pairs where NNCF leaves a quantized convolution's
     output (SiLU follows) or input (a Concat) in float, so that onnxruntime runs every one in INT8; the
-    names of those convolutions are ``result.requantized`` (none for ReLU networks, whose file is unchanged).
+    names of those convolutions are ``result.requantized`` (none for ReLU networks, whose file is unchanged);
+    where there are some, the Sigmoid of each SiLU or sigmoid gate between them gets a [0, 1] pair too, so
+    that onnxruntime runs the gate in INT8 (``QLinearSigmoid``, ``QLinearMul``): their names are
+    ``result.gates``; a Softmax over an inner axis is rewritten over the last one (the same values, faster
+    on onnxruntime).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown quantization backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -273,6 +278,7 @@ def quantize(
     except Exception as e:  # NNCF's own errors name the graph's internals; say which step failed
         raise ValueError(f"NNCF could not quantize the model ({type(e).__name__}: {str(e)[:300]})") from e
     requantized: list[str] = []
+    gates: list[str] = []
     if backend == "openvino":
         ov.save_model(quantized, str(out), compress_to_fp16=False)
     else:
@@ -280,6 +286,8 @@ def quantize(
             samples = itertools.islice(batches, subset_size)
             symmetric = chosen == "performance"
             requantized = requantize_conv_outputs(quantized, samples, onnx_input_names(source), symmetric)
+            gates = quantize_sigmoid_gates(quantized) if requantized else []
+            softmax_on_last_axis(quantized)  # onnxruntime's Softmax over an inner axis is slow (YOLO's DFL)
         onnx.save(quantized, str(out))
     return QuantizeResult(
         out,
@@ -291,4 +299,5 @@ def quantize(
         chosen,
         sorted(set(head_ops) | set(scope.names)),
         requantized,
+        gates,
     )

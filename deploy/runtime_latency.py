@@ -46,8 +46,8 @@ NO_CALIBRATION_WARNING = (
 
 class Int8Quantizer:
     """Quantizes the modules of a latency run for ``backend`` (its ``int8_format``), all from one
-    calibration set: up to ``subset_size`` batches of ``calibration``, or the example inputs (with a
-    warning) when it is None."""
+    calibration set: up to ``subset_size`` batches of ``calibration``, or, when it is None (with a
+    warning), each model's own example inputs (a layer table times layers with different input shapes)."""
 
     def __init__(
         self,
@@ -61,7 +61,7 @@ class Int8Quantizer:
 
         if backend.int8_format is None:
             raise ValueError(f"backend {backend.name!r} has no INT8 path")
-        self.origin = ""
+        self.origin, self.own_inputs = "", calibration is None
         if calibration is None:
             warnings.warn(NO_CALIBRATION_WARNING, UserWarning, stacklevel=3)
             calibration, self.origin = [inputs], " (the example inputs)"
@@ -78,7 +78,8 @@ class Int8Quantizer:
         fmt = self.backend.int8_format
         out = path.with_suffix(".xml" if fmt == "openvino" else ".onnx")
         extra = {"requantize_convs": self.backend.requantize_convs} if fmt == "onnx" else {}
-        return quantize(model, inputs, self.calibration, fmt, out, subset_size=self.samples, **extra).path
+        calibration = [inputs] if self.own_inputs else self.calibration
+        return quantize(model, inputs, calibration, fmt, out, subset_size=self.samples, **extra).path
 
 
 def _file(backend: Backend, source: str | Path, precision: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import io
 
 import numpy as np
 import pytest
@@ -14,7 +15,11 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from fxprune.deploy import quantize, run_artifact  # noqa: E402
-from fxprune.deploy.qdq import activations_to_uint8, unquantized_conv_tensors  # noqa: E402
+from fxprune.deploy.qdq import (  # noqa: E402
+    activations_to_uint8,
+    softmax_on_last_axis,
+    unquantized_conv_tensors,
+)
 
 FLOAT_CONVS = ("Conv", "FusedConv")  # what onnxruntime runs in fp32 (NCHWc convs keep the name Conv)
 
@@ -58,6 +63,8 @@ def test_silu_net_has_no_fp32_conv_after_onnxruntime_optimisation(preset, tmp_pa
     ops = _ops_onnxruntime_runs(res.path, tmp_path)
     assert ops["QLinearConv"] == 4 and not any(ops[op] for op in FLOAT_CONVS), ops
     assert sorted(res.requantized) == ["/branch/Conv", "/head/Conv", "/merge/Conv", "/stem/Conv"]
+    assert ops["QLinearSigmoid"] == ops["QLinearMul"] == len(res.gates) == 3, ops  # SiLU in INT8
+    assert not ops["Sigmoid"] and not ops["Mul"] and ops["DequantizeLinear"] == 1, ops
     nodes = onnx.load(str(res.path)).graph.node
     assert all(n.domain in ("", "ai.onnx") for n in nodes)  # standard QuantizeLinear/DequantizeLinear only
     assert unquantized_conv_tensors(onnx.load(str(res.path))) == ([], [])
@@ -115,3 +122,24 @@ def test_tensorrt_latency_runs_keep_nncf_file(tmp_path):
         files[name] = onnx.load(str(quantizer(net, (x,), tmp_path / f"{name}.onnx")))
     assert unquantized_conv_tensors(files["trtexec"]) != ([], [])
     assert unquantized_conv_tensors(files["ort"]) == ([], [])
+
+
+def test_softmax_moved_to_the_last_axis_keeps_the_values():
+    class Dfl(nn.Module):  # YOLO's DFL: a softmax over 16 bins on an inner axis
+        def forward(self, x):
+            return x.view(1, 4, 16, 50).transpose(2, 1).softmax(1)
+
+    buf = io.BytesIO()
+    torch.onnx.export(Dfl(), (torch.randn(1, 64, 50),), buf, dynamo=False, opset_version=17)
+    model = onnx.load_from_string(buf.getvalue())
+    x = np.random.default_rng(0).standard_normal((1, 64, 50)).astype(np.float32)
+
+    def run(m):
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+    before = run(model)
+    assert len(softmax_on_last_axis(model)) == 1
+    axes = [a.i for n in model.graph.node if n.op_type == "Softmax" for a in n.attribute if a.name == "axis"]
+    assert axes == [-1]
+    np.testing.assert_allclose(run(model), before, rtol=1e-6, atol=1e-7)

@@ -165,6 +165,11 @@ def test_int8_latency_without_calibration_warns_and_refuses_float_files(trained,
         measure_latency({"m": net}, test_x[:1], "ort", precision="int8", calibration=[], iters=2)
     with pytest.raises(ValueError, match="precision fp32, fp16, not 'int8'"):
         measure_latency({"m": net}, test_x[:1], "ort-cuda", precision="int8")
+    layer, layer_x = nn.Conv2d(8, 16, 3), torch.randn(1, 8, 6, 6)  # a layer table times other input shapes
+    with pytest.warns(UserWarning, match="no calibration data given"):
+        res = measure_latency({"m": net, "layer": layer}, test_x[:1], "ort", precision="int8", iters=2,
+                              repeats=1, inputs_of={"layer": (layer_x,)})  # fmt: skip
+    assert res["layer"].median_ms > 0
 
 
 def test_calibration_shape_mismatch_names_the_batch(trained):
