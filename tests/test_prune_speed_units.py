@@ -139,11 +139,25 @@ class ShiftBetweenLayers(nn.Module):
         return self.b(y)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shift"])
+class ActivationBetweenLayers(nn.Module):
+    """conv -> activation -> conv: with f(0) != 0 the activation's output must be masked again."""
+
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.a, self.act, self.b = nn.Conv2d(3, 16, 3), act, nn.Conv2d(16, 8, 3)
+
+    def forward(self, x):
+        return self.b(self.act(self.a(x)))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shift", "hardsigmoid", "silu"])
 def test_inputs_masked_once_match_inputs_masked_at_every_layer(name, monkeypatch):
-    """Skipping a layer input the previous layer's hook masked changes nothing, in-place ops included."""
-    if name == "shift":
-        model, x = randomize_(ShiftBetweenLayers().eval()), torch.randn(1, 3, 12, 12)
+    """Skipping a layer input the previous layer's hook masked, or the output of an activation with
+    f(0) = 0 whose input was masked, changes nothing, in-place ops included."""
+    if name in ("shift", "hardsigmoid", "silu"):
+        acts = {"hardsigmoid": nn.Hardsigmoid, "silu": nn.SiLU}
+        small = ShiftBetweenLayers() if name == "shift" else ActivationBetweenLayers(acts[name]())
+        model, x = randomize_(small.eval()), torch.randn(1, 3, 12, 12)
         analysis = fxprune.analyze(model, x)
         plan = analysis.plan(0.5, round_to=1)
         removed = {int(r) for g in analysis.groups if g.id in plan.remove for r in g.atoms[plan.remove[g.id]]}
@@ -155,6 +169,7 @@ def test_inputs_masked_once_match_inputs_masked_at_every_layer(name, monkeypatch
         with masked(model, prop.module_io, prop.table, removed, prop.table.blocks) as m:
             once = m(x)
         monkeypatch.setattr(masking.MaskedTensors, "done", lambda self, value, masks: False)
+        monkeypatch.setattr(masking, "_zero_where_input_zero", lambda *args: False)
         with masked(model, prop.module_io, prop.table, removed, prop.table.blocks) as m:
             every = m(x)
         dense = model(x)

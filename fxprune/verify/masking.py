@@ -244,6 +244,27 @@ class _CallMask:
         )
 
     def post(self, mod: nn.Module, args: tuple, out: Any) -> Any:
-        out_masks = self.masks[self.i % len(self.masks)][1]
+        in_masks, out_masks = self.masks[self.i % len(self.masks)]
         self.i += 1
-        return None if out_masks is None else apply_masks(out, out_masks, self.applied)
+        if out_masks is None:
+            return None
+        if self.applied is not None and _zero_where_input_zero(mod, args, in_masks, out, out_masks):
+            self.applied.note(out, out_masks)  # the input hook zeroed those channels: so is the output
+            return None
+        return apply_masks(out, out_masks, self.applied)
+
+
+# Elementwise activations with f(0) == 0 exactly: where their input is zero, so is their output.
+_ZERO_AT_ZERO = {nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.Tanh, nn.LeakyReLU, nn.Mish, nn.ELU}
+
+
+def _zero_where_input_zero(mod: nn.Module, args: tuple, in_masks: Any, out: Any, out_masks: Any) -> bool:
+    """Whether ``mod`` (exactly one of the activations above) maps its masked input to an output that
+    already has ``out_masks``' zeros: the same masks on the same dims of a tensor of the same shape."""
+    if type(mod) not in _ZERO_AT_ZERO or len(args) != 1 or not in_masks or not isinstance(out, torch.Tensor):
+        return False
+    first = in_masks[0]
+    if not isinstance(first, DimMasks) or not isinstance(out_masks, DimMasks) or out.shape != args[0].shape:
+        return False
+    same = all(d == d2 and k is k2 for (d, k), (d2, k2) in zip(first, out_masks))
+    return same and len(first) == len(out_masks)
