@@ -104,10 +104,13 @@ def test_head_size_shrinks_with_the_scale_folded(block, single_thread):
     model, x = _Tokens(attn), torch.randn(2, 10, 8)
     analysis = fxprune.analyze(model, x)
     assert not any("no scale=" in r for g in analysis.groups for r in g.frozen.values())
-    before = sum(p.numel() for p in attn.parameters())
+    before, heads = sum(p.numel() for p in attn.parameters()), attn.num_heads
     report = fxprune.prune(model, x, ratio=0.5, round_to=1)
     assert report.verified and report.exact_error < 1e-5
     assert sum(p.numel() for p in attn.parameters()) < 0.7 * before
+    assert attn.num_heads == heads  # head channels went, not whole heads
+    layer, rows = (attn.q, 16) if isinstance(attn, _Separate) else (attn.qkv, 48)
+    assert layer.out_features == rows  # half of each head's channels
     assert model(x).shape == (2, 4)
 
 
@@ -148,3 +151,46 @@ def test_timm_attention_with_query_norm_folds_into_the_norm(single_thread):
     assert report.verified and attn.head_dim == 8 and attn.num_heads == 2
     assert torch.allclose(attn.q_norm.weight, torch.full((8,), math.sqrt(0.5)))
     assert torch.allclose(attn.k_norm.weight, torch.ones(8))
+
+
+class _Reduced(nn.Module):
+    """PVT-v2's spatial-reduction attention: ``q(x).reshape(B, N, self.num_heads, -1)`` and
+    ``kv(x).reshape(B, -1, 2, self.num_heads, self.head_dim)`` (the ``-1`` is the sequence there)."""
+
+    def __init__(self, dim: int = 32, heads: int = 1) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q = self.q(x).reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
+        kv = self.kv(x[:, ::2]).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_key_value_view_with_two_attributes_follows_the_head_size(heads, single_thread):
+    """The head size attribute of the key/value view is written after slimming; with one head too."""
+    torch.manual_seed(0)
+    attn = _Reduced(heads=heads)
+    model, x = _Tokens(attn), torch.randn(2, 10, 8)
+    report = _prune(model, x)
+    assert attn.num_heads == heads and attn.head_dim == 16 // heads
+    assert attn.kv.out_features == 32 and report.flops_after < 0.6 * report.flops_before
+
+
+def test_pvt_v2_attention_blocks_lose_head_channels(single_thread):
+    """pvt_v2_b0 kept 0.665 of its FLOPs at ratio 0.5: every key/value view froze its block."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("pvt_v2_b0", num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    model.eval()
+    report = fxprune.prune(model, x, ratio=0.5)
+    assert report.verified and report.exact_error < 1e-4
+    attn = model.stages[0].blocks[0].attn
+    assert attn.num_heads == 1 and attn.head_dim < 32 and attn.q.out_features == attn.head_dim
+    assert report.flops_after < 0.4 * report.flops_before

@@ -11,7 +11,7 @@ from .labels import Labels, broadcast_labels
 from .registry import handles_ops
 from .sdpa_scale import note_shapes
 
-__all__ = ["cat", "split", "stack", "unbind"]
+__all__ = ["cat", "split", "stack", "tile", "unbind"]
 
 
 def _dim_arg(ctx: OpContext, ndim: int, position: int) -> int:
@@ -55,6 +55,22 @@ def stack(ctx: OpContext) -> Labels:
         ctx.table, [(tuple(t.shape), lab) for t, lab in zip(tensors, labs)], tuple(tensors[0].shape)
     )
     return {d + (1 if d >= dim else 0): a for d, a in merged.items()}
+
+
+@handles_ops("tile", "repeat")
+def tile(ctx: OpContext) -> Labels:
+    """``x.tile(reps)``/``x.repeat(reps)``: copies of ``x`` end to end along each dim, as ``cat`` of copies
+    (a channel dim repeated ``r`` times carries its labels ``r`` times; a position embedding tiled over
+    windows keeps its channels)."""
+    x = ctx.arg(0, "input")
+    lab = ctx.larg(0, "input") or {}
+    reps = list(ctx.args[1:]) if len(ctx.args) > 2 else ctx.arg(1, "dims", ctx.kwargs.get("repeats"))
+    reps = [reps] if isinstance(reps, int) else list(reps or ())
+    if not all(isinstance(r, int) for r in reps):
+        return ctx.unsupported_op("repeat counts computed at run time")
+    off = ctx.out.dim() - x.dim()
+    reps = [1] * (ctx.out.dim() - len(reps)) + reps
+    return {d + off: np.tile(a, reps[d + off]) if reps[d + off] > 1 else a for d, a in lab.items()}
 
 
 @handles_ops("chunk", "split", "split_with_sizes", "tensor_split")

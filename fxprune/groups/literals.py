@@ -22,6 +22,7 @@ from .attr_constants import names_read_in_forward
 from .attr_expressions import check_expressions
 from .context import Unsupported, iter_labels, op_name
 from .propagate import PropagationResult
+from .registry import layer_args
 
 __all__ = ["freeze_attribute_literals", "int_literals", "scope_attributes"]
 
@@ -62,6 +63,22 @@ def scope_attributes(model: nn.Module, node: fx.Node) -> dict[int, tuple[str, st
     return found
 
 
+def _layer_sizes(model: nn.Module, node: fx.Node) -> set[int]:
+    """Literals a LayerNorm's own ``normalized_shape`` explains (``F.layer_norm(x, self.normalized_shape,
+    self.weight, ...)`` inside a subclass's forward): slimming rewrites that attribute, so they follow."""
+    spec = layer_args(op_name(node))
+    if spec is None:
+        return set()
+    w = node.args[spec.weight] if len(node.args) > spec.weight else node.kwargs.get("weight")
+    if not isinstance(w, fx.Node) or w.op != "get_attr":
+        return set()
+    try:
+        owner = model.get_submodule(w.target.rpartition(".")[0])
+    except AttributeError:
+        return set()
+    return set(owner.normalized_shape) if isinstance(owner, nn.LayerNorm) else set()
+
+
 def freeze_attribute_literals(
     prop: PropagationResult, graph_module: fx.GraphModule, model: nn.Module
 ) -> None:
@@ -75,6 +92,7 @@ def freeze_attribute_literals(
         literals = set(int_literals((node.args, node.kwargs)))
         if not literals:
             continue
+        literals -= _layer_sizes(model, node)
         in_scope = scope_attributes(model, node).items()
         attrs = {v: ma for v, ma in in_scope if v in literals and ma not in registered}
         if not attrs:

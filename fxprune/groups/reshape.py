@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -122,18 +123,37 @@ def _head_pair(
     ctx: OpContext, sizes: list, adaptive: list[bool], sources: list[SizeSource] | None
 ) -> dict[int, tuple[str, str]]:
     """A view written with two attributes where it splits a channel dim, ``(..., self.num_heads,
-    self.head_dim)``, and no size that follows the channels: the second (the head size) follows them,
-    unless it must keep its width (:func:`.attention.head_size_fixed`), then the first (whole heads).
+    self.head_dim)``, and no other size there that follows the channels: the second (the head size)
+    follows them, unless it must keep its width (:func:`.attention.head_size_fixed`), then the first
+    (whole heads).
     The attribute followed is recorded as a channel constant (written after slimming)."""
-    if sources is None or any(a and s.kind != "runtime" for a, s in zip(adaptive, sources)):
-        return {}
-    pair = [j for j, s in enumerate(sources) if s.kind == "attr" and type(sizes[j]) is int and sizes[j] > 1]
     x, lab = ctx.arg(0, "input"), ctx.larg(0, "input") or {}
-    if len(pair) != 2 or not any(x.shape[d] % (sizes[pair[0]] * sizes[pair[1]]) == 0 for d in lab):
+    if sources is None:
+        return {}
+    runs = [_split_run(tuple(x.shape), ctx.out_shape, d) for d in lab]
+    runs = [r for r in runs if sum(ctx.out_shape[j] > 1 for j in r) > 1]  # a channel dim split
+    if len(runs) != 1 or any(adaptive[j] for j in runs[0]):
+        return {}
+    run = runs[0]
+    pair = [j for j in run if sources[j].kind == "attr"]
+    if len(pair) != 2 or sizes[pair[1]] < 2:
         return {}
     j = pair[0] if head_size_fixed(ctx.node, pair[1], len(sizes)) else pair[1]
+    if sizes[j] < 2:
+        return {}
     adaptive[j] = True
     return {j: (ctx.module_name, sources[j].name)}
+
+
+def _split_run(in_shape: tuple[int, ...], out_shape: tuple[int, ...], d: int) -> list[int]:
+    """The output dims a view splits input dim ``d`` into (empty when its bounds do not line up)."""
+    before, upto = math.prod(in_shape[:d]), math.prod(in_shape[: d + 1])
+    run, prod = [], 1
+    for j, size in enumerate(out_shape):
+        if prod >= before and prod * size <= upto:
+            run.append(j)
+        prod *= size
+    return run if math.prod(out_shape[j] for j in run) == in_shape[d] else []
 
 
 @handles_ops("view", "reshape", "_unsafe_view")
