@@ -191,3 +191,31 @@ def test_a_norm_reads_its_dim_after_p(branch):
     report = fxprune.prune(model, x, ratio=0.5, round_to=1)
     assert report.verified and not report.approx_groups  # channel by channel: exact
     assert model.conv1.out_channels == 8
+
+
+class _Recurrent(nn.Module):
+    """Sequencer2d's token mixing: a recurrent layer over the channels of a residual stream."""
+
+    def __init__(self, cls: type, bidirectional: bool) -> None:
+        super().__init__()
+        self.fc1, self.head = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.rnn = cls(16, 12, batch_first=True, bidirectional=bidirectional)
+        self.fc2 = nn.Linear(24 if bidirectional else 12, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc1(x)
+        r, _ = self.rnn(y)
+        return self.head(y + self.fc2(r))
+
+
+@pytest.mark.parametrize("cls, bidirectional", [(nn.LSTM, True), (nn.GRU, False)])
+def test_recurrent_layers_lose_input_channels(cls, bidirectional):
+    torch.manual_seed(0)
+    model, x = _Recurrent(cls, bidirectional).eval(), torch.randn(2, 5, 8)
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.verified and report.exact_error < 1e-5
+    assert model.fc1.out_features == 8 and model.rnn.input_size == 8
+    assert model.rnn.weight_ih_l0.shape[1] == 8 and model.rnn.weight_hh_l0.shape[1] == 12  # hidden units stay
+    if bidirectional:
+        assert model.rnn.weight_ih_l0_reverse.shape[1] == 8
+    assert model(x).shape == (2, 5, 4)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .computed_params import computed_conv
-from .context import OpContext
+from .context import OpContext, structure_like
 from .grouped_conv import prune_whole_groups
 from .labels import Labels
 from .registry import LayerArgs, handles_modules, handles_ops, register_op_handler
@@ -30,6 +30,7 @@ __all__ = [
     "param_owner",
     "params_owner",
     "prelu",
+    "recurrent_module",
 ]
 
 
@@ -250,3 +251,37 @@ def prelu(ctx: OpContext, x_labels: Labels, module: str, name: str, weight: torc
 @handles_modules(nn.PReLU)
 def prelu_module(ctx: OpContext, m: nn.Module) -> Labels:
     return prelu(ctx, ctx.larg(0), ctx.module_name, "weight", m.weight)
+
+
+# ---------------------------------------------------------------- recurrent layers
+@handles_modules(nn.RNNBase)
+def recurrent_module(ctx: OpContext, m: nn.RNNBase) -> Any:
+    """LSTM/GRU/RNN: each input channel is one column of the first layer's input weights (of both
+    directions), so input channels can go (``input_size`` is written after slimming); the hidden units,
+    the output channels, stay."""
+    x, lab = ctx.arg(0, "input"), ctx.larg(0, "input") or {}
+    if not isinstance(x, torch.Tensor) or x.shape[-1] != m.input_size or not isinstance(ctx.out, tuple):
+        return ctx.unsupported_op(f"module {type(m).__name__} on a packed or unexpected input")
+    name, last = ctx.module_name, x.dim() - 1
+    weights = [f"weight_ih_l0{suffix}" for suffix in ("", "_reverse")[: 2 if m.bidirectional else 1]]
+    cols = ctx.table.block(name, param_members(name, *((w, 1) for w in weights)), m.input_size)
+    couple(ctx, lab.get(last), cols, ctx.where)
+    ctx.constants.append((name, "input_size", cols))
+    for d, other in lab.items():
+        if d != last:
+            ctx.table.freeze(other, f"{ctx.where}: channels on a sequence dim")
+    for other in _labels_in(ctx.largs[1:]):  # initial states given as inputs keep their channels
+        ctx.table.freeze(other, f"{ctx.where}: initial state of a recurrent layer")
+    out, seq = structure_like(ctx.out), ctx.out[0]
+    hidden = ctx.table.freeze_new(seq.shape[-1], f"{ctx.where}: hidden units of a recurrent layer")
+    out[0] = {seq.dim() - 1: hidden}
+    return out
+
+
+def _labels_in(value: Any):
+    """Every label array in nested labels (dicts of arrays inside lists/tuples)."""
+    if isinstance(value, dict):
+        yield from value.values()
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _labels_in(v)
