@@ -12,7 +12,7 @@ from torch import nn
 
 from .capture import Captured, as_args_kwargs, capture
 from .capture.fit import check_inputs_fit, match_parameters
-from .capture.inputs import ExampleInputs
+from .capture.inputs import ExampleInputs, set_training
 from .capture.outputs import OutputSelector, select_outputs
 from .gc_pause import paused_gc
 from .groups.attr_constants import check_shared_attributes
@@ -163,7 +163,7 @@ def analyze(
     if not match_parameters(model, example_inputs):
         check_inputs_fit(model, example_inputs)  # a dtype or device the shape-only analysis would miss
     was_training = model.training
-    model.eval()
+    set_training(model, False)
     try:
         with one_thread():
             captured = capture(model, example_inputs, leaf_modules, use_export)
@@ -179,13 +179,14 @@ def analyze(
             if captured.method != "export":
                 freeze_attribute_literals(prop, captured.graph_module, model)
     finally:
-        model.train(was_training)
+        set_training(model, was_training)
     groups, unsupported = build_groups(prop, model)
+    modules = dict(model.named_modules(remove_duplicate=False))
     for g in groups:
         if patterns:
             g.freeze_modules(patterns, "ignored by the user")
         for name in g.modules:
-            m = _maybe_module(model, name)
+            m = modules.get(name)
             if m is not None and any(not p.requires_grad for p in m.parameters(recurse=False)):
                 g.freeze_modules([name], "frozen parameters (requires_grad=False)")
     constants = [ChannelConstant(m, a, prop.table.roots(lab)) for m, a, lab in prop.constants]
@@ -200,9 +201,3 @@ def _propagate(captured: Captured, example_inputs, model: nn.Module) -> Propagat
     args, kwargs = as_args_kwargs(example_inputs)
     return propagate_shapes(captured.graph_module, captured.method == "export", model, args, kwargs)
 
-
-def _maybe_module(model: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return None

@@ -13,7 +13,7 @@ from torch import nn
 
 from .analysis import Analysis, analyze
 from .capture import run_model
-from .capture.inputs import ExampleInputs
+from .capture.inputs import ExampleInputs, set_training
 from .capture.outputs import OutputSelector, selected_tensors
 from .gc_pause import paused_gc
 from .groups.channel_order import channel_orders
@@ -106,7 +106,8 @@ def _check(
     """Run the slim model and compare its output with the masked original's ``reference`` output."""
     with torch.no_grad():
         try:
-            out = run_model(slim.eval(), example_inputs)
+            set_training(slim, False)
+            out = run_model(slim, example_inputs)
         except Exception as e:
             raise VerificationError(
                 f"the slim model fails to run ({type(e).__name__}: {e}); a channel-dependent constant in "
@@ -203,7 +204,7 @@ def apply_plan(
     """
     model = analysis.model
     was_training = model.training
-    model.eval()
+    set_training(model, False)
     watch = _Stopwatch()
     params_before = count_params(model)
     exact_error = approx_error = None
@@ -245,7 +246,7 @@ def apply_plan(
             flops.count()
     flops_before, flops_after = flops.figures
     params_after = count_params(model)
-    model.train(was_training)
+    set_training(model, was_training)
     widths = []
     for g in analysis.groups:
         n = len(plan.remove.get(g.id, ()))

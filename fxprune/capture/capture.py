@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import capture_error
-from .inputs import ExampleInputs, as_args_kwargs
+from .inputs import ExampleInputs, as_args_kwargs, set_training
 from .tracer import LeafTracer
 
 __all__ = ["Captured", "capture"]
@@ -37,11 +37,11 @@ class Captured:
 @contextlib.contextmanager
 def _mode(model: nn.Module, training: bool):
     was = model.training
-    model.train(training)
+    set_training(model, training)
     try:
         yield
     finally:
-        model.train(was)
+        set_training(model, was)
 
 
 def _symbolic(model: nn.Module, leaf_modules: Iterable) -> fx.GraphModule:

@@ -12,7 +12,15 @@ from torch import nn
 ExampleInputs = torch.Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 """A tensor (one positional input), a tuple/list of positional inputs, or a dict of keyword inputs."""
 
-__all__ = ["ExampleInputs", "as_args_kwargs", "eval_mode", "map_tensors", "run_model", "tensor_shapes"]
+__all__ = [
+    "ExampleInputs",
+    "as_args_kwargs",
+    "eval_mode",
+    "map_tensors",
+    "run_model",
+    "set_training",
+    "tensor_shapes",
+]
 
 
 def as_args_kwargs(example_inputs: ExampleInputs) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -46,6 +54,13 @@ def run_model(model: nn.Module, example_inputs: ExampleInputs) -> Any:
     """Call ``model`` on the example inputs."""
     args, kwargs = as_args_kwargs(example_inputs)
     return model(*args, **kwargs)
+
+
+def set_training(model: nn.Module, training: bool) -> None:
+    """``model.train(training)``, skipped when every module already has that mode (a walk over the flags
+    costs a fraction of the ``train`` call per module)."""
+    if any(m.training != training for m in model.modules()):
+        model.train(training)
 
 
 @contextmanager

@@ -154,7 +154,7 @@ class ChannelPropagation(fx.Interpreter):
             return None
         ctx = self._context(n, args, kwargs, largs, lkwargs, out)
         if n.op == "call_module":
-            m = self.module.get_submodule(n.target)
+            m = self.submodules.get(n.target) or self.module.get_submodule(n.target)
             handler = registry.module_handler(m)
             labels = handler(ctx, m) if handler else ctx.unsupported_op(f"module {type(m).__name__}")
             self.module_io.setdefault(n.target, []).append((largs, labels))

@@ -156,10 +156,10 @@ class MaskSet:
         """Hook the masks into ``model``'s layers; the hook handles."""
         handles = []
         applied = MaskedTensors()
+        modules = dict(model.named_modules(remove_duplicate=False))
         for name, masks in self.calls.items():
-            try:
-                m = model.get_submodule(name)
-            except AttributeError:
+            m = modules.get(name)
+            if m is None:
                 continue
             hooks = _CallMask(masks, applied)
             handles += [m.register_forward_pre_hook(hooks.pre), m.register_forward_hook(hooks.post)]
