@@ -136,18 +136,20 @@ class ChannelPropagation(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
+            labels = self._labels_of(n.args), self._labels_of(n.kwargs)
             if self.recorder is not None:
-                self.recorder.begin_node((args, kwargs), (self._labels_of(n.args), self._labels_of(n.kwargs)))
+                self.recorder.begin_node((args, kwargs), labels)
             out = getattr(self, n.op)(n.target, args, kwargs)
-        self.node_labels[n] = self._node_labels(n, args, kwargs, out)
+        self.node_labels[n] = self._node_labels(n, args, kwargs, out, labels)
         return out
 
-    def _node_labels(self, n: fx.Node, args: tuple, kwargs: dict, out: Any) -> Any:
+    def _node_labels(self, n: fx.Node, args: tuple, kwargs: dict, out: Any, labels: tuple) -> Any:
+        """The labels of ``n``'s output; ``labels`` are those of its args and kwargs."""
         if n.op == "placeholder":
             return structure_like(out)
         if n.op == "get_attr":
             return self._attr_labels(n.target, out)
-        largs, lkwargs = self._labels_of(n.args), self._labels_of(n.kwargs)
+        largs, lkwargs = labels
         if n.op == "output":
             for lab in iter_labels((largs, lkwargs)):
                 self.table.freeze(lab, "model output")
