@@ -238,3 +238,35 @@ def test_grouped_conv_with_a_standardized_weight_loses_whole_groups():
     conv = model[2]
     assert conv.groups < 3 and conv.out_channels == conv.in_channels == 8 * conv.groups
     assert report.exact_error is not None and not report.approx_groups
+
+
+class _SingleHead(nn.Module):
+    """SHViT's single-head attention: ``split(x, [self.pdim, self.dim - self.pdim])``; the first piece is
+    attended (its width also sizes ``v``), the rest passes."""
+
+    def __init__(self, dim: int = 32, pdim: int = 8, qk_dim: int = 4) -> None:
+        super().__init__()
+        self.dim, self.pdim, self.qk_dim = dim, pdim, qk_dim
+        self.qkv = nn.Conv2d(pdim, 2 * qk_dim + pdim, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x):
+        B, _, H, W = x.shape
+        x1, x2 = torch.split(x, [self.pdim, self.dim - self.pdim], dim=1)
+        q, k, v = torch.split(self.qkv(x1), [self.qk_dim, self.qk_dim, self.pdim], dim=1)
+        attn = (q.flatten(2).transpose(-2, -1) @ k.flatten(2)).softmax(-1)
+        x1 = (v.flatten(2) @ attn.transpose(-2, -1)).reshape(B, self.pdim, H, W)
+        return self.proj(torch.cat([x1, x2], dim=1))
+
+
+def test_split_remainder_written_as_total_minus_an_attribute_follows_pruning():
+    """``self.dim - self.pdim``: ``dim`` is written as the kept total; the attended piece (``pdim`` also
+    sizes ``v``, in another group) stays."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), _SingleHead(), nn.Conv2d(32, 4, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.verified and report.exact_error < 1e-5
+    head = model[1]
+    assert head.pdim == 8 and head.dim == model[0].out_channels == 20  # the other 24 channels keep 12
+    assert head.proj.in_channels == head.dim

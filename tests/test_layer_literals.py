@@ -1,5 +1,6 @@
-"""Literals that follow pruning after all: a LayerNorm subclass's own ``normalized_shape`` (slimming rewrites
-it) and a window position embedding tiled over the image (``tile`` copies its channels)."""
+"""Sizes and copies that follow pruning after all: a LayerNorm subclass's own ``normalized_shape`` (slimming
+rewrites it), a window position embedding tiled over the image (``tile`` copies its channels), a global query
+repeated over the windows of its image (``repeat_interleave`` on the batch dim)."""
 
 from __future__ import annotations
 
@@ -81,3 +82,34 @@ def test_sam2_hiera_stages_are_pruned(single_thread):
     assert report.verified and report.exact_error < 1e-4
     assert report.flops_after < 0.4 * report.flops_before
     assert model.blocks[0].norm1.normalized_shape[0] < 96
+
+
+class _GlobalQuery(nn.Module):
+    """GCViT's global attention: one query per image, repeated over its windows; keys and values from a
+    ``kv`` Linear viewed as ``(B, N, 2, self.num_heads, self.head_dim)``."""
+
+    def __init__(self, dim: int = 32, heads: int = 2) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.scale = self.head_dim**-0.5
+        self.embed, self.query = nn.Linear(8, dim), nn.Linear(8, dim)
+        self.qkv, self.proj, self.head = nn.Linear(dim, 2 * dim), nn.Linear(dim, dim), nn.Linear(dim, 4)
+
+    def forward(self, x, image):
+        x = self.embed(x)  # (windows, N, C), the windows of one image
+        B, N, C = x.shape
+        k, v = self.qkv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q = self.query(image).repeat_interleave(B // image.shape[0], dim=0)
+        q = q.reshape(B, N, self.num_heads, self.head_dim).permute(0, 2, 1, 3) * self.scale
+        x = ((q @ k.transpose(-2, -1)).softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)
+        return self.head(self.proj(x).mean(1))
+
+
+def test_query_repeated_over_windows_keeps_its_channels(single_thread):
+    torch.manual_seed(0)
+    model, x, image = _GlobalQuery().eval(), torch.randn(4, 6, 8), torch.randn(1, 6, 8)
+    analysis = fxprune.analyze(model, (x, image))
+    assert not analysis.unsupported
+    report = fxprune.prune(model, (x, image), ratio=0.5, round_to=1)
+    assert report.verified and report.exact_error < 1e-5
+    assert model.query.out_features == 16 and model.qkv.out_features == 32 and model.head_dim == 8

@@ -25,7 +25,14 @@ import numpy as np
 from .attr_constants import AttrRef, forward_function, record_constants
 from .context import OpContext, Unsupported
 
-__all__ = ["EXPRESSION", "check_expressions", "find_division", "find_expression", "follow_divided_split"]
+__all__ = [
+    "EXPRESSION",
+    "check_expressions",
+    "find_division",
+    "find_expression",
+    "find_remainder",
+    "follow_divided_split",
+]
 
 EXPRESSION = "attribute_expression"  # constraint kind; payload (labels, module, coefficients, node name)
 _OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
@@ -127,6 +134,28 @@ def find_division(ctx: OpContext, value: int, pieces: int, width: int) -> AttrRe
         div = d.value if isinstance(d, ast.Constant) else values.get(_self_attr(d) or "")
         if values.get(name) == width == value * pieces and div == pieces:
             found.add(name)
+    return (ctx.module_name, found.pop()) if len(found) == 1 else None
+
+
+def find_remainder(ctx: OpContext, value: int, width: int, others: list[str]) -> AttrRef | None:
+    """``(module, TOTAL)`` when the op's module's ``forward`` writes ``self.TOTAL - self.A - ...`` equal to
+    ``value``, with ``TOTAL`` holding all ``width`` channels and ``A, ...`` the attributes that size the
+    other pieces (SHViT's ``split(x, [self.pdim, self.dim - self.pdim])``): writing ``TOTAL`` as the kept
+    total makes the remainder follow. None when no such expression, or more than one, explains it."""
+    m, values = _module_and_ints(ctx)
+    found = set()
+    for node in _expressions(forward_function(m)) if m is not None else ():
+        names = _names(node)
+        total = [n for n in names if values.get(n) == width and n not in others]
+        if len(total) != 1 or names != {total[0], *others}:
+            continue
+        try:
+            base = _evaluate(node, values)
+            moved = {n: _evaluate(node, {**values, n: values[n] + 1}) - base for n in names}
+        except (KeyError, ZeroDivisionError):
+            continue
+        if base == value and moved == {total[0]: 1, **{o: -1 for o in others}}:
+            found.add(total[0])
     return (ctx.module_name, found.pop()) if len(found) == 1 else None
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .attr_constants import record_constants, split_refs
-from .attr_expressions import follow_divided_split
+from .attr_expressions import find_remainder, follow_divided_split
 from .context import OpContext
 from .labels import Labels, broadcast_labels
 from .registry import handles_ops
 from .sdpa_scale import note_shapes
 
-__all__ = ["cat", "split", "stack", "tile", "unbind"]
+__all__ = ["cat", "repeat_interleave", "split", "stack", "tile", "unbind"]
 
 
 def _dim_arg(ctx: OpContext, ndim: int, position: int) -> int:
@@ -73,6 +74,22 @@ def tile(ctx: OpContext) -> Labels:
     return {d + off: np.tile(a, reps[d + off]) if reps[d + off] > 1 else a for d, a in lab.items()}
 
 
+@handles_ops("repeat_interleave")
+def repeat_interleave(ctx: OpContext) -> Labels:
+    """``x.repeat_interleave(n, dim)``: each index of ``dim`` repeated ``n`` times in place (a global query
+    repeated over the windows of its image keeps its channels; a channel dim carries each label ``n``
+    times)."""
+    x = ctx.arg(0, "input")
+    lab = ctx.larg(0, "input") or {}
+    n, dim = ctx.arg(1, "repeats"), ctx.arg(2, "dim")
+    if not isinstance(x, torch.Tensor) or not lab:
+        return {}
+    if type(n) is not int or dim is None:
+        return ctx.unsupported_op("repeat_interleave with counts per index or without a dim")
+    dim %= x.dim()
+    return {d: np.repeat(a, n) if d == dim else a for d, a in lab.items()}
+
+
 @handles_ops("chunk", "split", "split_with_sizes", "tensor_split")
 def split(ctx: OpContext) -> list:
     """Pieces of a channel dim stay prunable when their sizes follow the width (``chunk``): equal parts."""
@@ -112,6 +129,15 @@ def unbind(ctx: OpContext) -> list:
     return [dict(rest) for _ in ctx.out]
 
 
+def _remainder(ctx: OpContext, refs: list, sizes: list[int], width: int):
+    """The attribute holding the whole width when exactly one piece is ``self.TOTAL`` minus the others'
+    attributes (:func:`.attr_expressions.find_remainder`), else None."""
+    missing = [i for i, r in enumerate(refs) if r is None]
+    if len(missing) != 1 or any(r[0] != ctx.module_name for r in refs if r is not None):
+        return None
+    return find_remainder(ctx, sizes[missing[0]], width, [r[1] for r in refs if r is not None])
+
+
 def _attribute_split(
     ctx: OpContext, a: np.ndarray, sections: object, sizes: list[int], parts: list, dim: int
 ) -> list:
@@ -120,9 +146,13 @@ def _attribute_split(
         return parts
     refs = split_refs(ctx, sections, sizes)
     bounds = np.cumsum([0, *sizes])
+    total = _remainder(ctx, refs, sizes, len(a))
+    records = [(*total, a)] if total is not None else []  # the whole width, written as the kept total
     same: dict = {}
-    records = []
     for p, ref, s, e in zip(parts, refs, bounds[:-1], bounds[1:]):
+        if ref is None and total is not None:
+            p[dim] = a[s:e]  # forward computes this piece from the total and the others
+            continue
         if ref is None:
             ctx.table.freeze(a[s:e], f"{ctx.where}: split sizes written as constants")
             continue
