@@ -263,3 +263,29 @@ def test_exported_layer_ops_come_from_the_registry():
     assert list(out_labels) == [2] and len(out_labels[2]) == 16
     fxprune.prune(model, idx, 0.5)
     assert model.emb.embedding_dim == model.fc1.in_features == 8
+
+
+class _ResizedPositions(nn.Module):
+    """A learned position map resized to the input (NaFlexViT), in a model torch.export captures."""
+
+    def __init__(self, mode: str, antialias: bool) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+        self.pos = nn.Parameter(torch.randn(1, 16, 4, 4))
+        self.mode, self.antialias = mode, antialias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(x)
+        if x.shape[-1] > 4:  # fx cannot trace this: the aten graph has the upsample op itself
+            y = y + 1.0
+        pos = nn.functional.interpolate(self.pos, size=y.shape[-2:], mode=self.mode, antialias=self.antialias)
+        return self.c2(y + pos)
+
+
+@pytest.mark.parametrize("mode, antialias", [("bilinear", True), ("bicubic", True), ("nearest-exact", False)])
+def test_exported_resizes_keep_channels(mode, antialias):
+    torch.manual_seed(0)
+    model, x = _ResizedPositions(mode, antialias), torch.randn(2, 3, 8, 8)
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.verified
+    assert model.c1.out_channels == 8 and model.pos.shape == (1, 8, 4, 4) and model(x).shape == (2, 4, 8, 8)

@@ -26,9 +26,12 @@ SPATIAL: dict[str, int | None] = {
         for kind in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool", "lp_pool")
         for n in (1, 2, 3)
     },
+    "max_pool1d_with_indices": 1,
     "max_pool2d_with_indices": 2,
     "max_pool3d_with_indices": 3,
+    "adaptive_max_pool1d_with_indices": 1,
     "adaptive_max_pool2d_with_indices": 2,
+    "adaptive_max_pool3d_with_indices": 3,
     "_adaptive_avg_pool2d": 2,
     "_adaptive_avg_pool3d": 3,
     "interpolate": None,
@@ -40,6 +43,12 @@ SPATIAL: dict[str, int | None] = {
     "upsample_bicubic2d": 2,
     "upsample_linear1d": 1,
     "upsample_trilinear3d": 3,
+    # exported graphs: interpolate(mode="nearest-exact") and interpolate(..., antialias=True)
+    "_upsample_nearest_exact1d": 1,
+    "_upsample_nearest_exact2d": 2,
+    "_upsample_nearest_exact3d": 3,
+    "_upsample_bilinear2d_aa": 2,
+    "_upsample_bicubic2d_aa": 2,
 }
 
 
