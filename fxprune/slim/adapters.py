@@ -97,7 +97,12 @@ def snapshot(m: nn.Module) -> dict:
         "embed_dim",
         "num_heads",
     )
-    return {k: getattr(m, k) for k in keys if hasattr(m, k)}
+    own, cls = m.__dict__, type(m)  # instance attributes first: hasattr raises inside Module.__getattr__
+    return {
+        k: own[k] if k in own else getattr(m, k)
+        for k in keys
+        if k in own or hasattr(cls, k) or k in m._parameters or k in m._buffers or k in m._modules
+    }
 
 
 def fix_attributes(m: nn.Module, before: dict) -> None:
