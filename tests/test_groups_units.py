@@ -282,7 +282,7 @@ class _ResizedPositions(nn.Module):
         return self.c2(y + pos)
 
 
-@pytest.mark.parametrize("mode, antialias", [("bilinear", True), ("bicubic", True), ("nearest-exact", False)])
+@pytest.mark.parametrize("mode, antialias", [("nearest-exact", False), ("bilinear", False)])
 def test_exported_resizes_keep_channels(mode, antialias):
     torch.manual_seed(0)
     model, x = _ResizedPositions(mode, antialias), torch.randn(2, 3, 8, 8)

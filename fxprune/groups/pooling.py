@@ -43,12 +43,12 @@ SPATIAL: dict[str, int | None] = {
     "upsample_bicubic2d": 2,
     "upsample_linear1d": 1,
     "upsample_trilinear3d": 3,
-    # exported graphs: interpolate(mode="nearest-exact") and interpolate(..., antialias=True)
+    # exported graphs: interpolate(mode="nearest-exact"). The antialiased resizes (_upsample_*_aa) are left
+    # unknown: in NaFlexViT they are what keeps an exported graph's literal head reshape of the residual
+    # width from being pruned (its size is read from x.shape, which an exported graph does not show)
     "_upsample_nearest_exact1d": 1,
     "_upsample_nearest_exact2d": 2,
     "_upsample_nearest_exact3d": 3,
-    "_upsample_bilinear2d_aa": 2,
-    "_upsample_bicubic2d_aa": 2,
 }
 
 
