@@ -361,3 +361,19 @@ def test_meta_arithmetic_from_shapes_matches_the_op(a, b):
         assert got.shape == expected.shape and got.dtype == expected.dtype and got.device == expected.device
     assert _broadcast_like((torch.empty(3, device="meta"), torch.empty(4, device="meta"))) is None
     assert _broadcast_like((torch.empty(3, 4, device="meta").t(), 1.0)) is None  # strided: the op decides
+
+
+def test_atom_places_match_a_dict_built_atom_by_atom():
+    from fxprune.groups.grouping import AtomPlaces
+
+    model = randomize_(tvm.shufflenet_v2_x0_5(num_classes=10).eval())
+    analysis = fxprune.analyze(model, torch.randn(1, 3, 64, 64))
+    groups, n = analysis.groups, len(analysis.propagation.table)
+    expected = {r: (g, i) for g in groups for i, r in enumerate(g.atoms.tolist())}
+    places = AtomPlaces(groups, n)
+    assert len(places) == len(expected) and sorted(places) == sorted(expected)
+    for r, (g, i) in expected.items():
+        got = places[r]
+        assert got[0] is g and got[1] == i and places.get(r) == (g, i)
+    missing = next(r for r in range(n) if r not in expected)
+    assert missing not in places and places.get(missing) is None and places.get(n + 5) is None

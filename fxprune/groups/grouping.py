@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +15,7 @@ from .propagate import PropagationResult
 from .shuffle_quotas import equal_channel_quotas, shuffle_choosers
 from .slots import Block, SlotTable
 
-__all__ = ["Group", "build_groups"]
+__all__ = ["AtomPlaces", "Group", "build_groups"]
 
 
 @dataclass
@@ -190,12 +190,33 @@ class _GroupMaker:
         return grp
 
 
+class AtomPlaces(Mapping):
+    """``{slot root: (group, atom index)}`` for every atom of ``groups``, held as two arrays over the slots
+    (a dict built atom by atom costs 10 ms on ResNet-152's 29k atoms; most lookups never happen)."""
+
+    def __init__(self, groups: list[Group], n_slots: int) -> None:
+        self.groups = groups
+        self.owner = np.full(n_slots, -1, dtype=np.int64)
+        self.index = np.full(n_slots, -1, dtype=np.int64)
+        for k, g in enumerate(groups):
+            self.owner[g.atoms] = k
+            self.index[g.atoms] = np.arange(len(g.atoms))
+
+    def __getitem__(self, root: int) -> tuple[Group, int]:
+        if not isinstance(root, (int, np.integer)) or not 0 <= root < len(self.owner) or self.owner[root] < 0:
+            raise KeyError(root)
+        return self.groups[int(self.owner[root])], int(self.index[root])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.nonzero(self.owner >= 0)[0].tolist())
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self.owner >= 0))
+
+
 def _attach_constraints(result: PropagationResult, groups: list[Group], table: SlotTable) -> None:
     """Record ``chunk`` pieces as equal-parts constraints of the group that holds them."""
-    where = {}
-    for g in groups:
-        for i, r in enumerate(g.atoms.tolist()):
-            where[r] = (g, i)
+    where = AtomPlaces(groups, len(table))
     choosers, handled, freeze = shuffle_choosers(result, where)
     for grp, i, reason in freeze:
         grp.frozen.setdefault(i, reason)
