@@ -182,9 +182,12 @@ def arms(args: argparse.Namespace) -> dict:
             model.train(**_train_args(data, out, f"arm-{name}", **common))
         else:
             constants = json.loads(args.constants).get(method, {})
-            size = dict(target_flops=args.target_flops, round_to=args.round_to, min_width=args.min_width)
-            size["global_ranking"] = args.global_ranking
-            size.update(distill=args.distill, distill_feat=args.distill_feat)
+            size = dict(target_flops=args.target_flops, round_to=args.round_to)
+            if args.min_width is not None:
+                size["min_width"] = args.min_width
+            if args.ranking is not None:
+                size["global_ranking"] = args.ranking == "global"
+            size.update(distill=args.distill, distill_feat=args.distill_feat, teacher=args.teacher)
             with pruning_options(method=method, method_options=constants, **size):
                 model.train(trainer=PruneDetectionTrainer, **_train_args(data, out, f"arm-{name}", **common))
         best = YOLO(str(out / f"arm-{name}" / "weights" / "last.pt"))  # the model after the last epoch
@@ -223,10 +226,27 @@ def main(argv: list[str] | None = None) -> int:
         help="pruned widths in multiples of this (arms; default: the "
         "integration's, the CPU backends' alignment)",
     )
-    p.add_argument("--min-width", type=int, default=1, help="channels every group keeps at least (arms)")
-    p.add_argument("--global-ranking", action="store_true", help="rank channels across groups (arms)")
+    p.add_argument(
+        "--min-width", type=int, help="channels every group keeps at least (arms; default: the integration's)"
+    )
+    rank = p.add_mutually_exclusive_group()
+    rank.add_argument(
+        "--global-ranking",
+        dest="ranking",
+        action="store_const",
+        const="global",
+        help="rank channels across groups (arms; the integration's default)",
+    )
+    rank.add_argument(
+        "--group-ranking",
+        dest="ranking",
+        action="store_const",
+        const="group",
+        help="prune each group by the same ratio (arms)",
+    )
     p.add_argument("--distill", type=float, default=0.0, help="distillation weight, head outputs (arms)")
     p.add_argument("--distill-feat", type=float, default=0.0, help="SP distillation weight, neck (arms)")
+    p.add_argument("--teacher", help="the teacher's checkpoint (arms; default: the baseline)")
     p.add_argument("--target-flops", type=float, default=0.5)
     greg = {m: {"update_every": 1, "delta": 0.05, "stabilize": 8} for m in ("greg1", "tpp")}
     p.add_argument("--constants", default=json.dumps(greg), help="JSON: method -> schedule constants")

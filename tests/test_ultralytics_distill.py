@@ -95,6 +95,15 @@ def test_the_wrapped_criterion_adds_the_term_and_copies_drop_the_teacher(dense_a
         PruningOptions(distill=-1.0)
 
 
+def test_distillation_keys_reach_the_options_from_the_command_line():
+    from fxprune.cli.yolo import split_settings
+
+    pruning, _, train, _ = split_settings(["distill=0.5", "distill_feat=50", "teacher=d.pt", "epochs=3"])
+    assert pruning == {"distill": 0.5, "distill_feat": 50, "teacher": "d.pt"} and train == {"epochs": 3}
+    options = PruningOptions(**pruning)
+    assert options.distilling and not PruningOptions().distilling
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_distilled_run_saves_no_teacher_and_resumes(tiny_coco, tmp_path, single_thread):  # noqa: F811

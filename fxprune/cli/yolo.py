@@ -35,8 +35,8 @@ _EPILOG = """\
 KEY=VALUE arguments, in ultralytics' style:
   pruning        method=l1|l2|taylor|bn_scale|greg1|greg2|tpp|...  (fxprune methods lists them)
                  ratio=R | target_flops=F | target_params=P | target_latency=0.5x|12ms [backend=ort]
-                 ratios=PATTERN:R,PATTERN:R  ignore=PATTERN,PATTERN  round_to=N  min_width=N
-                 scope=group|restricted  global_ranking=True
+                 ratios=PATTERN:R,PATTERN:R  ignore=PATTERN,PATTERN  round_to=N  min_width=N (32)
+                 scope=group|restricted  global_ranking=False (default: ranked across groups)
   distillation   distill=W (head outputs of the dense model)  distill_feat=W (neck, similarity-preserving)
                  teacher=PATH (default: MODEL itself)
   constants      the method's schedule constants, e.g. delta=1e-4 update_every=10 stabilize=10000
