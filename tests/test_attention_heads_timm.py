@@ -177,3 +177,41 @@ def test_talking_heads_keep_the_head_size_prunable(single_thread):
     _prune(model, x, round_to=1)
     assert attn.qkv.in_features == attn.proj.out_features == 16 and attn.qkv.out_features == 48
 
+
+
+class _BiasedHeads(nn.Module):
+    """BEiT: a relative-position table (one column per head) gathered and passed to sdpa as ``attn_mask``;
+    ``qkv`` applied with ``F.linear`` (no layer call to fold sdpa's scale into): whole heads go."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, tokens: int = 16) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn(2 * tokens, heads))
+        self.register_buffer("index", torch.randint(0, 2 * tokens, (tokens * tokens,)))
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).reshape(B, N, 3, self.num_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.table[self.index].view(N, N, -1).permute(2, 0, 1).unsqueeze(0)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(x.transpose(1, 2).reshape(B, N, -1))
+
+
+def test_attention_mask_per_head_loses_the_same_heads(single_thread):
+    """The mask's head dim used to stay at 4 while q/k/v lost heads: the slim model failed to run."""
+    torch.manual_seed(0)
+    attn = _BiasedHeads()
+    model, x = _Tokens(attn, 32, grid=False), torch.randn(2, 16, 8)
+    _prune(model, x, round_to=1, ignore=["embed"])
+    assert attn.num_heads == 2 and attn.table.shape == (32, 2) and attn.qkv.out_features == 48
+
+
+def test_beit_relative_position_bias_follows_the_heads(single_thread):
+    torch.manual_seed(0)
+    model = timm.create_model("beit_base_patch16_224", img_size=64, depth=2, num_classes=10)
+    report = _prune(model, torch.randn(1, 3, 64, 64))
+    attn = model.blocks[0].attn
+    assert attn.num_heads == 6 and attn.relative_position_bias_table.shape[1] == 6
+    assert report.flops_after < 0.3 * report.flops_before

@@ -270,3 +270,37 @@ def test_split_remainder_written_as_total_minus_an_attribute_follows_pruning():
     head = model[1]
     assert head.pdim == 8 and head.dim == model[0].out_channels == 20  # the other 24 channels keep 12
     assert head.proj.in_channels == head.dim
+
+
+class _Scale(nn.Module):
+    """MetaFormer's ``Scale``: ``x * self.scale.view(self.shape)`` with ``self.shape = (dim, 1, 1)``."""
+
+    def __init__(self, dim: int, shape: tuple) -> None:
+        super().__init__()
+        self.shape, self.scale = shape, nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x):
+        return x * self.scale.view(self.shape)
+
+
+@pytest.mark.parametrize("nchw", [True, False], ids=["dim-1-1", "dim"])
+def test_parameter_viewed_to_a_shape_attribute_follows_pruning(nchw):
+    """The view's sizes are the tuple attribute: ``shape[0]`` is written (the stream used to freeze)."""
+    torch.manual_seed(0)
+    scale = _Scale(16, (16, 1, 1) if nchw else (16,))
+    body = [nn.Conv2d(3, 16, 3, padding=1), scale, nn.Conv2d(16, 4, 1)]
+    if not nchw:
+        body[1:2] = [_Permute((0, 2, 3, 1)), scale, _Permute((0, 3, 1, 2))]
+    model, x = nn.Sequential(*body).eval(), torch.randn(1, 3, 8, 8)
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.verified and report.exact_error < 1e-5
+    assert scale.shape == ((8, 1, 1) if nchw else (8,)) and scale.scale.shape == (8,)
+
+
+class _Permute(nn.Module):
+    def __init__(self, dims: tuple) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(self.dims)

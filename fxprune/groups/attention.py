@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -27,8 +28,9 @@ __all__ = ["einsum", "matmul", "multihead_attention", "head_size_fixed", "sdpa"]
 # follows pruning (whole heads go), the head size stays.
 register_channel_constant("torchvision.models.maxvit.RelativePositionalMultiHeadAttention", "n_heads")
 # timm's ``Attention`` (ViT, DeiT, MobileViT's transformer...) reshapes qkv to ``(B, N, 3, self.num_heads,
-# self.head_dim)`` (the head size follows, :mod:`.reshape`) and its output back to ``(B, N, self.attn_dim)``.
-register_channel_constant("timm.layers.attention.Attention", "attn_dim")
+# self.head_dim)`` and its output back to ``(B, N, self.attn_dim)``. A traced graph follows the head size
+# (:mod:`.reshape`); an exported one, whose sizes are all numbers, follows the registered head count.
+register_channel_constant("timm.layers.attention.Attention", "num_heads", "attn_dim")
 
 
 def _batch_labels(ctx: OpContext, operands: list[tuple[Any, Labels]]) -> Labels:
@@ -209,7 +211,14 @@ def sdpa(ctx: OpContext) -> Labels:
     for lab, t in ((lk, k), (lv, v)):
         if t.dim() - 2 in lab:
             ctx.table.freeze(lab[t.dim() - 2], ctx.where)
-    out = _batch_labels(ctx, [(q, lq), (k, lk), (v, lv)])
+    operands = [(q, lq), (k, lk), (v, lv)]
+    mask, lmask = ctx.arg(3, "attn_mask"), ctx.larg(3, "attn_mask") or {}
+    if isinstance(mask, torch.Tensor) and mask.dim() >= 2:  # a bias per head (BEiT's relative positions)
+        operands.append((mask, lmask))
+        for d in (mask.dim() - 2, mask.dim() - 1):
+            if d in lmask:
+                ctx.table.freeze(lmask[d], f"{ctx.where}: attention mask over positions")
+    out = _batch_labels(ctx, operands)
     if q.dim() - 2 in lq:
         out[ctx.out.dim() - 2] = lq[q.dim() - 2]
     if v.dim() - 1 in lv:

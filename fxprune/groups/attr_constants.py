@@ -30,6 +30,7 @@ __all__ = [
     "AttrRef",
     "check_shared_attributes",
     "find_attribute",
+    "find_sequence",
     "find_sizes",
     "forward_function",
     "names_read_in_forward",
@@ -113,16 +114,23 @@ def find_attribute(ctx: OpContext, value: int) -> AttrRef | None:
     return None
 
 
-def find_sizes(ctx: OpContext, sizes: Sequence[int]) -> list[AttrRef | None]:
-    """One attribute per size: a sequence attribute equal to ``sizes`` (``NAME[i]``), else each size alone."""
+def find_sequence(ctx: OpContext, sizes: Sequence[int]) -> list[AttrRef] | None:
+    """``NAME[i]`` for each size when one int-sequence attribute nearest to the op equals ``sizes``
+    (MetaFormer's ``self.scale.view(self.shape)``); None when none does, or several do."""
     sizes = tuple(int(s) for s in sizes)
     for name, m in _scopes(ctx.model, ctx.module_name):
-        hits = [a for a, v in _int_attributes(m).items() if v == sizes and len(sizes) > 1]
+        hits = [a for a, v in _int_attributes(m).items() if v == sizes]
         if len(hits) == 1:
             return [(name, f"{hits[0]}[{i}]") for i in range(len(sizes))]
         if hits:
-            return [None] * len(sizes)
-    return [find_attribute(ctx, s) for s in sizes]
+            return None
+    return None
+
+
+def find_sizes(ctx: OpContext, sizes: Sequence[int]) -> list[AttrRef | None]:
+    """One attribute per size: a sequence attribute equal to ``sizes`` (``NAME[i]``), else each size alone."""
+    found = find_sequence(ctx, sizes) if len(sizes) > 1 else None
+    return found if found is not None else [find_attribute(ctx, s) for s in sizes]
 
 
 def split_refs(ctx: OpContext, sections: object, sizes: Sequence[int]) -> list[AttrRef | None]:

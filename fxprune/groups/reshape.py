@@ -11,7 +11,7 @@ import torch.fx as fx
 from torch import nn
 
 from .attention import head_size_fixed
-from .attr_constants import find_attribute
+from .attr_constants import find_attribute, find_sequence
 from .attr_expressions import EXPRESSION, find_expression
 from .channel_constants import find_constant
 from .context import OpContext
@@ -62,12 +62,13 @@ def _constant_sizes(
     x, lab = ctx.arg(0, "input"), ctx.larg(0, "input") or {}
     widths = {x.shape[d] for d in lab}
     known, sums = {}, {}
+    whole = find_sequence(ctx, sizes) if all(type(v) is int for v in sizes) else None  # view(self.shape)
     for j, (size, free) in enumerate(zip(sizes, adaptive)):
         kind = sources[j].kind if sources is not None else None
         if free or type(size) is not int or kind == "literal":
             continue
-        found = None
-        if kind in (None, "attr"):
+        found = whole[j] if whole is not None and size in widths else None
+        if kind in (None, "attr") and found is None:
             found = find_constant(ctx.model, ctx.module_name, size)
             if found is None and size in widths:
                 found = find_attribute(ctx, size)
@@ -120,29 +121,33 @@ def _prefer_heads(
 
 
 def _head_pair(
-    ctx: OpContext, sizes: list, adaptive: list[bool], sources: list[SizeSource] | None
-) -> dict[int, tuple[str, str]]:
+    ctx: OpContext, sizes: list, adaptive: list[bool], sources: list[SizeSource] | None, known: dict
+) -> None:
     """A view written with two attributes where it splits a channel dim, ``(..., self.num_heads,
     self.head_dim)``, and no other size there that follows the channels: the second (the head size)
     follows them, unless it must keep its width (:func:`.attention.head_size_fixed`), then the first
-    (whole heads).
-    The attribute followed is recorded as a channel constant (written after slimming)."""
+    (whole heads). The attribute followed is recorded in ``known`` (a channel constant, written after
+    slimming); a registered head count (found first, and the only one an exported graph can use) gives
+    way to the head size."""
     x, lab = ctx.arg(0, "input"), ctx.larg(0, "input") or {}
     if sources is None:
-        return {}
+        return
     runs = [_split_run(tuple(x.shape), ctx.out_shape, d) for d in lab]
     runs = [r for r in runs if sum(ctx.out_shape[j] > 1 for j in r) > 1]  # a channel dim split
-    if len(runs) != 1 or any(adaptive[j] for j in runs[0]):
-        return {}
-    run = runs[0]
-    pair = [j for j in run if sources[j].kind == "attr"]
-    if len(pair) != 2 or sizes[pair[1]] < 2:
-        return {}
+    if len(runs) != 1:
+        return
+    pair = [j for j in runs[0] if sources[j].kind == "attr"]
+    if len(pair) != 2 or sizes[pair[1]] < 2 or any(adaptive[j] for j in runs[0] if j not in known):
+        return
     j = pair[0] if head_size_fixed(ctx.node, pair[1], len(sizes)) else pair[1]
     if sizes[j] < 2:
-        return {}
+        return
+    for k in pair:
+        if k != j and k in known:  # a registered head count gives way
+            del known[k]
+            adaptive[k] = False
     adaptive[j] = True
-    return {j: (ctx.module_name, sources[j].name)}
+    known[j] = (ctx.module_name, sources[j].name)
 
 
 def _split_run(in_shape: tuple[int, ...], out_shape: tuple[int, ...], d: int) -> list[int]:
@@ -176,7 +181,7 @@ def reshape(ctx: OpContext) -> Labels:
         _sourceless_constants(ctx, adaptive)
         known, sums = _constant_sizes(ctx, sizes, adaptive, sources)
         known.update(_prefer_heads(ctx, sizes, adaptive, sources))
-        known.update(_head_pair(ctx, sizes, adaptive, sources))
+        _head_pair(ctx, sizes, adaptive, sources, known)
     out = reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, adaptive, ctx.where) if lab else {}
     for j, (module, attr) in known.items():
         if j in out:
