@@ -3,11 +3,14 @@
 - :class:`PruneDetectionTrainer` (and the segment, pose, OBB and classify variants): ultralytics
   trainers that prune during ``train()``; options travel with :func:`pruning_options`.
 - :func:`add_pruning`: the same through callbacks, for users who keep their own trainer class.
+- :class:`Distiller` / :class:`DistillLoss`: distillation from the dense model while the pruned model
+  fine-tunes (``distill=``, ``distill_feat=``, ``teacher=`` in :class:`PruningOptions`).
 - :func:`yolo_interface`: the ``outputs=`` selector that makes the decoded predictions the interface of
   an ultralytics model (so the neck is pruned), for ``fxprune.prune``/``fxprune.Pruner``.
 """
 
 from .callbacks import add_pruning
+from .distill import Distiller, DistillLoss
 from .engine import STATE_ATTR, PruningEngine
 from .interface import example_input, is_ultralytics_model, yolo_interface
 from .options import ENV_VAR, PruningOptions, pruning_options
@@ -25,6 +28,8 @@ __all__ = [
     "ENV_VAR",
     "STATE_ATTR",
     "TRAINERS",
+    "DistillLoss",
+    "Distiller",
     "PruneClassificationTrainer",
     "PruneDetectionTrainer",
     "PruneOBBTrainer",
