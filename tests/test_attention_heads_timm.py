@@ -215,3 +215,16 @@ def test_beit_relative_position_bias_follows_the_heads(single_thread):
     attn = model.blocks[0].attn
     assert attn.num_heads == 6 and attn.relative_position_bias_table.shape[1] == 6
     assert report.flops_after < 0.3 * report.flops_before
+
+
+def test_channel_attention_with_head_size_from_the_width_loses_whole_heads(single_thread):
+    """DaViT's channel attention: ``reshape(B, N, 3, self.num_heads, C // self.num_heads)`` with ``C`` the
+    block width, softmax over head channels: heads go whole, each with its part of the width (the width
+    used to freeze)."""
+    davit = pytest.importorskip("timm.models.davit")
+    torch.manual_seed(0)
+    attn = davit.ChannelAttention(32, num_heads=4)
+    model, x = _Tokens(attn, 32, grid=False), torch.randn(2, 16, 8)
+    report = _prune(model, x, round_to=1)
+    assert attn.num_heads == 2 and attn.qkv.in_features == 16 and attn.qkv.out_features == 48
+    assert report.flops_after < 0.6 * report.flops_before

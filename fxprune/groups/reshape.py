@@ -249,10 +249,23 @@ def _check_size_sources(ctx: OpContext, own: Labels, out: Labels) -> None:
             elif target is not None and parts > 1 and len(src) == parts * len(target):
                 for row in np.asarray(src).reshape(parts, len(target)):
                     ctx.table.union(row, target)  # C // k: each k-th of C goes with one channel
+            elif target is None and _tie_to_heads(ctx, src, parts, out, j):
+                continue
             else:
                 ctx.table.freeze(src, f"{ctx.where}: size read from a channel dim of another tensor")
                 if target is not None:
                     ctx.table.freeze(target, f"{ctx.where}: size read from a channel dim of another tensor")
+
+
+def _tie_to_heads(ctx: OpContext, src: np.ndarray, parts: int, out: Labels, j: int) -> bool:
+    """A head size ``C // k`` that keeps its width while the ``k`` heads before it go whole (DaViT's channel
+    attention): each ``k``-th part of ``C``, in order, goes with its head, so ``C // k`` stays."""
+    heads = [a for d, a in out.items() if d < j and len(a) == parts]
+    if parts < 2 or len(src) % parts or len(heads) != 1:
+        return False
+    for h, row in enumerate(np.asarray(src).reshape(parts, -1)):
+        ctx.table.union(row, heads[0][h : h + 1])
+    return True
 
 
 @handles_ops("flatten", "squeeze", "unsqueeze", "view_as", "reshape_as")
