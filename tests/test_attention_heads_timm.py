@@ -228,3 +228,32 @@ def test_channel_attention_with_head_size_from_the_width_loses_whole_heads(singl
     report = _prune(model, x, round_to=1)
     assert attn.num_heads == 2 and attn.qkv.in_features == 16 and attn.qkv.out_features == 48
     assert report.flops_after < 0.6 * report.flops_before
+
+
+class _MixedHeads(nn.Module):
+    """XCiT: cross-covariance attention (whole heads only) and class attention (head size ``C // heads``,
+    into sdpa) on one residual width."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        xcit = pytest.importorskip("timm.models.xcit")
+        self.embed, self.head = nn.Linear(8, dim), nn.Linear(dim, 4)
+        self.xca, self.cls_attn = xcit.XCA(dim, heads), xcit.ClassAttn(dim, heads)
+        self.cls_attn.fused_attn = True
+        nn.init.normal_(self.xca.temperature)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = x + self.xca(x)
+        x = x + self.cls_attn(x)
+        return self.head(x[:, 0])
+
+
+def test_whole_heads_in_one_block_make_every_block_on_the_width_follow_heads(single_thread):
+    """Head size in one block and whole heads in the other tied the width into one atom (it stayed)."""
+    torch.manual_seed(0)
+    model, x = _MixedHeads(), torch.randn(2, 16, 8)
+    report = _prune(model, x, round_to=1)
+    assert model.embed.out_features == 16
+    assert model.xca.num_heads == model.cls_attn.num_heads == 2
+    assert report.flops_after < 0.6 * report.flops_before

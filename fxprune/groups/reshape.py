@@ -15,6 +15,7 @@ from .attr_constants import find_attribute, find_sequence
 from .attr_expressions import EXPRESSION, find_expression
 from .channel_constants import find_constant
 from .context import OpContext
+from .head_choice import whole_heads_everywhere
 from .labels import Labels, permute_labels, reshape_labels
 from .permutation import finish_shuffle_view, start_shuffle_view
 from .registry import handles_modules, handles_ops
@@ -113,7 +114,8 @@ def _prefer_heads(
     head_size = [j for j, s in enumerate(sources) if adaptive[j] and (sizes[j] == -1 or s.kind == "divided")]
     if len(heads) != 1 or len(head_size) != 1 or head_size[0] < heads[0]:
         return {}
-    if not head_size_fixed(ctx.node, head_size[0], len(sizes)):
+    width_tied = sources[head_size[0]].kind == "divided" and whole_heads_everywhere(ctx.node.graph, ctx.model)
+    if not width_tied and not head_size_fixed(ctx.node, head_size[0], len(sizes)):
         return {}
     adaptive[head_size[0]] = False
     adaptive[heads[0]] = True
