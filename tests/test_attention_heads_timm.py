@@ -257,3 +257,33 @@ def test_whole_heads_in_one_block_make_every_block_on_the_width_follow_heads(sin
     assert model.embed.out_features == 16
     assert model.xca.num_heads == model.cls_attn.num_heads == 2
     assert report.flops_after < 0.6 * report.flops_before
+
+
+class _BiasMlpHeads(nn.Module):
+    """timm's Swin V2: a bias MLP gives one row per head, gathered per position pair, added to the scores."""
+
+    def __init__(self, dim: int = 48, heads: int = 6, tokens: int = 16) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, heads, bias=False))
+        self.register_buffer("coords", torch.randn(1, 7, 2))
+        self.register_buffer("index", torch.randint(0, 7, (tokens * tokens,)))
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        table = self.cpb_mlp(self.coords).view(-1, self.num_heads)
+        bias = table[self.index].view(N, N, -1).permute(2, 0, 1).contiguous()
+        attn = (attn + 16 * torch.sigmoid(bias).unsqueeze(0)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, -1))
+
+
+def test_bias_mlp_rows_per_head_take_no_part_in_alignment(single_thread):
+    """At the default multiple of 8, the MLP's 6 rows (one a head) used to keep every head."""
+    torch.manual_seed(0)
+    attn = _BiasMlpHeads()
+    model, x = _Tokens(attn, 48, grid=False), torch.randn(2, 16, 8)
+    _prune(model, x, ignore=["embed"])
+    assert attn.num_heads == 3 and attn.cpb_mlp[2].out_features == 3 and attn.qkv.out_features == 72

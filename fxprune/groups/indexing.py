@@ -52,6 +52,9 @@ def _gathered(ctx: OpContext, x: torch.Tensor, lab: Labels, index: Any) -> Label
     for a in [lab.get(k), *iter_labels(ctx.largs[1:])]:
         if a is not None:
             ctx.table.freeze(a, f"{ctx.where}: positions gathered by an index tensor")
+    for d, a in lab.items():  # a table per position computed by a layer (Swin V2's bias MLP, one row a head)
+        if d != k:
+            ctx.table.mark_passive(a)
     return {d if d < k else d + idx.dim() - 1: a for d, a in lab.items() if d != k}
 
 

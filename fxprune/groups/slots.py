@@ -102,6 +102,19 @@ class SlotTable:
         """The slots of a parameter dimension ``(name, dim)``, None when no layer created them."""
         return self._slots_of.get(member)
 
+    def mark_passive(self, slots: np.ndarray) -> bool:
+        """Mark the layer block whose slots are exactly ``slots`` (in order) passive: its width counts
+        something else's units (a bias MLP's one row per head), so it neither makes atoms nor takes part in
+        the ``round_to`` alignment. False when no block matches."""
+        slots = np.asarray(slots)
+        if len(slots) < 2 or np.any(np.diff(slots) != 1):
+            return False
+        for b in self.blocks:
+            if b.base == slots[0] and b.size == len(slots):
+                b.passive = True
+                return True
+        return False
+
     def find(self, x: int) -> int:
         return int(self._find_many(np.asarray([x], dtype=np.int64))[0])
 

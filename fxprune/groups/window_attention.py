@@ -100,16 +100,9 @@ def _tie_per_head(ctx: OpContext, heads: np.ndarray, lab: Labels | None, t: Any,
 
 
 def _follow_heads(table: SlotTable, slots: np.ndarray) -> None:
-    """Mark a layer whose rows are exactly ``slots`` (one per head: v2's bias MLP) as following the heads.
-
-    Its width is a head count, not a channel width: like a parameter read by ``get_attr`` it neither makes
-    atoms nor takes part in the ``round_to`` alignment (which would otherwise move 8 heads at a time).
-    """
-    if len(slots) < 2 or np.any(np.diff(slots) != 1):
-        return
-    for b in table.blocks:
-        if b.base == slots[0] and b.size == len(slots):
-            b.passive = True
+    """Mark a layer whose rows are exactly ``slots`` (one per head: v2's bias MLP) as following the heads:
+    its width is a head count, not a channel width (:meth:`.slots.SlotTable.mark_passive`)."""
+    table.mark_passive(slots)
 
 
 @handles_ops("shifted_window_attention")
