@@ -64,6 +64,7 @@ FIXED_SIZES = {
 }
 FIXED_224_PREFIXES = ("vit_", "swin_", "maxvit_")
 SEED = 0
+REPLAN = True  # time a FLOPs-target re-planning in the fxprune runs (--no-replan: skip it)
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -144,10 +145,11 @@ def run_fxprune(name: str, size: int, ratio: float, tp_ignore: str, conn, rec: d
                groups=len(analysis.groups),
                prunable_groups=len(analysis.prunable_groups), unsupported=len(analysis.unsupported),
                capture=analysis.captured.method)
-    stage(conn, rec, "replan")
-    t0 = time.perf_counter()
-    plan_for_target(analysis, x, 1.0 / 3.0, "flops")
-    rec["replan_s"] = time.perf_counter() - t0
+    if REPLAN:
+        stage(conn, rec, "replan")
+        t0 = time.perf_counter()
+        plan_for_target(analysis, x, 1.0 / 3.0, "flops")
+        rec["replan_s"] = time.perf_counter() - t0
     del analysis, spare
     stage(conn, rec, "prune")
     t0, c0 = time.perf_counter(), time.process_time()
@@ -467,6 +469,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads in each run (default: torch's)")
     p.add_argument("--memory-gb", type=float, default=18.0,
                    help="address-space limit of each run in GiB, 0 for none (default 18)")
+    p.add_argument("--no-replan", action="store_true",
+                   help="skip the FLOPs-target re-planning of the fxprune runs (fx replan s)")
     p.add_argument("--warmup", action="store_true",
                    help="before timing, run each tool once on a small ResNet-18 in the same process (both "
                         "tools then run without one-time start-up costs)")
@@ -481,6 +485,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global REPLAN
+    REPLAN = not args.no_replan
     if args.timm_families:  # FLOPs kept per timm family, fxprune and Torch-Pruning
         from timm_families import family_models, sweep
         sweep(family_models(), args.ratio, args.timeout, args.out and str(args.out), args.tools.split(","))
