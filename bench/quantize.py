@@ -50,6 +50,7 @@ from fxprune.deploy.alignment import int8_multiple  # noqa: E402
 from fxprune.deploy.artifacts import artifact_runner  # noqa: E402
 from fxprune.deploy.backends import get_backend  # noqa: E402
 from fxprune.deploy.backends.base import cpu_name  # noqa: E402
+from fxprune.integrations.ultralytics import deployment_form  # noqa: E402
 
 import fxprune  # noqa: E402
 from fxprune.data import load_cifar10, shared_data_dir  # noqa: E402
@@ -189,16 +190,6 @@ def part_cifar(args, tmp: Path, pruned: bool = False) -> dict[str, Any]:
     return out
 
 
-def deploy_form(model: torch.nn.Module) -> torch.nn.Module:
-    """Detection heads in ultralytics' export form (the decoded predictions only, as deployed), in place:
-    in eval mode they also return the raw box and class maps and the three neck feature maps, which every
-    runtime then has to write out (float, NCHW) on top of the work the deployed model does."""
-    for module in model.modules():
-        if hasattr(module, "export") and hasattr(module, "format"):
-            module.export, module.format, module.dynamic = True, "onnx", False
-    return model
-
-
 def pruned_variants(name: str, dense: torch.nn.Module, x: torch.Tensor, args) -> dict[str, dict[str, Any]]:
     """The pruned models of ``--plans``: ``flops`` (the model's FLOPs target with the INT8 multiple, halved
     until reachable), ``ratio`` (``fxprune.prune(ratio=0.5)`` with the INT8 multiple, the library's default
@@ -253,7 +244,7 @@ def part_latency(name: str, args, tmp: Path) -> dict[str, Any]:
         "runtimes": {},
     }
     models = {"dense": dense, **{k: v["model"] for k, v in plans.items()}}
-    models = {k: deploy_form(m) for k, m in models.items()}
+    models = {k: deployment_form(m) for k, m in models.items()}
     for runtime in args.backends:
         fmt, files, requantized = QUANT_FORMAT[runtime], {}, {}
         suffix = "xml" if fmt == "openvino" else "onnx"
@@ -311,7 +302,7 @@ def part_sweep(name: str, args, tmp: Path) -> dict[str, Any]:
         variants[f"{r:g}"] = copy.deepcopy(dense)
         fxprune.prune(variants[f"{r:g}"], x, ratio=r, round_to=round_to)
         flops[f"{r:g}"] = count_flops(dense, x) / count_flops(variants[f"{r:g}"].eval(), x)
-    variants = {k: deploy_form(m) for k, m in variants.items()}
+    variants = {k: deployment_form(m) for k, m in variants.items()}
     files = {
         k: quantize(m, x, calib, fmt, tmp / f"{name}-sweep-{k}.{suffix}", subset_size=len(calib)).path
         for k, m in variants.items()
@@ -380,12 +371,8 @@ def part_yolo_agree(args, tmp: Path) -> dict[str, Any]:
     ``--yolo-imgsz`` (calibration: every second image), and the convolutions onnxruntime runs in INT8."""
     from fxprune.deploy import load_calibration
     from ultralytics import YOLO
-    from ultralytics.nn.modules import Detect
 
-    model = copy.deepcopy(YOLO(str(args.yolo_weights)).model).float().eval().fuse()
-    for module in model.modules():
-        if isinstance(module, Detect):
-            module.export, module.format, module.dynamic = True, "onnx", False
+    model = deployment_form(YOLO(str(args.yolo_weights)).model.float().eval().fuse())
     shape = (1, 3, args.yolo_imgsz, args.yolo_imgsz)
     images = list(load_calibration(shared_data_dir() / "coco128" / "images", shape))
     calib = images[::2]

@@ -37,6 +37,7 @@ from fxprune.integrations.ultralytics import (  # noqa: E402
     PruningEngine,
     PruningOptions,
     PruningTrainerMixin,
+    deployment_form,
     pruning_options,
     yolo_interface,
 )
@@ -93,6 +94,17 @@ def out_channels(model: nn.Module, name: str) -> int:
     finally:
         handle.remove()
     return seen[0]
+
+
+def test_deployment_form_returns_the_decoded_predictions_only_and_leaves_the_model_alone():
+    model = load_yolo("yolov8n.yaml").model.eval()
+    x = torch.rand(1, 3, 64, 64)
+    deployed = deployment_form(model)
+    with torch.no_grad():
+        eval_out, export_out = model(x), deployed(x)
+    assert isinstance(eval_out, tuple) and torch.is_tensor(export_out)  # eval mode also returns raw maps
+    torch.testing.assert_close(export_out, eval_out[0])
+    assert not any(getattr(m, "export", False) for m in model.modules())
 
 
 # -- options -----------------------------------------------------------------------------------------

@@ -134,6 +134,15 @@ def _parity(path: Path, model: nn.Module, inputs: list[torch.Tensor], threads: i
     return {"max abs error": worst, "max rel error": rel, "top-1 agreement": float(np.mean(agree))}
 
 
+def _deployed(models: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """ultralytics models as their exporter writes them (decoded predictions only); others unchanged."""
+    try:
+        from fxprune.integrations.ultralytics import deployment_form, is_ultralytics_model
+    except ImportError:  # no ultralytics: no ultralytics model either
+        return models
+    return {k: deployment_form(m) if is_ultralytics_model(m) else m for k, m in models.items()}
+
+
 def _export_one(fmt: str, name: str, model: nn.Module, x: torch.Tensor, out: Path, calib, done: dict) -> Path:
     from fxprune.deploy import export_onnx, quantize
 
@@ -235,6 +244,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         from ..io import load
 
         models["pruned"] = load(args.spec, args.pruned).eval()
+    models = _deployed(models)
     int8 = [f for f in args.formats if f.endswith("int8")]
     calib, held = _calibration(args, tuple(x.shape)) if int8 else ([], [])
     parity_inputs = held[:16] if int8 else [x]

@@ -194,23 +194,16 @@ def _val(yolo: Any, train: dict, imgsz: int) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.results_dict.items() if "mAP50-95" in k}
 
 
-def _export_mode(model: Any) -> Any:
-    net = copy.deepcopy(model).float().eval()
-    for m in net.modules():
-        if hasattr(m, "export"):
-            m.export = True  # heads return the decoded predictions only, as in ultralytics' exporter
-    return net
-
-
 def compare(dense: Any, pruned: Any, imgsz: int, dense_map: dict, pruned_map: dict) -> list[tuple]:
     """Rows (what, dense, pruned, ratio text) of the dense-vs-pruned table."""
     import torch
 
     from fxprune.deploy.runtime_latency import measure_latency, speedup
+    from fxprune.integrations.ultralytics import deployment_form
     from fxprune.measure import count_flops, count_params
 
     x = torch.zeros(1, 3, imgsz, imgsz)
-    dense_net, pruned_net = _export_mode(dense), _export_mode(pruned)
+    dense_net, pruned_net = deployment_form(dense), deployment_form(pruned)
     rows: list[tuple] = [
         ("parameters", count_params(dense_net), count_params(pruned_net), ""),
         (f"FLOPs at {imgsz}", count_flops(dense_net, x), count_flops(pruned_net, x), ""),

@@ -9,12 +9,19 @@ interface: the neck layers that produce ``feats`` may change width.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["example_input", "is_ultralytics_model", "sync_width_attributes", "yolo_interface"]
+__all__ = [
+    "deployment_form",
+    "example_input",
+    "is_ultralytics_model",
+    "sync_width_attributes",
+    "yolo_interface",
+]
 
 SHAPE_ONLY_KEYS = ("feats",)
 
@@ -35,6 +42,20 @@ def is_ultralytics_model(model: Any) -> bool:
     except ImportError:
         return False
     return isinstance(model, BaseModel)
+
+
+def deployment_form(model: nn.Module) -> nn.Module:
+    """A float, eval-mode copy of an ultralytics model whose heads return what ultralytics' exporter
+    writes: the decoded predictions only. In plain eval mode the heads also return their raw maps and
+    input feature maps, which every runtime would then compute and write out on top of the deployed work.
+    """
+    net = copy.deepcopy(model).float().eval()
+    for module in net.modules():
+        if hasattr(module, "export"):
+            module.export = True
+            if hasattr(module, "format"):
+                module.format, module.dynamic = "onnx", False
+    return net
 
 
 def example_input(model: nn.Module, imgsz: int, device: torch.device | str | None = None) -> torch.Tensor:
