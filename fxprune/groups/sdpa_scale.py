@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .channel_constants import ChannelConstant
 from .context import OpContext, op_name
@@ -154,7 +155,13 @@ def _replay(node: fx.Node, value):
 
 
 def _rows(producer: fx.Node, chain: list[fx.Node], shape: tuple[int, ...]) -> np.ndarray | None:
-    """The producer's output channels that the end of ``chain`` holds, replayed on channel indices."""
+    """The producer's output channels that the end of ``chain`` holds, replayed on channel indices (real
+    CPU tensors, outside the meta, fake or cost-recording modes the propagation runs under)."""
+    with _disable_current_modes():
+        return _replayed_rows(producer, chain, shape)
+
+
+def _replayed_rows(producer: fx.Node, chain: list[fx.Node], shape: tuple[int, ...]) -> np.ndarray | None:
     m, dim = _producer_dim(producer)
     recorded = [n.meta.get(_SHAPES) for n in chain]
     first = next((s[0] for s in recorded if s is not None), None)
@@ -162,7 +169,7 @@ def _rows(producer: fx.Node, chain: list[fx.Node], shape: tuple[int, ...]) -> np
     dim %= len(start)
     view = [1] * len(start)
     view[dim] = start[dim]
-    value = torch.arange(start[dim]).reshape(view).expand(start)  # stride 0 away from the channels
+    value = torch.arange(start[dim], device="cpu").reshape(view).expand(start)  # stride 0 off the channels
     try:
         for n in chain:
             value = _replay(n, value)
