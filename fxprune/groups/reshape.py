@@ -21,7 +21,7 @@ from .permutation import finish_shuffle_view, start_shuffle_view
 from .registry import handles_modules, handles_ops
 from .sdpa_scale import note_shapes
 from .sizes import IntInfo
-from .view_sources import SizeSource, view_attributes
+from .view_sources import SizeSource, freeze_runtime_literals, view_attributes
 
 __all__ = ["expand", "movedim", "permute", "reshape", "reshape_free", "transpose", "unflatten"]
 
@@ -192,6 +192,7 @@ def reshape(ctx: OpContext) -> Labels:
         if j in out:
             ctx.constraints.append((EXPRESSION, (out[j], ctx.module_name, coefs, ctx.node.name), ctx.where))
     _check_size_sources(ctx, full, out)
+    freeze_runtime_literals(ctx, sizes, out)
     return out
 
 

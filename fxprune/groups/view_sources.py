@@ -19,19 +19,25 @@ import inspect
 import textwrap
 from collections.abc import Sequence
 
+import numpy as np
 from torch import nn
 
-__all__ = ["SizeSource", "view_attributes"]
+from .context import OpContext
+from .labels import Labels
+
+__all__ = ["SizeSource", "freeze_runtime_literals", "runtime_sizes", "view_attributes"]
 
 _VIEWS = ("reshape", "view")
 
 
 @functools.cache
-def _view_calls(cls: type) -> tuple[tuple[ast.expr, ...], ...]:
+def _view_calls(cls: type, whole_class: bool = False) -> tuple[tuple[ast.expr, ...], ...]:
     """The size arguments of every ``x.reshape(...)``/``x.view(...)``/``torch.reshape(x, ...)`` in
-    ``cls.forward`` (a single tuple or list argument is unpacked)."""
+    ``cls.forward`` (a single tuple or list argument is unpacked); with ``whole_class``, in every method of
+    ``cls`` (``forward`` may call a method of its own that makes the view)."""
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
+        source = inspect.getsource(cls if whole_class else cls.forward)
+        tree = ast.parse(textwrap.dedent(source))
     except (OSError, TypeError, SyntaxError):
         return ()
     calls = []
@@ -123,3 +129,60 @@ def view_attributes(m: nn.Module | None, sizes: Sequence) -> list[SizeSource] | 
         if _matches(sources, call, sizes, m):
             found.add(tuple(sources))
     return [SizeSource(s) for s in found.pop()] if len(found) == 1 else None
+
+
+def runtime_sizes(m: nn.Module | None, sizes: Sequence) -> dict[int, set[int]]:
+    """For a view of an exported graph (every size a number): ``{position: factors}`` of the sizes that some
+    ``reshape``/``view`` call in ``type(m)``'s methods computes at run time: factor 1 for a size read as is
+    (``reshape(B, N, C)``), ``self.NAME`` for one divided by it (``C // self.num_heads``), so that the
+    run-time value was ``size * factor``. A call matches when its literals and attributes hold the graph's
+    values at the same positions; the positions of every match are kept (a size some call may compute at
+    run time is taken as computed)."""
+    found: dict[int, set[int]] = {}
+    if m is None:
+        return found
+    for call in _view_calls(type(m), True):
+        if len(call) != len(sizes):
+            continue
+        sources = [_source(a) for a in call]
+        exported = [s if s.kind in ("literal", "attr") else SizeSource(("expression", "")) for s in sources]
+        if not _matches(exported, call, sizes, m):
+            continue
+        for j, src in enumerate(sources):
+            if src.kind == "runtime":
+                found.setdefault(j, set()).add(1)
+            elif src.kind == "divided" and type(getattr(m, src.name, None)) is int:
+                found.setdefault(j, set()).add(getattr(m, src.name))
+    return found
+
+
+def freeze_runtime_literals(ctx: OpContext, sizes: Sequence, out: Labels) -> None:
+    """A view of an exported graph whose number was computed at run time from a channel width.
+
+    The slim model runs its own ``forward``, which reads the width again (``C // self.num_heads`` of the
+    block input), while the view's other sizes stay as written: the layers of the view's module (and its
+    submodules) with a dim of that width freeze it, and so does the view's output dim there, unless they
+    already go together (the width follows that dim). Sizes read as is count only at a channel dim of the
+    output (a batch or token count is not a width)."""
+    if not ctx.graph_is_export or ctx.model is None or not ctx.module_name:
+        return
+    try:
+        found = runtime_sizes(ctx.model.get_submodule(ctx.module_name), sizes)
+    except AttributeError:
+        return
+    prefix = ctx.module_name + "."
+    for j, factors in found.items():
+        target = out.get(j)
+        for factor in factors:
+            if type(sizes[j]) is not int or sizes[j] < 2 or (factor == 1 and target is None):
+                continue
+            width = sizes[j] * factor
+            followed = set(ctx.table.roots(target).tolist()) if target is not None else set()
+            reason = f"{ctx.where}: size {sizes[j]} computed at run time from a width of {width}"
+            for blk in ctx.table.blocks:
+                if blk.size != width or not (blk.module == ctx.module_name or blk.module.startswith(prefix)):
+                    continue
+                if not set(ctx.table.roots(blk.slots).tolist()) <= followed:
+                    ctx.table.freeze(blk.slots, reason)
+                    if target is not None:
+                        ctx.table.freeze(np.asarray(target), reason)
