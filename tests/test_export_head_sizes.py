@@ -55,6 +55,14 @@ class _CrossAttention(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(B, 1, C))
 
 
+class _SubclassedAttention(_CrossAttention):
+    """Inherits ``forward``: the views are found in the base class's source."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__(dim, num_heads)
+        self.extra = 0
+
+
 class _Net(nn.Module):
     """Patch embedding, one attention block with an MLP, a head; a branch on the input size makes symbolic
     tracing fail, so the analysis runs on the exported graph."""
@@ -77,7 +85,7 @@ class _Net(nn.Module):
         return self.head(x[:, 0])
 
 
-@pytest.mark.parametrize("attention", [_GatedAttention, _CrossAttention])
+@pytest.mark.parametrize("attention", [_GatedAttention, _CrossAttention, _SubclassedAttention])
 def test_exported_head_size_from_width_freezes_it(attention):
     torch.manual_seed(0)
     model, x = _Net(attention).eval(), torch.randn(2, 3, 16, 16)

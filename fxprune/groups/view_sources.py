@@ -137,11 +137,12 @@ def runtime_sizes(m: nn.Module | None, sizes: Sequence) -> dict[int, set[int]]:
     (``reshape(B, N, C)``), ``self.NAME`` for one divided by it (``C // self.num_heads``), so that the
     run-time value was ``size * factor``. A call matches when its literals and attributes hold the graph's
     values at the same positions; the positions of every match are kept (a size some call may compute at
-    run time is taken as computed)."""
+    run time is taken as computed). Base classes' methods count too (a subclass may inherit ``forward``)."""
     found: dict[int, set[int]] = {}
     if m is None:
         return found
-    for call in _view_calls(type(m), True):
+    classes = [c for c in type(m).__mro__ if issubclass(c, nn.Module) and c is not nn.Module]
+    for call in [call for c in classes for call in _view_calls(c, True)]:
         if len(call) != len(sizes):
             continue
         sources = [_source(a) for a in call]
@@ -164,13 +165,13 @@ def freeze_runtime_literals(ctx: OpContext, sizes: Sequence, out: Labels) -> Non
     submodules) with a dim of that width freeze it, and so does the view's output dim there, unless they
     already go together (the width follows that dim). Sizes read as is count only at a channel dim of the
     output (a batch or token count is not a width)."""
-    if not ctx.graph_is_export or ctx.model is None or not ctx.module_name:
+    if not ctx.graph_is_export or ctx.model is None:
         return
     try:
         found = runtime_sizes(ctx.model.get_submodule(ctx.module_name), sizes)
     except AttributeError:
         return
-    prefix = ctx.module_name + "."
+    prefix = ctx.module_name + "." if ctx.module_name else ""
     for j, factors in found.items():
         target = out.get(j)
         for factor in factors:
