@@ -47,6 +47,8 @@ MODELS = {
     "shufflenet_v2_x0_5": (lambda: tvm.shufflenet_v2_x0_5(num_classes=10), (1, 3, 64, 64)),
     "multihead_attention": (TinyTransformer, (2, 3, 16, 16)),
     "reshaped_heads": (Heads, (2, 3, 16, 16)),
+    # windows padded to the window size in the late stages, cosine attention normalized over the head size
+    "swin_v2_t": (lambda: tvm.swin_v2_t(num_classes=10), (1, 3, 64, 64)),
 }
 
 

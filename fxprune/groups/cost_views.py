@@ -1,4 +1,4 @@
-"""How the dims of a view, transpose, reshape, slice or reduction follow from its input's dims.
+"""How the dims of a view, transpose, reshape, slice, pad or reduction follow from its input's dims.
 
 Used by :mod:`fxprune.groups.costs` to follow which channel labels scale each dim of a tensor inside a
 layer. A dim is a tuple of factor indices (``()``: never changes width) or None (cannot be followed).
@@ -98,8 +98,28 @@ def view_dims(packet: Any, args: tuple, dims: Sequence[Dim], out: torch.Tensor) 
         return _piece(x, dims, args[2] if len(args) > 2 else 0, out, keep_dim=True)
     if packet is aten.unbind:
         return _piece(x, dims, args[1] if len(args) > 1 else 0, out, keep_dim=False)
+    if packet is aten.constant_pad_nd:
+        return _padded(dims, args[1])
     if packet in (aten.sum, aten.mean, aten.amax, aten.amin) and len(args) > 1 and args[1] is not None:
-        reduced = {_norm(d, n) for d in (args[1] if isinstance(args[1], (list, tuple)) else [args[1]])}
-        keepdim = len(args) > 2 and bool(args[2])
-        return [() if k in reduced else dims[k] for k in range(n) if keepdim or k not in reduced]
+        return _reduced(dims, args[1], len(args) > 2 and bool(args[2]))
+    if packet is aten.linalg_vector_norm and len(args) > 2 and args[2] is not None:  # (x, ord, dim, keepdim)
+        return _reduced(dims, args[2], len(args) > 3 and bool(args[3]))
     return None
+
+
+def _reduced(dims: Sequence[Dim], reduce: Any, keepdim: bool) -> list[Dim]:
+    """Dims of a reduction over ``reduce`` (an int or a list of ints)."""
+    n = len(dims)
+    gone = {_norm(d, n) for d in (reduce if isinstance(reduce, (list, tuple)) else [reduce])}
+    return [() if k in gone else dims[k] for k in range(n) if keepdim or k not in gone]
+
+
+def _padded(dims: Sequence[Dim], pad: Sequence[int]) -> list[Dim]:
+    """Dims of ``constant_pad_nd``: ``pad`` lists (before, after) from the last dim backwards; a padded dim
+    keeps its width only when no channel label scales it."""
+    res = list(dims)
+    for i in range(len(pad) // 2):
+        k = len(dims) - 1 - i
+        if (pad[2 * i] or pad[2 * i + 1]) and dims[k]:
+            res[k] = None
+    return res
