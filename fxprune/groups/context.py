@@ -116,6 +116,15 @@ def structure_like(value: Any) -> Any:
     return None
 
 
+def scope_of(node: fx.Node) -> str:
+    """The qualified name of the innermost module whose ``forward`` made ``node`` ("" at the top level)."""
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1]
+        return path[0] if isinstance(path, tuple) else str(path)
+    return ""
+
+
 def op_name(node: fx.Node) -> str:
     """A normalised op name: ``add`` for operator.add, torch.add, Tensor.add_ and aten.add.Tensor."""
     t = node.target

@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from .attention import head_size_fixed
-from .context import op_name
+from .context import op_name, scope_of
 from .view_sources import view_attributes
 
 __all__ = ["whole_heads_everywhere"]
@@ -30,12 +30,10 @@ def _view_sizes(node: fx.Node) -> list:
 
 
 def _module(model: nn.Module, node: fx.Node) -> nn.Module | None:
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
+    if not node.meta.get("nn_module_stack"):
         return None
-    path = list(stack.values())[-1]
     try:
-        return model.get_submodule(path[0] if isinstance(path, tuple) else str(path))
+        return model.get_submodule(scope_of(node))
     except AttributeError:
         return None
 

@@ -14,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from ..capture.inputs import tensor_shapes
 from ..capture.meta import meta_inputs, meta_like, on_meta
 from . import registry
-from .context import OpContext, Unsupported, iter_labels, op_name, structure_like
+from .context import OpContext, Unsupported, iter_labels, op_name, scope_of, structure_like
 from .costs import CostRecorder, CostTable
 from .slots import SlotTable
 from .tied import couple_tied, tensor_aliases
@@ -181,7 +181,7 @@ class ChannelPropagation(fx.Interpreter):
             out,
             self.table,
             self.module,
-            n.target if n.op == "call_module" else _scope_of(n),
+            n.target if n.op == "call_module" else scope_of(n),
             self.graph_is_export,
             self.unsupported,
             self.constraints,
@@ -208,7 +208,7 @@ class ChannelPropagation(fx.Interpreter):
         w = n.args[spec.weight]
         if isinstance(w, fx.Node) and w.op == "get_attr":
             owner, x = w.target.rpartition(".")[0], n.args[spec.input]
-            if isinstance(x, fx.Node) and _scope_of(x) == owner:
+            if isinstance(x, fx.Node) and scope_of(x) == owner:
                 return None  # the module's forward transformed its input first (LayerNorm2d's permute)
             return owner, spec.input
         return None
@@ -274,8 +274,9 @@ _SHAPE_PRESERVING = (
 
 # Elementwise arithmetic of two operands: on meta tensors torch computes their result's shape in Python
 # (a few hundred microseconds per op); for same-dtype float operands it is the broadcast shape.
-_BINARY = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul}
-_BINARY.add(torch.div)
+_BINARY = {
+    operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div
+}
 _ADAPTIVE_POOLS = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}  # spatial dims
 
 
@@ -328,9 +329,3 @@ def _kernel_dims(root: nn.Module, target: str) -> range:
     return range(0)
 
 
-def _scope_of(n: fx.Node) -> str:
-    stack = n.meta.get("nn_module_stack")
-    if stack:
-        path = list(stack.values())[-1]
-        return path[0] if isinstance(path, tuple) else str(path)
-    return ""

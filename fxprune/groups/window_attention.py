@@ -35,7 +35,6 @@ from .context import OpContext
 from .labels import Labels
 from .layers import param_members
 from .registry import handles_ops
-from .slots import SlotTable
 
 __all__ = ["get_relative_position_bias", "patch_merging_pad", "shifted_window_attention"]
 
@@ -94,15 +93,9 @@ def _tie_per_head(ctx: OpContext, heads: np.ndarray, lab: Labels | None, t: Any,
         return
     if d in lab:
         ctx.table.union(heads, lab[d])
-        _follow_heads(ctx.table, lab[d])
+        ctx.table.mark_passive(lab[d])  # a layer with one row per head (v2's bias MLP) follows them
     else:
         ctx.table.freeze(heads, f"{ctx.where}: {what} comes from a tensor that cannot lose heads")
-
-
-def _follow_heads(table: SlotTable, slots: np.ndarray) -> None:
-    """Mark a layer whose rows are exactly ``slots`` (one per head: v2's bias MLP) as following the heads:
-    its width is a head count, not a channel width (:meth:`.slots.SlotTable.mark_passive`)."""
-    table.mark_passive(slots)
 
 
 @handles_ops("shifted_window_attention")
