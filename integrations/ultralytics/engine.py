@@ -127,6 +127,13 @@ def _latency_summary(planner: Any) -> dict[str, Any] | None:
     }
 
 
+def _criterion(model: nn.Module) -> Any:
+    """The model's loss, built first where ultralytics has not yet (it builds it on the first loss call)."""
+    if getattr(model, "criterion", None) is None:
+        model.criterion = model.init_criterion()
+    return model.criterion
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     from ultralytics.utils.torch_utils import unwrap_model
 
@@ -237,9 +244,7 @@ class PruningEngine:
             self.slim(trainer)
             return
         self._install_distillation(model)
-        if getattr(model, "criterion", None) is None:
-            model.criterion = model.init_criterion()
-        self.loss = PenaltyLoss(model.criterion, self.pruner)
+        self.loss = PenaltyLoss(_criterion(model), self.pruner)
         model.criterion = self.loss
 
     def start_distillation(self, trainer: Any, resumed: bool) -> None:
@@ -274,9 +279,7 @@ class PruningEngine:
         """Wrap the model's criterion with the distillation loss (once)."""
         if self.distiller is None or isinstance(getattr(model, "criterion", None), DistillLoss):
             return
-        if getattr(model, "criterion", None) is None:
-            model.criterion = model.init_criterion()
-        model.criterion = DistillLoss(model.criterion, self.distiller)
+        model.criterion = DistillLoss(_criterion(model), self.distiller)
 
     def before_clip(self, trainer: Any) -> None:
         """Add the method's gradient terms; call after ``scaler.unscale_``, before clipping."""
