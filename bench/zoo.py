@@ -64,7 +64,6 @@ FIXED_SIZES = {
 }
 FIXED_224_PREFIXES = ("vit_", "swin_", "maxvit_")
 SEED = 0
-REPLAN = True  # time a FLOPs-target re-planning in the fxprune runs (--no-replan: skip it)
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -131,8 +130,10 @@ def classifier_layers(model: nn.Module, name: str) -> list[nn.Module]:
 # ------------------------------------------------------------------------------------------ tool runs
 
 
-def run_fxprune(name: str, size: int, ratio: float, tp_ignore: str, conn, rec: dict) -> None:
-    """Analysis alone and FLOPs-target re-planning on one copy, then the one-call ``fxprune.prune``."""
+def run_fxprune(name: str, size: int, ratio: float, tp_ignore: str, conn, rec: dict,
+                replan: bool = True) -> None:
+    """Analysis alone and FLOPs-target re-planning (unless ``replan`` is False) on one copy, then the one-call
+    ``fxprune.prune``."""
     model, x = build(name, size)
     dense = forward_shapes(model, x)
     rec.update(dense_shapes=dense, params_dense=count_params(model))
@@ -145,7 +146,7 @@ def run_fxprune(name: str, size: int, ratio: float, tp_ignore: str, conn, rec: d
                groups=len(analysis.groups),
                prunable_groups=len(analysis.prunable_groups), unsupported=len(analysis.unsupported),
                capture=analysis.captured.method)
-    if REPLAN:
+    if replan:
         stage(conn, rec, "replan")
         t0 = time.perf_counter()
         plan_for_target(analysis, x, 1.0 / 3.0, "flops")
@@ -166,7 +167,9 @@ def run_fxprune(name: str, size: int, ratio: float, tp_ignore: str, conn, rec: d
     rec["status"] = "ok" if rec["pruned_shapes"] == dense else "shape"
 
 
-def run_torch_pruning(name: str, size: int, ratio: float, tp_ignore: str, conn, rec: dict) -> None:
+def run_torch_pruning(name: str, size: int, ratio: float, tp_ignore: str, conn, rec: dict,
+                      replan: bool = True) -> None:
+    """Torch-Pruning's build and prune, timed (``replan`` is fxprune's and is ignored)."""
     model, x = build(name, size)
     dense = forward_shapes(model, x)
     rec.update(dense_shapes=dense, params_dense=count_params(model), flops_dense=count_flops(model, x))
@@ -214,7 +217,7 @@ def warm_up(tool: str) -> None:
 
 
 def _child(tool: str, name: str, size: int, ratio: float, tp_ignore: str, threads: int | None,
-           memory_gb: float | None, warmup: bool, conn) -> None:
+           memory_gb: float | None, warmup: bool, replan: bool, conn) -> None:
     if threads:
         torch.set_num_threads(threads)
     if memory_gb:  # an allocation failure inside the run beats the kernel killing a random process
@@ -224,7 +227,7 @@ def _child(tool: str, name: str, size: int, ratio: float, tp_ignore: str, thread
     try:
         if warmup:
             warm_up(tool)
-        TOOLS[tool](name, size, ratio, tp_ignore, conn, rec)
+        TOOLS[tool](name, size, ratio, tp_ignore, conn, rec, replan)
     except Exception as e:
         rec.update(status="fail", error=short_error(e), traceback=traceback.format_exc(limit=-8))
     conn.send(("result", rec))
@@ -237,12 +240,16 @@ def short_error(e: BaseException, limit: int = 300) -> str:
 
 
 def run_tool(tool: str, name: str, size: int, ratio: float, tp_ignore: str, timeout: float,
-             setup_timeout: float, threads: int | None, memory_gb: float | None, warmup: bool) -> dict:
-    """Run one tool on one model in a forked subprocess; ``timeout`` applies after the model is built."""
+             setup_timeout: float, threads: int | None, memory_gb: float | None, warmup: bool,
+             replan: bool = True) -> dict:
+    """Run one tool on one model in a forked subprocess; ``timeout`` applies after the model is built.
+
+    Every setting reaches the child as an argument (``replan``: time fxprune's FLOPs-target re-planning).
+    """
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, daemon=True,
-                       args=(tool, name, size, ratio, tp_ignore, threads, memory_gb, warmup, send))
+                       args=(tool, name, size, ratio, tp_ignore, threads, memory_gb, warmup, replan, send))
     start = time.monotonic()
     proc.start()
     send.close()
@@ -485,8 +492,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    global REPLAN
-    REPLAN = not args.no_replan
     if args.timm_families:  # FLOPs kept per timm family, fxprune and Torch-Pruning
         from timm_families import family_models, sweep
         sweep(family_models(), args.ratio, args.timeout, args.out and str(args.out), args.tools.split(","))
@@ -517,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch_pruning": getattr(tp, "__version__", "?"), "ratio": args.ratio, "timeout_s": args.timeout,
         "tp_ignore": args.tp_ignore, "tools": tools,
         "repeat": args.repeat, "memory_gb": args.memory_gb, "warmup": args.warmup,
+        "replan": not args.no_replan,
     }
     console.print(f"{len(names)} models, tools {tools}, ratio {args.ratio}, timeout {args.timeout:g} s, "
                   f"{meta['cpus']} CPUs, torch {meta['torch']}, torch-pruning {meta['torch_pruning']}")
@@ -526,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         rec: dict[str, Any] = {"model": name, "input_size": size, "load_before": os.getloadavg()[0]}
         for tool in tools:
             rec[tool] = best_of(args.repeat, tool, name, size, args.ratio, args.tp_ignore, args.timeout,
-                                args.setup_timeout, args.threads, args.memory_gb, args.warmup)
+                                args.setup_timeout, args.threads, args.memory_gb, args.warmup,
+                                not args.no_replan)
         rec["speed_ratio"] = speed_ratio(rec.get("fx", {}), rec.get("tp", {}))
         rec["load_after"] = os.getloadavg()[0]
         results.append(rec)
