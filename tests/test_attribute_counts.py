@@ -40,7 +40,8 @@ def test_dpn_slices_sized_by_one_attribute_and_coupled_later_follow_pruning():
 
 
 class _Head(nn.Module):
-    """An attribute used by two slices of tensors that are never coupled: it cannot follow both."""
+    """An attribute used by two slices of tensors that are not coupled otherwise: it follows both once
+    their channels are tied position by position (they then lose the same count)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,11 +54,11 @@ class _Head(nn.Module):
         return self.out(torch.cat([y[:, : self.n], z[:, : self.n]], 1))
 
 
-def test_one_attribute_slicing_uncoupled_tensors_still_freezes():
+def test_one_attribute_slicing_uncoupled_tensors_ties_them():
     model, x = _Head().eval(), torch.randn(1, 4, 8, 8)
-    assert _frozen(model, x, "a") >= 8 and _frozen(model, x, "b") >= 8
-    fxprune.prune(model, x, 0.5, round_to=1)
-    assert model.n == 8
+    assert _frozen(model, x, "a") == 0 and _frozen(model, x, "b") == 0
+    fxprune.prune(model, x, 0.5, round_to=1)  # verified
+    assert model.n < 8 and model.a.out_channels == model.b.out_channels < 16
 
 
 class _CrossHalf(nn.Module):
@@ -261,14 +262,15 @@ class _SingleHead(nn.Module):
 
 def test_split_remainder_written_as_total_minus_an_attribute_follows_pruning():
     """``self.dim - self.pdim``: ``dim`` is written as the kept total; the attended piece (``pdim`` also
-    sizes ``v``, in another group) stays."""
+    sizes ``v``, in another group) follows too, its channels tied to ``v``'s position by position."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), _SingleHead(), nn.Conv2d(32, 4, 1)).eval()
     x = torch.randn(1, 3, 8, 8)
     report = fxprune.prune(model, x, ratio=0.5, round_to=1)
     assert report.verified and report.exact_error < 1e-5
     head = model[1]
-    assert head.pdim == 8 and head.dim == model[0].out_channels == 20  # the other 24 channels keep 12
+    assert head.pdim < 8 and head.dim == model[0].out_channels < 32
+    assert head.qkv.in_channels == head.pdim and head.qkv.out_channels == 2 * head.qk_dim + head.pdim
     assert head.proj.in_channels == head.dim
 
 

@@ -184,14 +184,17 @@ def record_constants(ctx: OpContext, records: list[tuple[str, str, object]]) -> 
 
 
 def check_shared_attributes(prop) -> None:
-    """Freeze the channels of every attribute that sizes channels of several ops which do not keep equal
-    counts (one ``self.key_dim`` read by the split of every head): after slimming the attribute would
-    need several values at once.
+    """Make every attribute that sizes channels of several ops keep one count after slimming.
 
     Counts are equal when the channels are the same after propagation, or when the pieces must stay
-    equal (``equal_parts``: ``split(x, (self.c, self.c))``). The check runs once every coupling is known:
-    DPN's ``x_s[:, :self.num_1x1_c]`` and ``x[:, :self.num_1x1_c]`` slice two tensors that ``x_s1 + out1``
-    couples only after both slices.
+    equal (``equal_parts``: ``split(x, (self.c, self.c))``). Otherwise, where every op sizes the same
+    number of channels (one ``self.head_dim`` read by the q, k and v views; one ``self.key_dim`` read by
+    the split of every head), their channels are tied position by position, so that they lose the same
+    ones and the attribute takes their common kept count; channels of different counts freeze (the
+    attribute would need several values at once).
+
+    The check runs once every coupling is known: DPN's ``x_s[:, :self.num_1x1_c]`` and
+    ``x[:, :self.num_1x1_c]`` slice two tensors that ``x_s1 + out1`` couples only after both slices.
     """
     table = prop.table
     by_attr: dict[tuple[str, str], list] = {}
@@ -215,7 +218,13 @@ def check_shared_attributes(prop) -> None:
             for p in pieces[1:]:
                 parent[find(key(p))] = first
     for (module, attr), labs in by_attr.items():
-        if len({find(key(lab)) for lab in labs}) < 2:
+        distinct = {find(key(lab)): lab for lab in labs}
+        if len(distinct) < 2:
+            continue
+        if len({len(lab) for lab in distinct.values()}) == 1:
+            first, *rest = distinct.values()
+            for lab in rest:
+                table.union(np.asarray(first), np.asarray(lab))
             continue
         owner = f"{module}.{attr}" if module else attr
         for lab in labs:

@@ -228,7 +228,9 @@ def _attach_constraints(result: PropagationResult, groups: list[Group], table: S
         if len(owners) != 1:
             continue
         grp = next(m[0] for piece in mapped for m in piece if m is not None)
-        idx_pieces = [np.array([m[1] for m in piece if m is not None]) for piece in mapped]
+        idx_pieces = _distinct_pieces([np.array([m[1] for m in piece if m is not None]) for piece in mapped])
+        if len(idx_pieces) < 2:
+            continue  # every piece holds the same atoms: they lose equal counts by construction
         flat = np.concatenate(idx_pieces)
         if any(_same_pieces(e, idx_pieces) for e in grp.equal_parts):
             continue  # the same pieces again (one split in every block of a stage)
@@ -252,6 +254,23 @@ def _attach_constraints(result: PropagationResult, groups: list[Group], table: S
             g.chooser, g.equal_parts = choosers[g.id], []
         elif g.id in choosers:
             g.frozen.update({i: "channel shuffle next to chunk constraints" for i in range(g.width)})
+
+
+def _distinct_pieces(pieces: list[np.ndarray]) -> list[np.ndarray]:
+    """``pieces`` without those that hold the same atoms as an earlier one.
+
+    EdgeNeXt's SplitTransposeBlock adds ``chunk`` piece i to the output of piece i-1's depthwise conv, which
+    ties the pieces' channels one to one: they share their atoms, so removing one removes a channel from
+    each, and only the pieces with atoms of their own must be kept at equal counts.
+    """
+    seen: list[np.ndarray] = []
+    out = []
+    for p in pieces:
+        key = np.sort(p)
+        if not any(np.array_equal(key, k) for k in seen):
+            seen.append(key)
+            out.append(p)
+    return out
 
 
 def _same_pieces(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
