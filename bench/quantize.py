@@ -8,7 +8,9 @@ Parts (``--parts``, default all):
   Target: INT8 within 0.5 pp of fp32.
 * ``latency``: ResNet-50 (to 1/4 FLOPs) and YOLOv8n (to 1/2 FLOPs), random weights, pruned with the INT8
   alignment of this CPU (``int8_multiple("cpu")``) by each of ``--plans`` (``flops``: the FLOPs target;
-  ``ratio``: ``ratio=0.5``, the library's default path); dense and every pruned model, fp32 and INT8,
+  ``ratio``: ``ratio=0.5``, the library's default path; ``flops-latency``: the FLOPs target met where each
+  runtime's INT8 layer table says latency falls most, ``fxprune.deploy.FlopsLatencyPlanner``, one plan per
+  runtime, timed on that runtime); dense and every pruned model, fp32 and INT8,
   timed in one interleaved run per runtime (OpenVINO, onnxruntime). Calibration for timing only:
   ``--calib-samples`` random inputs. Target: pruned-INT8 over dense-INT8 >= 0.8x the FLOPs reduction.
   YOLO heads are timed in ultralytics' export form (the decoded predictions only); ``--pruned-files``
@@ -45,7 +47,7 @@ import torch
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("FXPRUNE_SHARED_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
-from fxprune.deploy import measure_latency, quantize, speedup  # noqa: E402
+from fxprune.deploy import FlopsLatencyPlanner, measure_latency, quantize, speedup  # noqa: E402
 from fxprune.deploy.alignment import int8_multiple  # noqa: E402
 from fxprune.deploy.artifacts import artifact_runner  # noqa: E402
 from fxprune.deploy.backends import get_backend  # noqa: E402
@@ -193,9 +195,11 @@ def part_cifar(args, tmp: Path, pruned: bool = False) -> dict[str, Any]:
 def pruned_variants(name: str, dense: torch.nn.Module, x: torch.Tensor, args) -> dict[str, dict[str, Any]]:
     """The pruned models of ``--plans``: ``flops`` (the model's FLOPs target with the INT8 multiple, halved
     until reachable), ``ratio`` (``fxprune.prune(ratio=0.5)`` with the INT8 multiple, the library's default
-    INT8 path), ``ratio-rt16`` / ``flops-rt16`` (the same with 16-channel steps); then every
+    INT8 path), ``flops-latency`` (the FLOPs target met by :class:`fxprune.deploy.FlopsLatencyPlanner` from
+    each runtime's INT8 layer table: one plan per runtime, ``flops-latency-<runtime>``), ``-rt16`` (the
+    same with 16-channel steps); then every
     ``--pruned-files`` entry of this model (``fxprune.save`` files, e.g. a latency-target INT8 plan)."""
-    spec, _, target = MODELS[name]
+    spec = MODELS[name][0]
     out = {}
     for entry in args.pruned_files:
         label, _, path = entry.partition("=")
@@ -207,25 +211,41 @@ def pruned_variants(name: str, dense: torch.nn.Module, x: torch.Tensor, args) ->
         log(f"{label}: {flops:.2f}x fewer FLOPs (from {path})")
     for plan in args.plans:
         kind, _, rt = plan.partition("-rt")
-        round_to = int(rt) if rt else int8_multiple("cpu")
-        while True:  # narrow models (YOLOv8n: 16..256 channels) cannot reach the target with 64-channel steps
-            pruned = copy.deepcopy(dense)
-            try:
-                if kind == "flops":
-                    fxprune.prune(pruned, x, target_flops=target, round_to=round_to)
-                else:
-                    fxprune.prune(pruned, x, ratio=args.ratio, round_to=round_to)
-                break
-            except ValueError as e:
-                if round_to <= 8 or kind != "flops":
-                    raise
-                log(f"{name} {plan}: round_to {round_to}: {e}; trying {round_to // 2}")
-                round_to //= 2
-        pruned.eval()
-        flops = count_flops(dense, x) / count_flops(pruned, x)
-        out[plan] = {"model": pruned, "round_to": round_to, "flops_ratio": flops}
-        log(f"{name} {plan}: {flops:.2f}x fewer FLOPs with round_to {round_to}")
+        # flops-latency: one plan per runtime, from that runtime's INT8 layer table
+        for backend in args.backends if kind == "flops-latency" else [None]:
+            label = plan if backend is None else f"{kind}-{backend}" + (f"-rt{rt}" if rt else "")
+            pruned, round_to = _prune_variant(name, dense, x, kind, int(rt) if rt else None, backend, args)
+            flops = count_flops(dense, x) / count_flops(pruned, x)
+            out[label] = {"model": pruned, "round_to": round_to, "flops_ratio": flops, "backend": backend}
+            log(f"{name} {label}: {flops:.2f}x fewer FLOPs with round_to {round_to}")
     return out
+
+
+def _prune_variant(name: str, dense, x, kind: str, round_to: int | None, backend: str | None, args):
+    """A pruned copy of ``dense`` for one plan kind; the channel multiple (default: the INT8 multiple) is
+    halved until a FLOPs target is reachable (YOLOv8n, 16..256 channels, cannot reach it in steps of 64)."""
+    target = MODELS[name][2]
+    round_to = round_to or int8_multiple("cpu")
+    while True:
+        pruned = copy.deepcopy(dense)
+        try:
+            if kind == "flops":
+                fxprune.prune(pruned, x, target_flops=target, round_to=round_to)
+            elif kind == "flops-latency":
+                planner = FlopsLatencyPlanner(target, backend, "int8", round_to)
+                fxprune.prune(pruned, x, planner=planner, round_to=round_to)
+                r = planner.result
+                estimates = ", ".join(f"{k} {v:.3f}" for k, v in r.candidates.items())
+                log(f"{name} flops-latency {backend} round_to {round_to}: {r.ranking} plan; estimated INT8 "
+                    f"latency ratio per ranking: {estimates}")  # fmt: skip
+            else:
+                fxprune.prune(pruned, x, ratio=args.ratio, round_to=round_to)
+            return pruned.eval(), round_to
+        except ValueError as e:
+            if round_to <= 8 or kind == "ratio":
+                raise
+            log(f"{name} {kind}: round_to {round_to}: {e}; trying {round_to // 2}")
+            round_to //= 2
 
 
 def part_latency(name: str, args, tmp: Path) -> dict[str, Any]:
@@ -240,7 +260,10 @@ def part_latency(name: str, args, tmp: Path) -> dict[str, Any]:
         "model": name,
         "target_flops": target,
         "ratio": args.ratio,
-        "plans": {k: {"round_to": v["round_to"], "flops_ratio": v["flops_ratio"]} for k, v in plans.items()},
+        "plans": {
+            k: {"round_to": v["round_to"], "flops_ratio": v["flops_ratio"], "backend": v.get("backend")}
+            for k, v in plans.items()
+        },
         "runtimes": {},
     }
     models = {"dense": dense, **{k: v["model"] for k, v in plans.items()}}
@@ -248,7 +271,10 @@ def part_latency(name: str, args, tmp: Path) -> dict[str, Any]:
     for runtime in args.backends:
         fmt, files, requantized = QUANT_FORMAT[runtime], {}, {}
         suffix = "xml" if fmt == "openvino" else "onnx"
+        own = {k: v for k, v in plans.items() if v.get("backend") in (None, runtime)}  # planned for it
         for label, m in models.items():
+            if label != "dense" and label not in own:
+                continue
             res = quantize(m, x, calib, fmt, tmp / f"{name}-{label}-int8.{suffix}", subset_size=len(calib))
             files[f"{label} fp32"], files[f"{label} int8"] = res.source_onnx, res.path
             requantized[label] = {"convs": len(res.requantized), "gates": len(res.gates)}
@@ -269,7 +295,7 @@ def part_latency(name: str, args, tmp: Path) -> dict[str, Any]:
         }
         ms = ", ".join(f"{k} {v:.1f}" for k, v in row["median_ms"].items())
         log(f"{name} {runtime} (ms): {ms}; INT8/fp32 dense {row['int8_over_fp32_dense']:.2f}x")
-        for plan, info in plans.items():
+        for plan, info in own.items():
             p = {
                 "pruned_over_dense_fp32": speedup(res["dense fp32"], res[f"{plan} fp32"]),
                 "pruned_over_dense_int8": speedup(res["dense int8"], res[f"{plan} int8"]),
@@ -536,7 +562,9 @@ def main() -> None:
     p.add_argument(
         "--plans",
         default="flops,ratio",
-        help="latency: pruned models timed with dense: flops, ratio, flops-rt16, ratio-rt16",
+        help="latency: pruned models timed with dense: flops, ratio, flops-latency (a FLOPs target met "
+        "where each runtime's INT8 layer table says latency falls most: one plan per runtime); suffix -rtN: "
+        "N-channel steps (flops-rt16, ratio-rt16, flops-latency-rt16)",
     )
     p.add_argument("--ratio", type=float, default=0.5, help="latency: the ratio of the 'ratio' plans")
     p.add_argument(

@@ -5,7 +5,9 @@
   ``fxprune.deploy.quantize``; onnxruntime's per-node profile, convolution time and MACs summed per top-level
   stage (``conv1``, ``layer1`` ... ``layer4``), and the throughput of each stage in GMAC/s.
 * ``yolo-ops``: YOLOv8n dense and pruned (FLOPs target with 32- and 16-channel steps, ratio 0.5 with 64),
-  INT8 on ``--backend`` (OpenVINO IR or QDQ ONNX), profiled per node with alternating calls: time outside
+  in ultralytics' export form (``fxprune.integrations.ultralytics.deployment_form``: the decoded
+  predictions only, as deployed and as ``bench/quantize.py`` times them), INT8 on ``--backend`` (OpenVINO
+  IR or QDQ ONNX), profiled per node with alternating calls: time outside
   the INT8 convolutions by op type, and the slowest such nodes of each pruned model (with their output
   layouts and shapes on OpenVINO).
 * ``ort-static``: YOLOv8n dense and pruned, fp32 ONNX, NNCF QDQ (``fxprune.deploy.quantize``) and
@@ -29,10 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 from fxprune.deploy import measure_latency, quantize, speedup
+from fxprune.integrations.ultralytics import deployment_form
 
 import fxprune
 from fxprune.measure import count_flops
@@ -76,8 +80,9 @@ def conv_macs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
 def node_times(
     paths: list[Path], x: torch.Tensor, runs: int, prefix: str
 ) -> list[dict[tuple[str, str], float]]:
-    """ms per call of every node (after onnxruntime's fusions) of each file, from its profiler; the files'
-    calls alternate so that all of them see the same machine load."""
+    """ms per call of every node (after onnxruntime's fusions) of each file, from its profiler: the median
+    over the calls (a call preempted by other load does not move it); the files' calls alternate so that
+    all of them see the same machine load."""
     sessions = [session(path, f"{prefix}{i}") for i, path in enumerate(paths)]
     feeds = [{s.get_inputs()[0].name: x.numpy()} for s in sessions]
     for _ in range(runs):
@@ -85,12 +90,12 @@ def node_times(
             sess.run(None, feed)
     out = []
     for sess in sessions:
-        times: dict[tuple[str, str], float] = collections.defaultdict(float)
+        calls: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
         for e in json.loads(Path(sess.end_profiling()).read_text()):
             if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
                 key = (e["name"][: -len("_kernel_time")], e["args"].get("op_name", "?"))
-                times[key] += e["dur"] / 1e3 / runs
-        out.append(times)
+                calls[key].append(e["dur"] / 1e3)
+        out.append({key: float(np.median(durations)) for key, durations in calls.items()})
     return out
 
 
@@ -255,6 +260,7 @@ def part_yolo_ops(args, tmp: Path) -> None:
         fxprune.prune(models[label], x, **kw)
         models[label].eval()
         log(f"{label}: FLOPs {count_flops(dense, x) / count_flops(models[label], x):.2f}x")
+    models = {k: deployment_form(m) for k, m in models.items()}  # the graph that is deployed and timed
     calib = [torch.randn(1, 3, 640, 640) for _ in range(args.calib_samples)]
     fmt, suffix = ("openvino", "xml") if args.backend == "openvino" else ("onnx", "onnx")
     paths = {

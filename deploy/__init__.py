@@ -5,6 +5,7 @@ from .artifacts import run_artifact
 from .backends import BackendUnavailable, get_backend, list_backends
 from .budget import BudgetResult, plan_for_latency
 from .calibration import load_calibration
+from .flops_planner import FlopsLatencyPlanner, FlopsLatencyResult, plan_flops_by_latency
 from .latency_planner import LatencyPlanner, prune
 from .lut import LatencyTable
 from .onnx_export import ExportResult, export_onnx
@@ -16,6 +17,8 @@ __all__ = [
     "BackendUnavailable",
     "BudgetResult",
     "ExportResult",
+    "FlopsLatencyPlanner",
+    "FlopsLatencyResult",
     "LatencyPlanner",
     "LatencyTable",
     "Measurement",
@@ -28,6 +31,7 @@ __all__ = [
     "list_backends",
     "load_calibration",
     "measure_latency",
+    "plan_flops_by_latency",
     "plan_for_latency",
     "prune",
     "quantize",

@@ -204,6 +204,24 @@ class LatencyModel:
             return float(np.interp(cout, layer.grid_out, layer.costs[:, -1]))
         return layer.cost(cin, cout)
 
+    def layer_macs(self, index: int, counts: dict[int, int]) -> int:
+        """Multiply-accumulates of one layer call once ``counts`` atoms are removed from each group."""
+        layer = self.layers[index]
+        s = layer.shape
+        cin, cout = self.channels(layer, counts)
+        if s.kind == "linear":
+            return s.h * cin * cout
+        out_hw = [
+            (size + 2 * p - d * (k - 1) - 1) // st + 1
+            for size, p, d, k, st in zip((s.h, s.w), s.padding, s.dilation, s.kernel, s.stride)
+        ]
+        per_output = s.kernel[0] * s.kernel[1] * (1 if s.depthwise else cin // max(s.groups, 1))
+        return s.batch * cout * out_hw[0] * out_hw[1] * per_output
+
+    def group_macs(self, gid: int, counts: dict[int, int]) -> int:
+        """Multiply-accumulates of the layers that group ``gid`` touches."""
+        return sum(self.layer_macs(i, counts) for i in self.by_group.get(gid, ()))
+
     def estimate(self, counts: dict[int, int]) -> float:
         """Estimated latency (ms) with ``counts[gid]`` atoms removed from each group."""
         return sum(self.layer_cost(i, counts) for i in range(len(self.layers)))

@@ -5,6 +5,9 @@ The core never imports ``fxprune.deploy``: it asks a :class:`fxprune.plan.Planne
 
     fxprune.prune(model, x, planner=fxprune.deploy.LatencyPlanner("0.5x", backend="ort"))
     fxprune.deploy.prune(model, x, target_latency="0.5x", backend="ort")  # the same, in one call
+
+With ``by_latency=True`` a FLOPs target is met the same way (:class:`fxprune.deploy.FlopsLatencyPlanner`):
+channels go where the runtime's latency falls most, until the FLOPs reach the target.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from fxprune.prune import prune as prune_model
 
 from .alignment import default_round_to
 from .budget import BudgetResult, parse_latency_target, plan_for_latency
+from .flops_planner import FlopsLatencyPlanner
 from .latency_model import LatencyModel
 from .lut import LatencyTable
 
@@ -109,17 +113,33 @@ def prune(
     min_width: int = 1,
     verify: bool = True,
     tol: float = 1e-4,
+    by_latency: bool = False,
     **options: Any,
 ) -> PruneReport:
     """:func:`fxprune.prune`, plus ``target_latency`` (``"0.5x"`` of the dense latency or ``"12ms"``).
 
     ``round_to`` defaults to ``backend``'s alignment at ``precision`` (:func:`default_round_to`). With
     ``target_latency`` the plan comes from :class:`LatencyPlanner` on ``backend`` at ``precision``
-    (``"int8"``: layer tables and checks time NNCF-quantized files); without it, every argument goes to
+    (``"int8"``: layer tables and checks time quantized files); with ``target_flops`` and
+    ``by_latency=True``, from :class:`FlopsLatencyPlanner`: the FLOPs target is met by removing channels
+    where ``backend``'s measured layer latency at ``precision`` falls most per unit of importance, not the
+    same share everywhere (for INT8 deployment: narrow, high-resolution layers run INT8 kernels at a low
+    rate per MAC, and a plain FLOPs target keeps them whole); otherwise every argument goes to
     :func:`fxprune.prune` (``options``: ``ratios``, ``global_ranking``, ``target_flops``,
     ``target_params``, ``planner``).
     """
     common = dict(importance=importance, ignore=ignore, leaf_modules=leaf_modules, verify=verify, tol=tol)
+    if by_latency:
+        target_flops = options.pop("target_flops", None)
+        if target_flops is None or target_latency is not None or options:
+            extra = sorted(options) + (["target_latency"] if target_latency is not None else [])
+            raise ValueError(
+                "by_latency=True meets a target_flops=... where the backend's latency falls most: give "
+                f"target_flops{' and not ' + ', '.join(extra) if extra else ''}"
+            )
+        round_to = default_round_to(backend, precision) if round_to is None else round_to
+        flops_planner = FlopsLatencyPlanner(target_flops, backend, precision, round_to, min_width)
+        return prune_model(model, example_inputs, planner=flops_planner, round_to=round_to, **common)
     if target_latency is None:
         round_to = default_round_to(backend, precision) if round_to is None else round_to
         return prune_model(

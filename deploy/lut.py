@@ -18,12 +18,20 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from .backends.base import cpu_name
 
-__all__ = ["LatencyTable", "LayerShape", "default_table_path", "frozen_heap", "write_layer_onnx"]
+__all__ = [
+    "LatencyTable",
+    "LayerShape",
+    "default_table_path",
+    "frozen_heap",
+    "write_layer_onnx",
+    "write_layer_qdq_onnx",
+]
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,59 @@ def write_layer_onnx(module: nn.Conv2d | nn.Linear, x: torch.Tensor, path: Path)
     return path
 
 
+def _qdq_pair(name: str, values: np.ndarray, inits: list) -> list:
+    """A uint8 QuantizeLinear/DequantizeLinear pair (symmetric range, zero point 128) from ``name`` to
+    ``name + "_dq"``, as :func:`fxprune.deploy.quantize` writes activations for onnxruntime."""
+    from onnx import helper, numpy_helper
+
+    scale = np.float32(max(float(np.abs(values).max()), 1e-6) / 127.0)
+    inits += [numpy_helper.from_array(np.array(scale), f"{name}_scale"),
+              numpy_helper.from_array(np.array(128, dtype=np.uint8), f"{name}_zp")]  # fmt: skip
+    params = [f"{name}_scale", f"{name}_zp"]
+    return [
+        helper.make_node("QuantizeLinear", [name, *params], [f"{name}_q"]),
+        helper.make_node("DequantizeLinear", [f"{name}_q", *params], [f"{name}_dq"]),
+    ]
+
+
+def write_layer_qdq_onnx(module: nn.Conv2d | nn.Linear, x: torch.Tensor, path: Path) -> Path:
+    """``module`` as a one-layer INT8 QDQ ONNX file laid out as :func:`fxprune.deploy.quantize` writes a
+    quantized layer for onnxruntime: the input and the output through uint8 Q/DQ pairs (per tensor), the
+    weight int8 per output channel (symmetric) behind a DequantizeLinear, the bias in float. Written
+    directly, without an export or an NNCF run (seconds per layer): what INT8 layer tables time."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    write_layer_onnx(module, x, path)
+    model = onnx.load(str(path))
+    graph = model.graph
+    with torch.no_grad():
+        y = module(x).numpy()
+    weight = module.weight.detach().numpy()
+    flat = np.abs(weight.reshape(weight.shape[0], -1)).max(1)
+    w_scale = (np.maximum(flat, 1e-8) / 127.0).astype(np.float32)
+    shape = (-1,) + (1,) * (weight.ndim - 1)
+    w_int8 = np.clip(np.round(weight / w_scale.reshape(shape)), -127, 127).astype(np.int8)
+    inits = [i for i in graph.initializer if i.name != "weight"]
+    inits += [numpy_helper.from_array(w_int8, "weight_q"), numpy_helper.from_array(w_scale, "weight_scale"),
+              numpy_helper.from_array(np.zeros(len(w_scale), np.int8), "weight_zp")]  # fmt: skip
+    layer = graph.node[0]
+    layer.input[0], layer.input[1], layer.output[0] = "input_dq", "weight_dq", "output_float"
+    nodes = _qdq_pair("input", x.numpy(), inits)
+    nodes.append(
+        helper.make_node("DequantizeLinear", ["weight_q", "weight_scale", "weight_zp"], ["weight_dq"], axis=0)
+    )
+    nodes.append(layer)
+    out = _qdq_pair("output_float", y, inits)
+    out[1].output[0] = "output0"
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(nodes + out)
+    graph.initializer.extend(inits)
+    graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    onnx.save(model, str(path))
+    return path
+
+
 @contextlib.contextmanager
 def frozen_heap() -> Iterator[None]:
     """Move the objects alive now out of the garbage collector's reach (``gc.freeze``) for a block.
@@ -185,10 +246,19 @@ class LatencyTable:
     def __getitem__(self, shape: LayerShape) -> float:
         return max(self.entries[shape.key] - self.entries.get(_OVERHEAD.key, 0.0), 0.0)
 
-    def _writes_onnx(self) -> bool:
+    def _layer_writer(self, shape: LayerShape):
+        """How a layer reaches the backend: written as a one-node fp32 ONNX file (ONNX backends), as a
+        one-layer QDQ file (INT8 convolutions on backends that take uint8 Q/DQ from ONNX: onnxruntime,
+        OpenVINO), or as a module (quantized by NNCF: linear layers, other INT8 backends; torch)."""
         from .backends import get_backend
 
-        return self.precision == "fp32" and get_backend(self.backend).needs_onnx
+        backend = get_backend(self.backend)
+        if not backend.needs_onnx:
+            return None
+        if self.precision == "fp32":
+            return write_layer_onnx
+        direct = backend.requantize_convs and ".onnx" in backend.file_suffixes and shape.kind == "conv"
+        return write_layer_qdq_onnx if self.precision == "int8" and direct else None
 
     def _measure(self, sources: dict, x, inputs_of=None, repeats: int | None = None):
         from .runtime_latency import measure_latency
@@ -208,14 +278,18 @@ class LatencyTable:
     def _alone(self, shape: LayerShape) -> float:
         """Fastest of three separate measurements (the least disturbed by other load)."""
         module, x = shape.build()
-        return min(self._measure({"layer": module}, x)["layer"].median_ms for _ in range(3))
+        writer = self._layer_writer(shape)
+        with tempfile.TemporaryDirectory() as tmp:
+            source = writer(module, x, Path(tmp) / "layer.onnx") if writer else module
+            return min(self._measure({"layer": source}, x)["layer"].median_ms for _ in range(3))
 
     def ensure(self, shapes: Iterable[LayerShape], *, progress=None, per_run: int = 8) -> int:
         """Measure every shape not in the table yet (then save); returns how many were measured.
 
         Up to ``per_run`` layers are timed in one interleaved run with the reference layer (timed once
         per run, not once per layer), within the table's ``budget_s``; ONNX backends get each layer as a
-        one-node ONNX file written directly (fp32), not through ``torch.onnx.export``; the garbage
+        one-node ONNX file written directly (fp32; INT8 on onnxruntime and OpenVINO: a one-layer QDQ
+        file, :func:`write_layer_qdq_onnx`), not through ``torch.onnx.export`` and NNCF; the garbage
         collector's existing objects are frozen, so the collection before each run stays cheap in a
         large process.
         """
@@ -228,17 +302,16 @@ class LatencyTable:
         todo = list({s.key: s for s in shapes if s.key not in self.entries}.values())
         per_run = max(per_run, 1)
         with frozen_heap(), tempfile.TemporaryDirectory() as tmp:
-            as_file = self._writes_onnx()
-            ref = write_layer_onnx(ref_module, ref_x, Path(tmp) / "ref.onnx") if as_file else ref_module
+            writer = self._layer_writer(_REFERENCE)
+            ref = writer(ref_module, ref_x, Path(tmp) / "ref.onnx") if writer else ref_module
             for start in range(0, len(todo), per_run):
                 chunk = todo[start : start + per_run]
                 sources, inputs = {"ref": ref}, {}
                 for i, shape in enumerate(chunk):
                     module, x = shape.build()
                     name = f"layer{i}"
-                    sources[name] = (
-                        write_layer_onnx(module, x, Path(tmp) / f"{name}.onnx") if as_file else module
-                    )
+                    write = self._layer_writer(shape)
+                    sources[name] = write(module, x, Path(tmp) / f"{name}.onnx") if write else module
                     inputs[name] = x
                 res = self._measure(sources, ref_x, inputs)
                 for i, shape in enumerate(chunk):

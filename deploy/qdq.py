@@ -199,12 +199,12 @@ def activations_to_uint8(model) -> int:
     return count
 
 
-def _sigmoid_gates(graph) -> list:
+def _sigmoid_gates(graph, consumers: dict[str, list]) -> list:
     """Sigmoid nodes of a gate ``Mul(x, Sigmoid(x'))`` (SiLU: ``x' = x``) with every input dequantized and
     every output requantized, but the Sigmoid's own output in float: the pattern onnxruntime would run as
-    ``QLinearSigmoid`` and ``QLinearMul`` if that output had a Q/DQ pair too."""
+    ``QLinearSigmoid`` and ``QLinearMul`` if that output had a Q/DQ pair too. ``consumers``: the readers
+    of every tensor (:func:`_consumers` of ``graph``)."""
     producers = {o: n for n in graph.node for o in n.output}
-    consumers = _consumers(graph)
     outputs = {o.name for o in graph.output}
 
     def dequantized(name: str) -> bool:
@@ -239,10 +239,10 @@ def quantize_sigmoid_gates(model, symmetric: bool = False, unsigned: bool = True
     quantizing again. The range is the Sigmoid's own, [0, 1]: no calibration (uint8, zero point 0, by default:
     the type :func:`requantize_conv_outputs` gives the other activations). Returns the Sigmoids' names."""
     graph = model.graph
-    gates = _sigmoid_gates(graph)
+    consumers = _consumers(graph)
+    gates = _sigmoid_gates(graph, consumers)
     if not gates:
         return []
-    consumers = _consumers(graph)
     pairs = _Pairs(graph, symmetric, unsigned)
     for node in gates:
         tensor = node.output[0]

@@ -143,3 +143,44 @@ def test_softmax_moved_to_the_last_axis_keeps_the_values():
     axes = [a.i for n in model.graph.node if n.op_type == "Softmax" for a in n.attribute if a.name == "axis"]
     assert axes == [-1]
     np.testing.assert_allclose(run(model), before, rtol=1e-6, atol=1e-7)
+
+
+def test_sigmoid_gates_read_the_graph_once(monkeypatch):
+    """A dequantized SiLU gate between quantizers gets its Sigmoid pair; the readers of every tensor are
+    collected once for the search and the rewiring."""
+    import fxprune.deploy.qdq as qdq
+    from onnx import TensorProto, helper, numpy_helper
+
+    scale, zero = (
+        numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "z"),
+    )
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("Sigmoid", ["xd"], ["sig"], name="gate"),
+        helper.make_node("Mul", ["xd", "sig"], ["y"]),
+        helper.make_node("QuantizeLinear", ["y", "s", "z"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "silu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])],
+        [scale, zero],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calls = []
+    original = qdq._consumers
+    monkeypatch.setattr(qdq, "_consumers", lambda g: calls.append(1) or original(g))
+    assert qdq.quantize_sigmoid_gates(model) == ["gate"]
+    assert len(calls) == 1
+    mul = next(n for n in model.graph.node if n.op_type == "Mul")
+    assert mul.input[1] == "sig_gate_dq"  # the Mul reads the Sigmoid through its new pair
+    x = np.linspace(-3, 3, 4, dtype=np.float32).reshape(1, 4)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
+    xd = np.clip(np.round(x / 0.1) + 128, 0, 255).astype(np.float32) * 0.1 - 12.8
+    np.testing.assert_allclose(got, xd / (1 + np.exp(-xd)), atol=0.11)
