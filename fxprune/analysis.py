@@ -13,6 +13,7 @@ from torch import nn
 from .capture import Captured, as_args_kwargs, capture
 from .capture.fit import check_inputs_fit, match_parameters
 from .capture.inputs import ExampleInputs, set_training
+from .capture.modules import named_modules, walks_tree_once
 from .capture.outputs import OutputSelector, select_outputs
 from .gc_pause import paused_gc
 from .groups.attr_constants import check_shared_attributes
@@ -24,6 +25,7 @@ from .groups.literals import freeze_attribute_literals
 from .groups.propagate import PropagationResult, propagate_shapes
 from .groups.sdpa_scale import scale_folds
 from .importance import get_importance
+from .importance.parameters import parameter_table
 from .importance.registry import Importance
 from .plan import Plan, make_plan, resolve_round_to
 from .threads import one_thread
@@ -52,7 +54,7 @@ class Analysis:
     def scores(self, importance="l2") -> dict[int, np.ndarray]:
         """Importance of every atom of every group (``"l1"``, ``"l2"``, ``"random"`` or a callable)."""
         fn = get_importance(importance)
-        with one_thread():
+        with one_thread(), parameter_table(self.model):
             return {g.id: np.asarray(fn(self.model, g), dtype=np.float64) for g in self.groups}
 
     def plan(
@@ -75,6 +77,8 @@ class Analysis:
 
     def check_ratio_patterns(self, ratios: dict[str, float] | None) -> None:
         """Raise ``ValueError`` if a per-module ratio pattern matches no module, or only frozen channels."""
+        if not ratios:
+            return
         names = [n for n, _ in self.model.named_modules()]
         for pattern in ratios or {}:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
@@ -114,7 +118,8 @@ class Analysis:
 
 def _check_ignore(model: nn.Module, ignore: Iterable) -> tuple[list[str], list[type]]:
     patterns, types = [], []
-    names = [n for n, _ in model.named_modules()]
+    ignore = list(ignore)
+    names = [n for n, _ in model.named_modules()] if ignore else []
     for item in ignore:
         if isinstance(item, type):
             types.append(item)
@@ -132,6 +137,7 @@ def _check_ignore(model: nn.Module, ignore: Iterable) -> tuple[list[str], list[t
 
 
 @paused_gc()
+@walks_tree_once(lambda model, *args, **kwargs: model)
 def analyze(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -181,7 +187,7 @@ def analyze(
     finally:
         set_training(model, was_training)
     groups, unsupported = build_groups(prop, model)
-    modules = dict(model.named_modules(remove_duplicate=False))
+    modules = named_modules(model)
     for g in groups:
         if patterns:
             g.freeze_modules(patterns, "ignored by the user")

@@ -14,6 +14,7 @@ from torch import nn
 from .analysis import Analysis, analyze
 from .capture import run_model
 from .capture.inputs import ExampleInputs, set_training
+from .capture.modules import named_tensors, walks_tree_once
 from .capture.outputs import OutputSelector, selected_tensors
 from .gc_pause import paused_gc
 from .groups.channel_order import channel_orders
@@ -188,6 +189,7 @@ def _orders(analysis: Analysis, plan: Plan) -> dict:
 
 
 @paused_gc()
+@walks_tree_once(lambda analysis, *args, **kwargs: analysis.model)
 def apply_plan(
     analysis: Analysis, plan: Plan, example_inputs: Any, *, verify: bool = True, tol: float = 1e-4
 ) -> PruneReport:
@@ -251,7 +253,7 @@ def apply_plan(
     for g in analysis.groups:
         n = len(plan.remove.get(g.id, ()))
         widths.append((g.id, g.modules[0] if g.modules else "", g.width, g.width - n))
-    shapes = {n: list(t.shape) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    shapes = {n: list(t.shape) for n, t in named_tensors(model, remove_duplicate=True)}
     spec = {name: shapes[name] for name in {c.rpartition("[")[0] for c in changes}}
     report = PruneReport(
         params_before,
@@ -274,6 +276,7 @@ def apply_plan(
 
 
 @paused_gc()
+@walks_tree_once(lambda model, *args, **kwargs: model)
 def prune(
     model: nn.Module,
     example_inputs: ExampleInputs,

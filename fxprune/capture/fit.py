@@ -9,6 +9,7 @@ import torch.fx as fx
 from torch import nn
 
 from .inputs import ExampleInputs, as_args_kwargs, eval_mode, run_model
+from .modules import named_tensors
 
 __all__ = ["InputMismatchError", "check_inputs_fit", "describe_inputs", "first_layer", "match_parameters"]
 
@@ -54,7 +55,7 @@ def match_parameters(model: nn.Module, example_inputs: ExampleInputs) -> bool:
     Shape-only analysis does not catch those; a model that converts its inputs itself is fine, so a
     mismatch here is only a reason to run :func:`check_inputs_fit`.
     """
-    params = list(model.parameters())
+    params = [p for _, p in named_tensors(model, buffers=False, remove_duplicate=True)]
     dtypes = {p.dtype for p in params if p.is_floating_point()}
     devices = {p.device for p in params}
     args, kwargs = as_args_kwargs(example_inputs)

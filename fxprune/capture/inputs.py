@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .modules import distinct_modules
+
 ExampleInputs = torch.Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 """A tensor (one positional input), a tuple/list of positional inputs, or a dict of keyword inputs."""
 
@@ -59,7 +61,7 @@ def run_model(model: nn.Module, example_inputs: ExampleInputs) -> Any:
 def set_training(model: nn.Module, training: bool) -> None:
     """``model.train(training)``, skipped when every module already has that mode (a walk over the flags
     costs a fraction of the ``train`` call per module)."""
-    if any(m.training != training for m in model.modules()):
+    if any(m.training != training for m in distinct_modules(model)):
         model.train(training)
 
 

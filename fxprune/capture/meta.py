@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .inputs import map_tensors
+from .modules import distinct_modules
 
 __all__ = ["meta_inputs", "meta_like", "on_meta"]
 
@@ -43,7 +44,7 @@ def on_meta(roots: Iterable[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
     seen: set[int] = set()
     try:
         for root in roots:
-            for m in root.modules():
+            for m in distinct_modules(root):
                 if id(m) in seen:
                     continue
                 seen.add(id(m))

@@ -13,6 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..capture.inputs import tensor_shapes
 from ..capture.meta import meta_inputs, meta_like, on_meta
+from ..capture.modules import module_table, named_tensors
 from . import registry
 from .context import OpContext, Unsupported, iter_labels, op_name, scope_of, structure_like
 from .costs import CostRecorder, CostTable
@@ -64,10 +65,11 @@ class ChannelPropagation(fx.Interpreter):
         self.unsupported: list[Unsupported] = []
         self.constraints: list = []
         self.module_io: dict[str, list[tuple[Any, Any]]] = {}
-        self._attr_names = {id(p): n for n, p in gm.named_parameters(remove_duplicate=False)}
-        self._attr_names.update({id(b): n for n, b in gm.named_buffers(remove_duplicate=False)})
+        self._attr_names = {}
+        for n, t in named_tensors(gm):  # a tensor under several names: the last one
+            self._attr_names[id(t)] = n
         if model is not None:  # tensors the capture made (traced constants) are not the model's to slice
-            owned = {id(t) for t in [*model.parameters(), *model.buffers()]}
+            owned = {id(t) for _, t in named_tensors(model)}
             self._attr_names = {i: n for i, n in self._attr_names.items() if i in owned}
 
     def propagate(self, *args: Any, **kwargs: Any) -> PropagationResult:
@@ -216,12 +218,11 @@ class ChannelPropagation(fx.Interpreter):
 
 def _cost_recorder(gm: fx.GraphModule, model: nn.Module) -> CostRecorder:
     """A recorder knowing the (meta) parameters and buffers by name; the model's parameters counted once."""
-    named = [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]
     names: dict[int, str] = {}
-    for n, t in named:
+    for n, t in named_tensors(gm):
         names.setdefault(id(t), n)
     recorder = CostRecorder(names)
-    recorder.add_params(list(model.named_parameters()))
+    recorder.add_params(named_tensors(model, buffers=False, remove_duplicate=True))
     return recorder
 
 
@@ -233,6 +234,13 @@ def propagate_shapes(
     The meta run is the fastest; a model that mixes devices or creates tensors the meta device cannot hold
     falls back to fake tensors, and one that reads tensor values to real ones.
     """
+    with module_table(gm, model):
+        return _propagate_shapes(gm, graph_is_export, model, args, kwargs)
+
+
+def _propagate_shapes(
+    gm: fx.GraphModule, graph_is_export: bool, model: nn.Module, args: tuple, kwargs: dict
+) -> PropagationResult:
     try:
         result = ChannelPropagation(gm, graph_is_export, model, on_meta_device=True).propagate(
             *meta_inputs(tuple(args)), **meta_inputs(dict(kwargs))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
+from ..capture.modules import named_tensors
 from .slots import SlotTable
 
 __all__ = ["couple_tied", "tensor_aliases"]
@@ -19,8 +20,7 @@ def tensor_aliases(model: nn.Module) -> dict[str, str]:
     """``{name: first name}`` of every parameter and buffer reachable under more than one name."""
     first: dict[int, str] = {}
     aliases: dict[str, str] = {}
-    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
-    for name, t in named:
+    for name, t in named_tensors(model):
         owner = first.setdefault(id(t), name)
         if owner != name:
             aliases[name] = owner

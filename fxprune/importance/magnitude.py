@@ -8,14 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .parameters import parameter, parameter_table
 from .registry import register_importance
-
-
-def _parameter(model: nn.Module, name: str) -> torch.Tensor | None:
-    try:
-        return model.get_parameter(name)
-    except AttributeError:
-        return None  # a buffer (BN running statistics): not a weight
 
 
 def magnitude_scores(model: nn.Module, group, p: int = 2, mean: bool = False) -> np.ndarray:
@@ -26,17 +20,18 @@ def magnitude_scores(model: nn.Module, group, p: int = 2, mean: bool = False) ->
     """
     scores = np.zeros(group.width, dtype=np.float64)
     counts = np.zeros(group.width, dtype=np.float64)
-    for b in group.blocks:
-        idx = group.block_atom_index[b.base]
-        for name, dim in b.members:
-            t = _parameter(model, name)
-            if t is None:
-                continue
-            with torch.no_grad():
-                per = _slice_power_sums(t.detach().float(), dim, p).double().numpy()
+    with parameter_table(model), torch.no_grad():
+        for b in group.blocks:
+            idx = group.block_atom_index[b.base]
             ok = idx >= 0
-            np.add.at(scores, idx[ok], per[ok])
-            np.add.at(counts, idx[ok], 1.0)
+            atoms = idx[ok]
+            for name, dim in b.members:
+                t = parameter(model, name)
+                if t is None:
+                    continue
+                per = _slice_power_sums(t.detach().float(), dim, p).double().numpy()
+                np.add.at(scores, atoms, per[ok])
+                np.add.at(counts, atoms, 1.0)
     if mean:
         scores = scores / np.maximum(counts, 1.0)
     return scores ** (1.0 / p)

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..capture.inputs import ExampleInputs, as_args_kwargs, eval_mode
+from ..capture.modules import named_tensors
 from ..groups.costs import EXTRA_FLOP_FORMULAS
 
 
@@ -64,7 +65,7 @@ def count_params(model: nn.Module) -> int:
     """Number of parameter elements, counting a parameter shared between modules once."""
     seen: set[int] = set()
     total = 0
-    for _, param in model.named_parameters(remove_duplicate=False):
+    for _, param in named_tensors(model, buffers=False):
         if id(param) in seen:
             continue
         seen.add(id(param))

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..capture.modules import named_modules, named_tensors
 from ..groups.channel_constants import ChannelConstant
 from ..groups.grouping import Group
 from ..plan.planner import Plan
@@ -20,10 +21,8 @@ __all__ = ["slim_model"]
 
 def _aliases(model: nn.Module) -> dict[int, list[str]]:
     names: dict[int, list[str]] = {}
-    for n, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(n)
-    for n, b in model.named_buffers(remove_duplicate=False):
-        names.setdefault(id(b), []).append(n)
+    for n, t in named_tensors(model):
+        names.setdefault(id(t), []).append(n)
     return names
 
 
@@ -79,9 +78,8 @@ def _slim(
     fold_scales(model, groups, plan, constants, cut)  # sdpa's default scale: before rows move
     aliases = _aliases(model)
     canonical = {alias: names[0] for names in aliases.values() for alias in names}
-    tensors = dict(model.named_parameters(remove_duplicate=False))
-    tensors.update(dict(model.named_buffers(remove_duplicate=False)))
-    modules = dict(model.named_modules(remove_duplicate=False))
+    tensors = dict(named_tensors(model))
+    modules = named_modules(model)
     done: set[tuple[str, int]] = set()
     touched: dict[str, dict] = {}
     changes: dict[str, tuple[int, int]] = {}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..capture.modules import named_modules, named_tensors
 from ..groups.slots import Block, SlotTable
 
 __all__ = ["MaskSet", "masked", "masked_copy", "removed_slots"]
@@ -156,7 +157,7 @@ class MaskSet:
         """Hook the masks into ``model``'s layers; the hook handles."""
         handles = []
         applied = MaskedTensors()
-        modules = dict(model.named_modules(remove_duplicate=False))
+        modules = named_modules(model)
         for name, masks in self.calls.items():
             m = modules.get(name)
             if m is None:
@@ -167,7 +168,7 @@ class MaskSet:
 
     def zero_blocks(self, model: nn.Module) -> list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]]:
         """Zero the removed rows of the blocks' parameters; what was there, to put back."""
-        params = dict(model.named_parameters(remove_duplicate=False))
+        params = dict(named_tensors(model, buffers=False))
         saved = []
         with torch.no_grad():
             for b, rows in self.block_rows:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..capture.inputs import map_tensors
+from ..capture.modules import named_tensors
 
 __all__ = ["LOW_PRECISION", "cast_inputs", "promote_to_fp32", "restore_dtypes"]
 
@@ -29,7 +30,7 @@ def promote_to_fp32(model: nn.Module) -> dict[str, torch.dtype]:
     """Cast ``model``'s fp16/bf16 parameters and buffers to fp32 in place (Parameter objects are kept, so
     tied parameters stay tied); returns their names and dtypes for :func:`restore_dtypes`."""
     cast: dict[str, torch.dtype] = {}
-    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    named = named_tensors(model)
     with torch.no_grad():
         for name, t in named:
             if t.dtype in LOW_PRECISION:
@@ -42,7 +43,7 @@ def restore_dtypes(model: nn.Module, dtypes: dict[str, torch.dtype]) -> None:
     """Give the tensors named in ``dtypes`` their dtype back (fp16/bf16 -> fp32 -> back is lossless)."""
     if not dtypes:
         return
-    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    named = named_tensors(model)
     with torch.no_grad():
         for name, t in named:
             if name in dtypes and t.dtype != dtypes[name]:
