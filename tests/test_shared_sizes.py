@@ -140,3 +140,28 @@ def test_chunk_pieces_added_to_each_other_follow_pruning(round_to):
     width = model[0].out_channels
     assert width < 48 and width % 3 == 0 and model[1].convs[0].out_channels == width // 3
     assert kept < 0.5
+
+
+class _ChunkedHeads(nn.Module):
+    """timm MaxViT (rw): ``view(B, -1, self.num_heads, self.dim_head * 3)`` then ``chunk(3)`` into q, k, v."""
+
+    def __init__(self, dim: int = 32, dim_head: int = 8) -> None:
+        super().__init__()
+        self.num_heads, self.dim_head = dim // dim_head, dim_head
+        self.qkv, self.proj = nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, restore_shape = x.shape[0], x.shape[:-1]
+        q, k, v = self.qkv(x).view(B, -1, self.num_heads, self.dim_head * 3).transpose(1, 2).chunk(3, dim=3)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(restore_shape + (-1,)))
+
+
+def test_multiple_of_a_head_size_cut_by_chunk_follows_pruning():
+    torch.manual_seed(0)
+    model, x = _Tokens(_ChunkedHeads(), dim=32).eval(), torch.randn(1, 10, 8)
+    assert _frozen(model, x, "mixer.qkv") == 0
+    kept = _prune(model, x, round_to=1)
+    attn = model.mixer
+    assert attn.dim_head < 8 and attn.qkv.out_features == 3 * attn.num_heads * attn.dim_head
+    assert kept < 0.5

@@ -197,8 +197,30 @@ def check_expressions(prop, unsupported: list[Unsupported]) -> None:
         covered = np.sort(np.concatenate([r for _, r in pieces])) if pieces else np.zeros(0, dtype=np.int64)
         if counts == coefs and np.array_equal(covered, np.sort(roots)):
             continue
+        if not pieces and _follow_equal_parts(prop, roots, module, coefs):
+            continue
         owner = f"{module}." if module else ""
         terms = " + ".join(f"{c}*{owner}{a}" if c != 1 else f"{owner}{a}" for a, c in coefs.items())
         reason = f"size {terms} not followed by the pieces its attributes size"
         table.freeze(labels, f"{where}: {reason}")
         unsupported.append(Unsupported(node, "view", module, reason))
+
+
+def _follow_equal_parts(prop, roots: np.ndarray, module: str, coefs: dict[str, int]) -> bool:
+    """``k * self.NAME`` whose channels a ``chunk(k)`` cuts into equal pieces that cover them exactly
+    (MaxViT's ``view(B, -1, self.num_heads, self.dim_head * 3).chunk(3, dim=3)``): the size follows, and
+    ``NAME`` is recorded as a channel constant sized by one piece (the pieces keep equal counts). False
+    when the expression has several attributes, no such chunk exists, or ``NAME`` sizes other channels."""
+    if len(coefs) != 1:
+        return False
+    (attr, k), table = next(iter(coefs.items())), prop.table
+    if any(mod == module and a == attr for mod, a, _ in prop.constants):
+        return False
+    want = np.sort(roots)
+    for kind, pieces, _ in prop.constraints:
+        if kind != "equal_parts" or len(pieces) != k or sum(len(p) for p in pieces) != len(want):
+            continue
+        if np.array_equal(np.sort(np.concatenate([table.roots(p) for p in pieces])), want):
+            prop.constants.append((module, attr, pieces[0]))
+            return True
+    return False
