@@ -64,7 +64,7 @@ class _SubclassedAttention(_CrossAttention):
 
 
 class _Net(nn.Module):
-    """Patch embedding, one attention block with an MLP, a head; a branch on the input size makes symbolic
+    """Patch embedding, one attention block with an MLP, a head; iterating over the batch makes symbolic
     tracing fail, so the analysis runs on the exported graph."""
 
     def __init__(self, attention: type[nn.Module], dim: int = 32, heads: int = 4) -> None:
@@ -77,8 +77,7 @@ class _Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x).flatten(2).transpose(1, 2)
-        if x.shape[1] > 1:  # control flow on a size: torch.export captures the model
-            x = x * 1.0
+        x = torch.stack([t for t in x])  # iteration over a tensor: only torch.export captures the model
         a = self.attn(self.norm1(x))
         x = x + a if a.shape[1] == x.shape[1] else torch.cat([x[:, :1] + a, x[:, 1:]], dim=1)
         x = x + self.fc2(torch.relu(self.fc1(self.norm2(x))))

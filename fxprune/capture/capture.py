@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import capture_error
-from .inputs import ExampleInputs, as_args_kwargs, set_training
+from .inputs import ExampleInputs, as_args_kwargs, run_model, set_training
 from .tracer import LeafTracer
 
 __all__ = ["Captured", "capture"]
@@ -25,8 +25,10 @@ class Captured:
 
     ``method`` is ``"fx"`` (symbolic trace of the eval-mode model), ``"fx-train"`` (symbolic trace
     taken with ``model.train()``: inference-only Python control flow, e.g. ultralytics heads, is
-    skipped; channel structure is the same) or ``"export"`` (``torch.export``, aten-level graph whose
-    parameters are ``get_attr`` nodes named by their qualified names).
+    skipped; channel structure is the same), ``"fx-inputs"`` (symbolic trace in which Python control
+    flow on sizes took the branch of the example inputs, see :class:`LeafTracer`) or ``"export"``
+    (``torch.export``, aten-level graph whose parameters are ``get_attr`` nodes named by their
+    qualified names).
     """
 
     graph_module: fx.GraphModule
@@ -51,6 +53,19 @@ def _symbolic(model: nn.Module, leaf_modules: Iterable) -> fx.GraphModule:
     except Exception as e:
         e.fxprune_module = tracer.scope_stack[-1] if tracer.scope_stack else None  # type: ignore[attr-defined]
         raise
+
+
+def _symbolic_on_inputs(
+    model: nn.Module, leaf_modules: Iterable, example_inputs: ExampleInputs
+) -> fx.GraphModule:
+    """Symbolic trace where control flow on sizes reads them from the example inputs; tried again after
+    one run of the model when it fails (a cache its forward fills on the first call, as ConViT's)."""
+    try:
+        return LeafTracer(leaf_modules, example_inputs).trace_module(model)
+    except Exception:
+        with torch.no_grad():
+            run_model(model, example_inputs)
+        return LeafTracer(leaf_modules, example_inputs).trace_module(model)
 
 
 @contextlib.contextmanager
@@ -84,7 +99,8 @@ def capture(
 ) -> Captured:
     """Capture ``model`` as an fx graph.
 
-    Tries, in order: symbolic tracing in eval mode, symbolic tracing in training mode, and (when
+    Tries, in order: symbolic tracing in eval mode, symbolic tracing in training mode, symbolic tracing
+    with sizes read from the example inputs where control flow needs them, and (when
     ``use_export``) ``torch.export.export(strict=False)``. Raises :class:`CaptureError` naming the
     module and op that blocked tracing when all fail.
     """
@@ -103,6 +119,13 @@ def capture(
         return Captured(gm, "fx-train", notes)
     except Exception as e:
         notes.append(f"symbolic trace (train): {type(e).__name__}")
+    try:
+        with _mode(model, False):
+            gm = _symbolic_on_inputs(model, leaf_modules, example_inputs)
+        notes.append("control flow on sizes took the branch of the example inputs")
+        return Captured(gm, "fx-inputs", notes)
+    except Exception as e:
+        notes.append(f"symbolic trace on the example inputs' sizes: {type(e).__name__}")
     export_error = None
     if use_export:
         try:

@@ -11,6 +11,7 @@ import contextlib
 import dis
 import fnmatch
 import inspect
+import operator
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -18,8 +19,12 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .inputs import ExampleInputs
+from .shape_values import ShapeValues, is_plain_value
+
 __all__ = ["LeafTracer"]
 
+_RUN_ATTRIBUTES = ("device", "dtype")  # values when tracing on example inputs: ``autocast(x.device.type)``
 _SPLIT_METHODS = {"chunk", "split", "tensor_split", "split_with_sizes"}
 _SPLIT_FUNCTIONS = {torch.chunk, torch.split, torch.tensor_split}
 
@@ -82,19 +87,89 @@ class IterableProxy(fx.Proxy):
         return n
 
 
+class SizedProxy(IterableProxy):
+    """A proxy of a trace on example inputs: ``len``, ``int``, ``float``, an index, ``.device`` and ``.dtype``
+    read their values on those inputs (:meth:`LeafTracer.size_value`)."""
+
+    def __len__(self) -> int:
+        try:
+            return super().__len__()
+        except RuntimeError:
+            return len(self.tracer.size_value(self, "'len' of a traced value"))
+
+    def __int__(self) -> int:
+        return int(self.tracer.size_value(self, "int() of a traced value"))
+
+    def __float__(self) -> float:
+        return float(self.tracer.size_value(self, "float() of a traced value"))
+
+    def __index__(self) -> int:
+        return operator.index(self.tracer.size_value(self, "a traced value used as an index"))
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _RUN_ATTRIBUTES:
+            return self.tracer.run_attribute(self, name)
+        return super().__getattr__(name)
+
+
 class LeafTracer(fx.Tracer):
     """Symbolic tracer keeping ``torch.nn`` layers and user-declared modules as leaves.
 
     ``leaf_modules`` holds module types or glob patterns on qualified module names. The tracer records
-    the stack of modules being traced so that a failure can name the module that blocked it.
+    the stack of modules being traced so that a failure can name the module that blocked it. With
+    ``example_inputs``, Python control flow on a traced size (``if H != self.window_size``, ``int(N ** .5)``)
+    takes the branch those inputs take (:class:`~fxprune.capture.shape_values.ShapeValues`); the size itself
+    stays a node wherever the graph computes with it.
     """
 
-    def __init__(self, leaf_modules: Iterable[type | str] = ()):
+    def __init__(self, leaf_modules: Iterable[type | str] = (), example_inputs: ExampleInputs | None = None):
         super().__init__()
         leaves = list(leaf_modules)
         self.leaf_types = tuple(t for t in leaves if isinstance(t, type))
         self.leaf_patterns = [p for p in leaves if isinstance(p, str)]
         self.scope_stack: list[str] = []
+        self.example_inputs = example_inputs
+        self.shape_values: ShapeValues | None = None
+        if example_inputs is not None:  # fx's own refusals otherwise (their errors point at the model's code)
+            self.to_bool = self._bool_on_inputs  # type: ignore[method-assign]
+            self.iter = self._iter_on_inputs  # type: ignore[method-assign]
+        # buffers read in forward are nodes: ``self.rel_indices.expand(B, -1, -1, -1)`` with a traced ``B``
+        self.proxy_buffer_attributes = example_inputs is not None
+
+    def size_value(self, proxy: fx.Proxy, refusal: str) -> Any:
+        """The value of a traced size on the example inputs; TypeError(``refusal``) without them or when
+        it depends on tensor contents."""
+        if self.shape_values is None:
+            raise TypeError(refusal)
+        try:
+            value = self.shape_values.value(proxy.node)
+        except Exception as e:
+            raise TypeError(f"{refusal} (not computable from shapes: {type(e).__name__})") from e
+        if not is_plain_value(value):
+            raise TypeError(f"{refusal} (it depends on tensor values)")
+        return value
+
+    def run_attribute(self, proxy: fx.Proxy, name: str) -> Any:
+        """``proxy.device`` / ``proxy.dtype`` of a traced tensor on the example inputs (their device)."""
+        try:
+            value = self.shape_values.value(proxy.node) if self.shape_values is not None else None
+        except Exception:
+            value = None
+        if not isinstance(value, torch.Tensor):
+            return fx.proxy.Attribute(proxy, name)
+        return self.shape_values.device if name == "device" else getattr(value, name)
+
+    def _bool_on_inputs(self, obj: fx.Proxy) -> bool:
+        try:
+            return bool(self.size_value(obj, "control flow on a traced value"))
+        except TypeError as e:
+            raise fx.proxy.TraceError(
+                f"symbolically traced variables cannot be used as inputs to control flow ({e})"
+            ) from e
+
+    def _iter_on_inputs(self, obj: fx.Proxy) -> Iterator:
+        value = self.size_value(obj, "iteration over a traced value")
+        return (obj[i] for i in range(len(value)))
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self.leaf_types and isinstance(m, self.leaf_types):
@@ -114,18 +189,61 @@ class LeafTracer(fx.Tracer):
 
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> Any:
         root_fn, args = super().create_args_for_root(root_fn, is_module, concrete_args)
-        args = [IterableProxy(a.node, self) if isinstance(a, fx.Proxy) else a for a in args]
+        args = [self.proxy(a.node) if isinstance(a, fx.Proxy) else a for a in args]
         return root_fn, args
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
-        return IterableProxy(node, self)
+        return IterableProxy(node, self) if self.example_inputs is None else SizedProxy(node, self)
 
     def trace_module(self, root: nn.Module) -> fx.GraphModule:
         """Trace ``root`` into a GraphModule that shares its submodules and parameters."""
         self.scope_stack = []
-        with _opaque_autograd_functions(self):
-            graph = self.trace(root)
+        self.shape_values = None if self.example_inputs is None else ShapeValues(root, self.example_inputs)
+        defaults = None if self.shape_values is None else self.shape_values.defaults()
+        try:
+            with _opaque_autograd_functions(self), _module_state_kept(root, self.shape_values is not None):
+                graph = self.trace(root, concrete_args=defaults)
+        finally:
+            self.shape_values = None
         return _graph_module(root, graph, root.__class__.__name__)
+
+
+def _holds_proxy(value: Any) -> bool:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return any(isinstance(v, fx.Proxy) for v in value)
+    return isinstance(value, fx.Proxy)
+
+
+@contextlib.contextmanager
+def _module_state_kept(root: nn.Module, active: bool) -> Iterator[None]:
+    """Module attributes a traced ``forward`` sets to traced values (a cache filled from a traced size, an
+    entry of a cache dict) get their previous values back afterwards (removed when they are new)."""
+    if not active:
+        yield
+        return
+    saved = []
+    for m in root.modules():
+        before = dict(m.__dict__)
+        contents = {k: type(v)(v) for k, v in before.items() if type(v) in (dict, list)}
+        saved.append((m.__dict__, before, contents))
+    try:
+        yield
+    finally:
+        for attrs, before, contents in saved:
+            for name in [k for k, v in attrs.items() if _holds_proxy(v)]:
+                if name not in before:
+                    del attrs[name]
+                elif name in contents and attrs[name] is before[name]:  # the same dict or list, refilled
+                    container = attrs[name]
+                    container.clear()
+                    if isinstance(container, dict):
+                        container.update(contents[name])
+                    else:
+                        container.extend(contents[name])
+                else:
+                    attrs[name] = before[name]
 
 
 def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
