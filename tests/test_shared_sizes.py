@@ -165,3 +165,32 @@ def test_multiple_of_a_head_size_cut_by_chunk_follows_pruning():
     attn = model.mixer
     assert attn.dim_head < 8 and attn.qkv.out_features == 3 * attn.num_heads * attn.dim_head
     assert kept < 0.5
+
+
+class _MetaBiasAttention(nn.Module):
+    """Swin V2-CR: cosine attention (whole heads go), a bias per head computed by an MLP from a buffer of
+    relative coordinates (``meta_mlp(coords).transpose(1, 0).reshape(num_heads, N, N)``)."""
+
+    def __init__(self, dim: int = 48, num_heads: int = 6, tokens: int = 9) -> None:
+        super().__init__()
+        self.num_heads, self.tokens = num_heads, tokens
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.meta_mlp = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, num_heads))
+        self.register_buffer("coords", torch.randn(tokens * tokens, 2))
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.meta_mlp(self.coords).transpose(1, 0).reshape(self.num_heads, self.tokens, self.tokens)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)  # cosine: whole heads
+        attn = (attn + bias.unsqueeze(0)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, -1))
+
+
+def test_rows_of_a_layer_fed_by_buffers_alone_take_no_part_in_alignment():
+    """Six heads of 8 channels: at ``round_to=8`` the bias MLP's six rows (one per head) kept every head."""
+    torch.manual_seed(0)
+    model, x = _Tokens(_MetaBiasAttention(), dim=48).eval(), torch.randn(1, 9, 8)
+    _prune(model, x)  # default alignment
+    attn = model.mixer
+    assert attn.num_heads == 3 and attn.meta_mlp[2].out_features == 3 and attn.qkv.out_features == 3 * 24

@@ -15,7 +15,7 @@ from .propagate import PropagationResult
 from .shuffle_quotas import equal_channel_quotas, shuffle_choosers
 from .slots import Block, SlotTable
 
-__all__ = ["AtomPlaces", "Group", "build_groups"]
+__all__ = ["AtomPlaces", "Group", "build_groups", "mark_table_layers"]
 
 
 @dataclass
@@ -108,6 +108,7 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def build_groups(result: PropagationResult, model: nn.Module) -> tuple[list[Group], list[Unsupported]]:
     """Turn the slot union-find into groups of atoms (vectorized: ResNet-152 has 200k slots)."""
     table = result.table
+    mark_table_layers(result)
     roots = _pointer_jump(np.asarray(table.parent, dtype=np.int64))
     roots_of = {b.base: roots[b.base : b.base + b.size] for b in table.blocks}
     firsts, seq = _anchored_atoms(table, roots_of, len(roots))
@@ -127,6 +128,29 @@ def build_groups(result: PropagationResult, model: nn.Module) -> tuple[list[Grou
     groups = [make(gid, atoms_of[g], blocks) for gid, (g, blocks) in enumerate(ordered)]
     _attach_constraints(result, groups, table)
     return groups, result.unsupported
+
+
+def mark_table_layers(result: PropagationResult) -> None:
+    """Mark passive the rows of every layer whose input comes from parameters and buffers alone.
+
+    Such a layer computes a table that does not depend on the model's inputs (Swin V2-CR's
+    continuous-position-bias MLP: one output row per head, from the buffer of relative coordinates): its
+    rows follow the channels they are coupled with, but its width costs nothing per input, so it takes no
+    part in the ``round_to`` alignment (the heads it stands for are aligned by the q/k/v layers instead).
+    """
+    nodes = list(result.labels)
+    if not nodes:
+        return
+    fed: set = set()  # nodes computed from a model input
+    for node in nodes[0].graph.nodes:
+        if node.op == "placeholder" or any(a in fed for a in node.all_input_nodes):
+            fed.add(node)
+    for node in nodes:
+        if node.op != "call_module" or node in fed or not node.all_input_nodes:
+            continue
+        lab = result.labels.get(node)
+        for slots in lab.values() if isinstance(lab, dict) else ():
+            result.table.mark_passive(slots)
 
 
 def _anchored_atoms(table: SlotTable, roots_of: dict[int, np.ndarray], n: int):
