@@ -234,7 +234,7 @@ def _conv_group(analysis):
 
 
 class EmbeddingBranch(nn.Module):
-    """Branches on a size: symbolic tracing fails, so the analysis runs on the exported aten graph."""
+    """Iterates over a tensor: symbolic tracing fails, so the analysis runs on the exported aten graph."""
 
     def __init__(self):
         super().__init__()
@@ -243,9 +243,7 @@ class EmbeddingBranch(nn.Module):
         self.fc2 = nn.Linear(32, 4)
 
     def forward(self, idx):
-        h = self.emb(idx)
-        if idx.shape[1] > 3:
-            h = h * 2.0
+        h = torch.stack([t * 2.0 for t in self.emb(idx)])
         return self.fc2(torch.relu(self.fc1(h)))
 
 
@@ -275,9 +273,7 @@ class _ResizedPositions(nn.Module):
         self.mode, self.antialias = mode, antialias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.c1(x)
-        if x.shape[-1] > 4:  # fx cannot trace this: the aten graph has the upsample op itself
-            y = y + 1.0
+        y = torch.stack([t + 1.0 for t in self.c1(x)])  # only torch.export: the aten graph has the upsample
         pos = nn.functional.interpolate(self.pos, size=y.shape[-2:], mode=self.mode, antialias=self.antialias)
         return self.c2(y + pos)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from .attr_constants import record_constants, slice_refs
@@ -91,8 +92,24 @@ def index_labels(ctx: OpContext, x: torch.Tensor, lab: Labels, index: Any) -> La
     return out
 
 
+def _bounds_over_frozen(ctx: OpContext, a, idx: slice) -> bool:
+    """Every bound of ``idx`` is measured from an edge across channels that are never removed
+    (``out[..., :-1]`` dropping a padded constant column): the bound stays right after pruning."""
+    if idx.step not in (None, 1):
+        return False
+    spans = []
+    for bound in (idx.start, idx.stop):
+        if bound is not None:
+            spans.append(a[:bound] if bound >= 0 else a[bound:])
+    frozen = ctx.table.frozen
+    return all(int(r) in frozen for span in spans for r in np.unique(ctx.table.roots(span)))
+
+
 def _attribute_slice(ctx: OpContext, a, idx: slice):
-    """Labels of a channel slice whose bounds follow pruning (module attributes), else freeze: None."""
+    """Labels of a channel slice whose bounds follow pruning (module attributes, or counted across
+    channels that stay), else freeze: None."""
+    if _bounds_over_frozen(ctx, a, idx):
+        return a[idx]
     refs = slice_refs(ctx, idx, len(a))
     if refs is None:
         ctx.table.freeze(a, f"{ctx.where}: channel slice with constant bounds")

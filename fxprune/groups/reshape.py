@@ -61,7 +61,7 @@ def _constant_sizes(
     equal to an attribute's value is not taken for it.
     """
     x, lab = ctx.arg(0, "input"), ctx.larg(0, "input") or {}
-    widths = {x.shape[d] for d in lab}
+    widths = {x.shape[d] for d in lab} | _merged_widths(tuple(x.shape), ctx.out_shape, lab)
     known, sums = {}, {}
     whole = find_sequence(ctx, sizes) if all(type(v) is int for v in sizes) else None  # view(self.shape)
     for j, (size, free) in enumerate(zip(sizes, adaptive)):
@@ -84,6 +84,35 @@ def _constant_sizes(
                 sums[j] = coefs
                 adaptive[j] = True
     return known, sums
+
+
+def _count_beside_attribute_size(
+    ctx: OpContext, sizes: list, adaptive: list[bool], written: set[int]
+) -> None:
+    """``view(B, -1, 3 * self.dim, N)`` on a channel dim: the size written from attributes follows the
+    channels (the attributes are rewritten after slimming), so the ``-1`` beside it in the same split is
+    a count of pieces (heads) that stays."""
+    x, lab = ctx.arg(0, "input"), ctx.larg(0, "input") or {}
+    for d in lab:
+        run = _split_run(tuple(x.shape), ctx.out_shape, d)
+        if any(j in written for j in run):
+            for j in run:
+                if sizes[j] == -1 and ctx.out_shape[j] > 1:
+                    adaptive[j] = False
+
+
+def _merged_widths(in_shape: tuple[int, ...], out_shape: tuple[int, ...], lab: Labels) -> set[int]:
+    """Sizes of the output dims that merge a channel dim with the dims beside it: ``(B, heads, d, N)`` viewed
+    as ``(B, self.dh, H, W)`` (EfficientFormerV2), ``(B, N, heads, d)`` as ``(B, N, self.val_attn_dim)``
+    (LeViT). Such a size is a width too: an attribute equal to it follows the merged channels."""
+    start = {p: k for k, p in enumerate(np.cumprod((1, *in_shape)).tolist())}
+    bounds = np.cumprod((1, *out_shape)).tolist()
+    found = set()
+    for j in range(len(out_shape)):
+        a, b = start.get(bounds[j]), start.get(bounds[j + 1])
+        if a is not None and b is not None and b - a > 1 and any(a <= d < b for d in lab):
+            found.add(out_shape[j])
+    return found
 
 
 def _sourceless_constants(ctx: OpContext, adaptive: list[bool]) -> None:
@@ -182,6 +211,7 @@ def reshape(ctx: OpContext) -> Labels:
         sources = view_attributes(_view_module(ctx), sizes)
         _sourceless_constants(ctx, adaptive)
         known, sums = _constant_sizes(ctx, sizes, adaptive, sources)
+        _count_beside_attribute_size(ctx, sizes, adaptive, set(known) | set(sums))
         known.update(_prefer_heads(ctx, sizes, adaptive, sources))
         _head_pair(ctx, sizes, adaptive, sources, known)
     out = reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, adaptive, ctx.where) if lab else {}
