@@ -194,3 +194,32 @@ def test_rows_of_a_layer_fed_by_buffers_alone_take_no_part_in_alignment():
     _prune(model, x)  # default alignment
     attn = model.mixer
     assert attn.num_heads == 3 and attn.meta_mlp[2].out_features == 3 and attn.qkv.out_features == 3 * 24
+
+
+class _LevitAttention(nn.Module):
+    """LeViT: q, k, v split from one ``view(B, N, heads, -1)`` by ``[key_dim, key_dim, val_dim]``; the
+    output merges heads and values back with ``reshape(B, N, self.val_attn_dim)``."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, key_dim: int = 6, val_dim: int = 8) -> None:
+        super().__init__()
+        self.num_heads, self.key_dim, self.val_dim = heads, key_dim, val_dim
+        self.val_attn_dim = heads * val_dim
+        self.qkv = nn.Linear(dim, heads * (2 * key_dim + val_dim))
+        self.proj = nn.Linear(self.val_attn_dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).view(B, N, self.num_heads, -1)
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+        q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 3, 1), v.permute(0, 2, 1, 3)
+        attn = (q @ k).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, self.val_attn_dim))
+
+
+def test_size_of_merged_heads_written_as_an_attribute_follows_pruning():
+    torch.manual_seed(0)
+    model, x = _Tokens(_LevitAttention(), dim=32).eval(), torch.randn(1, 10, 8)
+    assert _frozen(model, x, "mixer.qkv") == 0
+    _prune(model, x, round_to=1)
+    attn = model.mixer
+    assert attn.val_dim < 8 and attn.val_attn_dim == attn.num_heads * attn.val_dim == attn.proj.in_features
