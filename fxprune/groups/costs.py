@@ -197,19 +197,24 @@ class CostRecorder(TorchDispatchMode):
         if func in _QUERIES:
             return NotImplemented
         packet = func._overloadpacket
-        if packet not in FLOP_FORMULAS and func is not torch.ops.prim.device.default:
+        if packet not in FLOP_FORMULAS and func is not torch.ops.prim.device.default and _decomposes(func):
             with self:
                 r = func.decompose(*args, **kwargs)
                 if r is not NotImplemented:
                     return r
         out = func(*args, **kwargs)
+        self.note_op(packet, args, kwargs, out)
+        return out
+
+    def note_op(self, packet, args: tuple, kwargs: dict, out: Any) -> None:
+        """What the mode does after running an aten op (``packet``: its overload packet): follow the output's
+        dims and record the op's cost. A caller computing an op's meta result itself calls this instead."""
         try:
             self._follow(packet, args, kwargs, out)
         except Exception:  # an op this table cannot follow: its outputs are simply not followed
             pass
         if packet in FLOP_FORMULAS:
             self._record(packet, args, kwargs, out)
-        return out
 
     def _shape(self, v: Any, operand: bool = True) -> Any:
         if not isinstance(v, torch.Tensor):
@@ -238,6 +243,21 @@ class CostRecorder(TorchDispatchMode):
         else:
             dense = FLOP_FORMULAS[packet](*args, **kwargs, out_val=out)
         self.table.entries.append(_Entry(packet, e_args, e_kwargs, e_out, dense))
+
+
+_COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
+_HAS_COMPOSITE: dict[Any, bool] = {}  # op overload -> whether it has a C++ CompositeImplicitAutograd kernel
+
+
+def _decomposes(func) -> bool:
+    """Whether ``func.decompose`` can do anything (else it returns NotImplemented): the same test as
+    ``OpOverload.decompose``'s, with the kernel lookup remembered per op."""
+    if _COMPOSITE in func.py_kernels:
+        return True
+    known = _HAS_COMPOSITE.get(func)
+    if known is None:
+        known = _HAS_COMPOSITE[func] = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), _COMPOSITE)
+    return known
 
 
 def _map_tensors(fn, value: Any) -> Any:

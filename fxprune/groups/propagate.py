@@ -12,7 +12,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..capture.inputs import tensor_shapes
-from ..capture.meta import meta_inputs, meta_like, on_meta
+from ..capture.meta import meta_empty, meta_inputs, meta_like, on_meta
 from ..capture.modules import module_table, named_tensors
 from . import registry
 from .context import OpContext, Unsupported, iter_labels, op_name, scope_of, structure_like
@@ -109,6 +109,10 @@ class ChannelPropagation(fx.Interpreter):
                 return args[0] if self.on_meta_device else torch.empty_like(args[0])
             if self.on_meta_device and type(m) in _ADAPTIVE_POOLS and len(args) == 1 and not kwargs:
                 return _adaptive_pool_like(m, args[0])
+            if self.recorder is not None and type(m) in _CONVS and len(args) == 1 and not kwargs:
+                out = _conv_like(m, args[0], self.recorder)
+                if out is not None:
+                    return out
         return super().call_module(target, args, kwargs)
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
@@ -312,7 +316,7 @@ def _broadcast_like(args: tuple) -> torch.Tensor | None:
                 if shape[i] not in (1, n):
                     return None  # not broadcastable: the op itself raises
                 shape[i] = n
-    return first.new_empty(shape)
+    return meta_empty(shape, first.dtype) if first.device.type == "meta" else first.new_empty(shape)
 
 
 def _adaptive_pool_like(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -322,7 +326,38 @@ def _adaptive_pool_like(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return m(x)
     size = m.output_size if isinstance(m.output_size, (tuple, list)) else (m.output_size,) * k
     spatial = [x.shape[x.dim() - k + i] if s is None else s for i, s in enumerate(size)]
-    return x.new_empty((*x.shape[: x.dim() - k], *spatial))
+    shape = (*x.shape[: x.dim() - k], *spatial)
+    return meta_empty(shape, x.dtype) if x.device.type == "meta" else x.new_empty(shape)
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_aten = torch.ops.aten
+
+
+def _conv_like(m: nn.Module, x: torch.Tensor, recorder: CostRecorder) -> torch.Tensor | None:
+    """The meta result of a plain convolution layer, noted by ``recorder`` as the convolution op itself would
+    be; None (run the layer) unless the input is a batched contiguous meta tensor of the weight's dtype and
+    the layer has zero padding given as numbers, its class's forward and no hooks."""
+    w, b = m.weight, m.bias
+    k = w.dim() - 2
+    if (
+        m.padding_mode != "zeros" or isinstance(m.padding, str) or m._forward_hooks or m._forward_pre_hooks
+        or "forward" in m.__dict__ or x.device.type != "meta" or w.device.type != "meta"
+        or x.dim() != k + 2 or x.dtype != w.dtype or not x.is_contiguous() or not w.is_contiguous()
+        or x.shape[1] != w.shape[1] * m.groups or (b is not None and b.dtype != w.dtype)
+        or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+    ):
+        return None
+    spatial = [
+        (x.shape[2 + i] + 2 * m.padding[i] - m.dilation[i] * (w.shape[2 + i] - 1) - 1) // m.stride[i] + 1
+        for i in range(k)
+    ]
+    if any(s < 1 for s in spatial):
+        return None  # the layer raises its own error
+    out = meta_empty((x.shape[0], w.shape[0], *spatial), x.dtype)
+    args = (x, w, b, list(m.stride), list(m.padding), list(m.dilation), False, [0] * k, m.groups)
+    recorder.note_op(_aten.convolution, args, {}, out)
+    return out
 
 
 def _kernel_dims(root: nn.Module, target: str) -> range:

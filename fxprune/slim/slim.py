@@ -63,8 +63,20 @@ def slim_model(
     ``cut`` (group ids) slims in two steps: only those groups' tensors are cut, the others' having been
     cut by an earlier call with their part of ``plan``; channel constants count the whole ``plan``.
     """
-    with one_thread():
+    with one_thread(), torch.no_grad():
         return _slim(model, groups, plan, constants, orders or {}, cut)
+
+
+def _kept_positions(idx: np.ndarray, removed: np.ndarray, width: int) -> np.ndarray:
+    """The positions of ``idx`` (atom indices, -1 for none) whose atom is not in ``removed``."""
+    removed = np.asarray(removed, dtype=np.int64)
+    if len(removed) == 0:
+        return np.arange(len(idx))
+    if len(idx) == 0 or idx.min() < -1 or idx.max() >= width or removed.min() < 0 or removed.max() >= width:
+        return np.nonzero(~np.isin(idx, removed))[0]
+    gone = np.zeros(width + 1, dtype=bool)  # the extra last entry answers idx -1: kept
+    gone[removed] = True
+    return np.nonzero(~gone[idx])[0]
 
 
 def _slim(
@@ -88,8 +100,7 @@ def _slim(
         if removed is None or len(removed) == 0 or (cut is not None and g.id not in cut):
             continue
         for b in g.blocks:
-            idx = g.block_atom_index[b.base]
-            keep = np.nonzero(~np.isin(idx, removed))[0]
+            keep = _kept_positions(g.block_atom_index[b.base], removed, g.width)
             if len(keep) == b.size:
                 continue
             keep_t = torch.as_tensor(keep, dtype=torch.long)
@@ -100,9 +111,8 @@ def _slim(
                 done.add(key)
                 old = tensors[name]
                 index = torch.as_tensor(orders[(name, dim)]) if (name, dim) in orders else keep_t
-                with torch.no_grad():
-                    data = old.detach().index_select(dim, index.to(old.device))
-                    data = data.contiguous(memory_format=_memory_format(old))
+                data = old.detach().index_select(dim, index.to(old.device))
+                data = data.contiguous(memory_format=_memory_format(old))
                 new = (
                     nn.Parameter(data, requires_grad=old.requires_grad)
                     if isinstance(old, nn.Parameter)
