@@ -223,3 +223,30 @@ def test_size_of_merged_heads_written_as_an_attribute_follows_pruning():
     _prune(model, x, round_to=1)
     attn = model.mixer
     assert attn.val_dim < 8 and attn.val_attn_dim == attn.num_heads * attn.val_dim == attn.proj.in_features
+
+
+class _EqualKeyAndValue(nn.Module):
+    """``split([self.key_dim, self.key_dim, self.val_dim])`` with ``key_dim == val_dim``: the values alone
+    cannot say which attribute sizes which piece, the source can."""
+
+    def __init__(self, dim: int = 24, key_dim: int = 8) -> None:
+        super().__init__()
+        self.key_dim = self.val_dim = key_dim
+        self.qkv, self.proj = nn.Conv2d(dim, 3 * key_dim, 1), nn.Conv2d(key_dim, dim, 1)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(x).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
+        attn = (q.flatten(2).transpose(-2, -1) @ k.flatten(2)).softmax(-1)
+        return self.proj((v.flatten(2) @ attn.transpose(-2, -1)).reshape(B, -1, H, W))
+
+
+def test_split_sizes_of_equal_attributes_read_from_the_source_follow_pruning():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), _EqualKeyAndValue(), nn.Conv2d(24, 4, 1)).eval()
+    x = torch.randn(1, 3, 6, 6)
+    assert _frozen(model, x, "1.qkv") == 0
+    _prune(model, x, round_to=1)
+    attn = model[1]
+    assert attn.key_dim < 8 and attn.val_dim < 8
+    assert attn.qkv.out_channels == 2 * attn.key_dim + attn.val_dim and attn.proj.in_channels == attn.val_dim

@@ -15,9 +15,11 @@ through ``setattr``, computed in another method) still need ``register_channel_c
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
 import re
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -142,8 +144,52 @@ def split_refs(ctx: OpContext, sections: object, sizes: Sequence[int]) -> list[A
         ref = find_attribute(ctx, sections)
         return [ref if ref is not None and len(set(sizes)) == 1 else None for _ in sizes]
     if isinstance(sections, (list, tuple)) and all(_is_int(s) for s in sections):
-        return find_sizes(ctx, sections)
+        refs = find_sizes(ctx, sections)
+        return refs if all(r is not None for r in refs) else _split_from_source(ctx, sections) or refs
     return [None] * len(sizes)
+
+
+@functools.cache
+def _split_lists(fn) -> tuple[tuple[str, ...], ...]:
+    """The attribute names of every ``split([self.A, self.B, ...], ...)`` size list in ``fn``'s source."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return ()
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr not in ("split", "split_with_sizes"):
+            continue
+        for arg in node.args[:2]:
+            if isinstance(arg, (ast.List, ast.Tuple)) and arg.elts and all(_self_name(e) for e in arg.elts):
+                found.append(tuple(_self_name(e) for e in arg.elts))
+    return tuple(found)
+
+
+def _self_name(node: ast.expr) -> str | None:
+    ok = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+    return node.attr if ok else None
+
+
+def _split_from_source(ctx: OpContext, sections: Sequence[int]) -> list[AttrRef] | None:
+    """The attributes a split's size list names in the source of the op's module's ``forward``
+    (``split([self.key_dim, self.key_dim, self.val_dim], 1)`` where ``key_dim == val_dim``: the values
+    alone cannot say which is which). None unless exactly one such list has these values."""
+    if ctx.model is None:
+        return None
+    try:
+        m = ctx.model.get_submodule(ctx.module_name)
+    except AttributeError:
+        return None
+    values = _int_attributes(m)
+    hits = {
+        names
+        for names in _split_lists(forward_function(m))
+        if [values.get(n) for n in names] == [int(s) for s in sections]
+    }
+    return [(ctx.module_name, n) for n in hits.pop()] if len(hits) == 1 else None
 
 
 def slice_refs(ctx: OpContext, idx: slice, width: int) -> list[tuple[AttrRef, int]] | None:
