@@ -69,3 +69,48 @@ def test_efficientvit_linear_attention_prunes(single_thread):
     assert report.verified and report.exact_error < 1e-4
     mla = model.stages[2].blocks[1].context_module.main
     assert mla.qkv.conv.out_channels < 3 * 64
+
+
+class _HieraAttention(nn.Module):
+    """Hiera's attention in small: heads and head size from attributes, the output width ``self.dim_out``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.dim_out = heads, dim // heads, dim
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(B, -1, self.dim_out))
+
+
+class _Tokens(nn.Module):
+    def __init__(self, heads: int, dim: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, dim)
+        self.attn = _HieraAttention(dim, heads)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        x = x + self.attn(x)
+        x = x + self.fc2(torch.relu(self.fc1(x)))
+        return self.head(x.mean(1))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_output_width_attribute_of_merged_heads_follows_the_head_size(heads):
+    """``reshape(B, -1, self.dim_out)`` merging heads and head size: ``dim_out`` is written after slimming
+    (with one head, ``dim_out == head_dim`` made the value alone ambiguous)."""
+    torch.manual_seed(0)
+    model, x = _Tokens(heads).eval(), torch.randn(2, 9, 12)
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.verified and report.exact_error < 1e-4
+    attn = model.attn
+    assert attn.qkv.out_features < 96 and attn.dim_out == attn.proj.in_features == attn.heads * attn.head_dim
+    assert model(x).shape == (2, 10)

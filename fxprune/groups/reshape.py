@@ -72,7 +72,7 @@ def _constant_sizes(
         if kind in (None, "attr") and found is None:
             found = find_constant(ctx.model, ctx.module_name, size)
             if found is None and size in widths:
-                found = find_attribute(ctx, size)
+                found = find_attribute(ctx, size) or _named_attribute(ctx, sources, j, size)
         if found is not None and kind == "attr" and found[1] != sources[j].name:
             found = None
         if found is not None:
@@ -84,6 +84,17 @@ def _constant_sizes(
                 sums[j] = coefs
                 adaptive[j] = True
     return known, sums
+
+
+def _named_attribute(ctx: OpContext, sources: list[SizeSource] | None, j: int, size: int):
+    """``(module, NAME)`` when the source writes size ``j`` as ``self.NAME`` of the view's module and it
+    holds ``size`` (another attribute of the same value, ``head_dim == dim_out`` with one head, made the
+    value alone ambiguous)."""
+    m = _view_module(ctx)
+    name = sources[j].name if sources is not None and sources[j].kind == "attr" else None
+    if m is None or name is None or getattr(m, name, None) != size or type(getattr(m, name)) is not int:
+        return None
+    return ctx.module_name, name
 
 
 def _count_beside_attribute_size(
