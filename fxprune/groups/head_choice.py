@@ -17,16 +17,12 @@ from torch import nn
 
 from .attention import head_size_fixed
 from .context import op_name, scope_of
+from .sizes import view_size_args
 from .view_sources import view_attributes
 
 __all__ = ["whole_heads_everywhere"]
 
 _SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _view_sizes(node: fx.Node) -> list:
-    sizes = list(node.args[1:])
-    return list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)) else sizes
 
 
 def _module(model: nn.Module, node: fx.Node) -> nn.Module | None:
@@ -42,7 +38,7 @@ def _fixed_width_heads(graph: fx.Graph, model: nn.Module) -> bool:
     for node in graph.nodes:
         if node.op != "call_method" or op_name(node) not in ("view", "reshape"):
             continue
-        sizes = _view_sizes(node)
+        sizes = view_size_args(node)
         sources = view_attributes(_module(model, node), sizes)
         for j, s in enumerate(sources or ()):
             if s.kind == "divided" and head_size_fixed(node, j, len(sizes)):

@@ -20,7 +20,7 @@ from .labels import Labels, permute_labels, reshape_labels
 from .permutation import finish_shuffle_view, start_shuffle_view
 from .registry import handles_modules, handles_ops
 from .sdpa_scale import note_shapes
-from .sizes import IntInfo
+from .sizes import IntInfo, view_size_args
 from .view_sources import SizeSource, freeze_runtime_literals, view_attributes
 
 __all__ = ["expand", "movedim", "permute", "reshape", "reshape_free", "transpose", "unflatten"]
@@ -28,11 +28,7 @@ __all__ = ["expand", "movedim", "permute", "reshape", "reshape_free", "transpose
 
 def _shape_args(ctx: OpContext) -> tuple[list, list[bool] | None]:
     """The target shape of a view/reshape and, per dim, whether it is computed at run time."""
-    node_args = ctx.node.args[1:] if ctx.node.op == "call_method" else ctx.node.args[1:2]
-    if ctx.node.op == "call_method" and len(node_args) == 1 and isinstance(node_args[0], (list, tuple)):
-        node_args = node_args[0]
-    elif ctx.node.op != "call_method" and node_args and isinstance(node_args[0], (list, tuple)):
-        node_args = node_args[0]
+    node_args = view_size_args(ctx.node)
     adaptive = [not isinstance(a, int) or a == -1 for a in node_args]
     if len(adaptive) != ctx.out.dim():
         return list(node_args), None

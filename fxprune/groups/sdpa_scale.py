@@ -17,6 +17,8 @@ the layer's channel indices to find which of its rows reach the query. :class:`S
 from __future__ import annotations
 
 import math
+import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,13 +108,25 @@ def _chain(sdpa: fx.Node, arg: int) -> tuple[fx.Node, list[fx.Node]] | None:
         if not _only_feeds(node, nxt):
             return None
         if _producer_dim(node) is not None:
-            calls = [n for n in node.graph.nodes if n.op == "call_module" and n.target == node.target]
-            return (node, chain[::-1]) if len(calls) == 1 else None
+            return (node, chain[::-1]) if _module_calls(node.graph)[node.target] == 1 else None
         if not _passes(node) or not node.args or not isinstance(node.args[0], fx.Node):
             return None
         chain.append(node)
         node, nxt = node.args[0], node
     return None
+
+
+_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _module_calls(graph: fx.Graph) -> Counter:
+    """How many times the graph calls each module (counted once per graph and size of it)."""
+    n_nodes = len(graph.nodes)
+    cached = _CALLS.get(graph)
+    if cached is None or cached[0] != n_nodes:
+        counts = Counter(n.target for n in graph.nodes if n.op == "call_module")
+        cached = _CALLS[graph] = (n_nodes, counts)
+    return cached[1]
 
 
 def _only_feeds(node: fx.Node, user: fx.Node) -> bool:

@@ -11,11 +11,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
 
 from .context import OpContext, structure_like
 from .registry import handles_ops
 
-__all__ = ["IntInfo", "SizeInfo", "merge", "non_tensor", "size", "size_of"]
+__all__ = ["IntInfo", "SizeInfo", "merge", "non_tensor", "size", "size_of", "view_size_args"]
+
+
+def view_size_args(node: fx.Node) -> list:
+    """The size arguments of a view-like call as written: ``x.view(B, N, -1)``, ``x.view((B, N, -1))`` or
+    ``torch.reshape(x, (B, N, -1))`` all give ``[B, N, -1]`` (ints, or the nodes that compute them)."""
+    if node.op == "call_method":
+        args = list(node.args[1:])
+        return list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+    args = list(node.args[1:2])
+    return list(args[0]) if args and isinstance(args[0], (list, tuple)) else args
 
 
 @dataclass
