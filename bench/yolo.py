@@ -56,16 +56,24 @@ def dataset_yaml(folder: Path, images: int | None = None) -> Path:
         for sub in ("images", "labels"):
             (root / sub / "train2017").mkdir(parents=True, exist_ok=True)
         for img in sorted((src / "images" / "train2017").glob("*.jpg"))[:images]:
-            shutil.copy(img, root / "images" / "train2017")
+            _copy_once(img, root / "images" / "train2017")
             label = src / "labels" / "train2017" / f"{img.stem}.txt"
             if label.exists():
-                shutil.copy(label, root / "labels" / "train2017")
+                _copy_once(label, root / "labels" / "train2017")
     data = yaml.safe_load((src / "coco128.yaml").read_text())
     data["path"] = str(root)
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"coco{images or 128}.yaml"
     out.write_text(yaml.safe_dump(data))
     return out
+
+
+def _copy_once(src: Path, folder: Path) -> None:
+    """Copy ``src`` into ``folder`` unless an equal-sized copy is there: arms running side by side share
+    the copy, and rewriting a file another run is reading would hand it a truncated label file."""
+    dst = folder / src.name
+    if not (dst.exists() and dst.stat().st_size == src.stat().st_size):
+        shutil.copy(src, dst)
 
 
 def neck(args: argparse.Namespace) -> dict:
