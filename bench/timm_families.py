@@ -154,7 +154,10 @@ def why(name: str, size: int | None = None) -> list[str]:
     import fxprune
 
     model, x = build(name, size)
-    return frozen_report(fxprune.analyze(model, x))
+    analysis = fxprune.analyze(model, x)
+    captured = analysis.captured
+    how = f"captured by {captured.method}" + (f" ({'; '.join(captured.notes)})" if captured.notes else "")
+    return [how[:400], *frozen_report(analysis)]
 
 
 def _classifier(model: nn.Module) -> list[nn.Module]:
