@@ -167,15 +167,13 @@ class CostRecorder(TorchDispatchMode):
         self.table = CostTable()
         self.param_names = param_names
         self.dims: dict[int, tuple[torch.Tensor, tuple[Dim, ...]]] = {}
+        self.inputs: dict[int, tuple[torch.Tensor, dict]] = {}  # the node's input tensors and their labels
 
     def begin_node(self, values: Any, labels: Any) -> None:
-        """Follow the node's input tensors: each labelled dim scales with its labels."""
+        """Follow the node's input tensors: each labelled dim scales with its labels (worked out when an op
+        of the node reads the tensor; most nodes run no counted op)."""
         self.dims = {}
-        for v, lab in _pairs(values, labels):
-            dims = tuple(
-                (self.table.factor(id(lab[d]), lab[d]),) if d in lab else () for d in range(v.dim())
-            )
-            self.dims[id(v)] = (v, dims)
+        self.inputs = {id(v): (v, lab) for v, lab in _pairs(values, labels)}
 
     def add_params(self, named: list[tuple[str, torch.Tensor]]) -> None:
         """Record the parameters (each once) for :meth:`CostTable.param_count`."""
@@ -187,6 +185,12 @@ class CostRecorder(TorchDispatchMode):
         hit = self.dims.get(id(t))
         if hit is not None and hit[0] is t:
             return hit[1]
+        given = self.inputs.get(id(t))
+        if given is not None and given[0] is t:
+            lab = given[1]
+            dims = tuple((self.table.factor(id(lab[d]), lab[d]),) if d in lab else () for d in range(t.dim()))
+            self.dims[id(t)] = (t, dims)
+            return dims
         name = self.param_names.get(id(t))
         if name is not None:
             return tuple((self.table.factor((name, d), (name, d)),) for d in range(t.dim()))

@@ -35,6 +35,19 @@ def removed_slots(table: SlotTable, removed: set[int]) -> np.ndarray:
 class DimMasks(list):
     """The masks of one tensor: ``(dim, keep)`` pairs, ``keep`` a float 0/1 vector over that dim."""
 
+    def shaped(self, value: torch.Tensor) -> list[torch.Tensor]:
+        """Each ``keep`` on ``value``'s device and dtype, shaped to broadcast over it (made once per kind)."""
+        cache = self.__dict__.setdefault("_shaped", {})
+        key = (value.dim(), value.device, value.dtype)
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = []
+            for d, keep in self:
+                shape = [1] * value.dim()
+                shape[d] = len(keep)
+                hit.append(keep.to(value.device, value.dtype).reshape(shape))
+        return hit
+
 
 def tensor_masks(labels: Any, gone: np.ndarray, memo: dict | None = None) -> Any:
     """The masks for a value whose labels are ``labels`` (a dict per tensor, nested lists for sequences).
@@ -70,10 +83,8 @@ def apply_masks(value: Any, masks: Any, applied: MaskedTensors | None = None) ->
     if isinstance(value, torch.Tensor) and isinstance(masks, DimMasks):
         if applied is not None and applied.done(value, masks):
             return value
-        for d, keep in masks:
-            shape = [1] * value.dim()
-            shape[d] = len(keep)
-            value = value * keep.to(value.device, value.dtype).reshape(shape)
+        for keep in masks.shaped(value):
+            value = value * keep
         if applied is not None and masks:
             applied.note(value, masks)
         return value
@@ -100,20 +111,30 @@ class MaskedTensors:
         return all(any(d == d2 and k is k2 for d2, k2 in hit[1]) for d, k in masks)
 
 
-def _masked_by_hooks(block_roots: np.ndarray, calls: list[tuple[Any, Any]], roots: np.ndarray) -> bool:
-    """Whether a layer's parameter channels are exactly the channels of one of its inputs or outputs.
+class _HookedChannels:
+    """Per layer call, the channel classes of the inputs and outputs its hooks mask (as byte strings of
+    their roots, so that a parameter block's channels are looked up instead of compared array by array)."""
 
-    Then the hooks already zero those channels (a conv's output rows, a BN's channels) and zeroing the
-    parameter rows as well changes nothing.
-    """
-    def covers(in_labels: Any, out_labels: Any) -> bool:
-        hooked = [in_labels, out_labels] if isinstance(in_labels, (list, tuple)) else [out_labels]
-        return any(
-            len(lab) == len(block_roots) and np.array_equal(roots[lab], block_roots)
-            for lab in _label_arrays(hooked)
-        )
+    def __init__(self, module_io: dict[str, list[tuple[Any, Any]]], roots: np.ndarray) -> None:
+        self.module_io, self.roots = module_io, roots
+        self.calls: dict[str, list[set[bytes]]] = {}
 
-    return len(calls) > 0 and all(covers(i, o) for i, o in calls)
+    def covers(self, module: str, block_roots: np.ndarray) -> bool:
+        """Whether a layer's parameter channels are exactly the channels of one of its inputs or outputs,
+        in every call. Then the hooks already zero those channels (a conv's output rows, a BN's channels)
+        and zeroing the parameter rows as well changes nothing."""
+        calls = self.calls.get(module)
+        if calls is None:
+            calls = self.calls[module] = [
+                {self.roots[lab].tobytes() for lab in _label_arrays(_hooked(i, o))}
+                for i, o in self.module_io.get(module, ())
+            ]
+        key = np.ascontiguousarray(block_roots).tobytes()
+        return len(calls) > 0 and all(key in c for c in calls)
+
+
+def _hooked(in_labels: Any, out_labels: Any) -> list:
+    return [in_labels, out_labels] if isinstance(in_labels, (list, tuple)) else [out_labels]
 
 
 def _label_arrays(labels: Any) -> Iterator[np.ndarray]:
@@ -147,10 +168,14 @@ class MaskSet:
             if any(i is not None or o is not None for i, o in masks):
                 self.calls[name] = masks
         roots = table.all_roots()
+        hooked = _HookedChannels(module_io, roots)
         self.block_rows: list[tuple[Block, torch.Tensor]] = []
+        gone_before = np.concatenate(([0], np.cumsum(gone)))  # removed slots below each slot
         for b in blocks:
-            rows = np.nonzero(gone[b.slots])[0]
-            if len(rows) and not _masked_by_hooks(roots[b.slots], module_io.get(b.module, ()), roots):
+            if gone_before[b.base + b.size] == gone_before[b.base]:
+                continue  # nothing removed in this block
+            rows = np.nonzero(gone[b.base : b.base + b.size])[0]
+            if not hooked.covers(b.module, roots[b.base : b.base + b.size]):
                 self.block_rows.append((b, torch.as_tensor(rows, dtype=torch.int64)))
 
     def attach(self, model: nn.Module) -> list[Any]:
