@@ -271,6 +271,9 @@ def _attach_constraints(result: PropagationResult, groups: list[Group], table: S
                         if a != b:
                             grp.frozen.setdefault(int(b), "chunk pieces coupled in two ways")
                             grp.frozen.setdefault(int(a), "chunk pieces coupled in two ways")
+            else:  # pieces of different lengths that share atoms: no position-by-position rule
+                for i in np.unique(flat).tolist():
+                    grp.frozen.setdefault(int(i), "chunk pieces of unequal sizes coupled in two ways")
             continue
         grp.equal_parts.append(idx_pieces)
     for g in groups:
