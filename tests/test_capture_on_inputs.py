@@ -104,6 +104,37 @@ def test_head_size_read_from_the_width_follows_it():
     assert model(x).shape == (2, 10)
 
 
+class _Written(nn.Module):
+    """An in-place write to a region (MViTv2 adds relative positions to ``attn[:, :, 1:, 1:]``)."""
+
+    def __init__(self, some_channels: bool) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 10)
+        self.some_channels = some_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        if y.shape[-1] > 4:  # control flow on a size
+            y = torch.relu(y)
+        z = self.conv2(y)
+        z[:, :, 1:, 1:] = z[:, :, 1:, 1:] * 0.5 + y[:, :, 1:, 1:]  # every channel: they follow
+        if self.some_channels:
+            z[:, :4] = y[:, 4:8]  # four channels written: they stay
+        return self.head(z.mean((2, 3)))
+
+
+@pytest.mark.parametrize("some_channels", [False, True])
+def test_in_place_writes_are_traced_and_the_prune_verifies(some_channels):
+    torch.manual_seed(0)
+    model, x = _Written(some_channels).eval(), torch.randn(2, 3, 8, 8)
+    assert capture(model, x).method == "fx-inputs"
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.verified and report.exact_error < 1e-4
+    assert model(x).shape == (2, 10)
+    assert model.conv2.out_channels == (16 if some_channels else 8)
+
+
 def test_data_dependent_control_flow_still_stops_the_trace():
     class _Data(nn.Module):
         def __init__(self) -> None:

@@ -106,6 +106,10 @@ class SizedProxy(IterableProxy):
     def __index__(self) -> int:
         return operator.index(self.tracer.size_value(self, "a traced value used as an index"))
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """``attn[:, :, 1:, 1:] = ...`` (an in-place write) is recorded as ``operator.setitem``."""
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
     def __getattr__(self, name: str) -> Any:
         if name in _RUN_ATTRIBUTES:
             return self.tracer.run_attribute(self, name)

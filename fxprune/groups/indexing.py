@@ -14,7 +14,7 @@ from .registry import handles_ops
 from .sdpa_scale import note_shapes
 from .sizes import IntInfo, SizeInfo
 
-__all__ = ["aten_select", "aten_slice", "getitem", "index_labels"]
+__all__ = ["aten_select", "aten_slice", "getitem", "index_labels", "setitem"]
 
 
 def _is_full(idx: slice) -> bool:
@@ -135,6 +135,31 @@ def getitem(ctx: OpContext) -> Any:
         return lab[index]
     if isinstance(obj, dict) and isinstance(lab, dict):
         return lab.get(index)
+    return structure_like(ctx.out)
+
+
+@handles_ops("setitem")
+def setitem(ctx: OpContext) -> Any:
+    """``x[index] = value`` in place: where the index takes a channel dim of ``x`` whole, the value's
+    channels on that dim go with x's; a channel dim written in part, a value with channels on a dim of the
+    region without them, or a value sized along a channel dim without its labels freezes them."""
+    x, index, value = ctx.args[0], ctx.args[1], ctx.args[2] if len(ctx.args) > 2 else None
+    if not isinstance(x, torch.Tensor):
+        return structure_like(ctx.out)
+    region = index_labels(ctx, x, ctx.larg(0) or {}, index)
+    shape = tuple(x[index].shape)
+    vshape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+    vlab = (ctx.larg(2) or {}) if vshape else {}
+    off = len(shape) - len(vshape)
+    for j in range(len(shape)):
+        a, b = region.get(j), vlab.get(j - off)
+        size = vshape[j - off] if j >= off else 1
+        if a is not None and b is not None and len(a) == len(b):
+            ctx.table.union(a, b)
+            continue
+        for lab in (a if size > 1 or b is not None else None, b):
+            if lab is not None:
+                ctx.table.freeze(lab, f"{ctx.where}: value written in place does not follow the channels")
     return structure_like(ctx.out)
 
 
