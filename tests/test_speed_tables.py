@@ -79,3 +79,39 @@ def test_magnitude_scores_same_with_and_without_one_parameter_table() -> None:
         alone = magnitude_scores(model, g, 2, mean=True)  # names resolved one by one
         np.testing.assert_array_equal(inside[g.id], alone)
     assert any(np.ptp(s) > 0 for s in inside.values())
+
+
+def _random_unions(table, rng: np.random.Generator) -> None:
+    """Blocks of fresh slots coupled to older slots, as layers do, with freezes and approximate marks."""
+    table.new(int(rng.integers(1, 8)))
+    for _ in range(40):
+        n = int(rng.integers(1, 6))
+        old = rng.integers(0, len(table), size=n)
+        fresh = table.new(n)
+        kind = rng.integers(0, 6)
+        if kind == 0:
+            table.freeze(fresh[:1], f"frozen {len(table)}")
+        elif kind == 1:
+            table.mark_approx(old[:1], f"approx {len(table)}")
+        if kind == 2:
+            table.union(fresh, old[::-1])  # fresh on the left
+        elif kind == 3:
+            table.union(old[:1], fresh)  # one old channel owns them all (depthwise)
+        elif kind == 4:
+            a, b = rng.integers(0, len(table), size=(2, n))
+            table.union(a, b)  # anything
+        else:
+            table.union(old, fresh)
+
+
+def test_union_onto_fresh_slots_same_classes_and_reasons(monkeypatch) -> None:
+    from fxprune.groups.slots import SlotTable
+
+    for seed in range(300):
+        fast, slow = SlotTable(), SlotTable()
+        _random_unions(fast, np.random.default_rng(seed))
+        with monkeypatch.context() as m:
+            m.setattr(SlotTable, "_onto_fresh", lambda self, old, fresh: False)
+            _random_unions(slow, np.random.default_rng(seed))
+        np.testing.assert_array_equal(fast.all_roots(), slow.all_roots())
+        assert fast.frozen == slow.frozen and fast.approx == slow.approx

@@ -163,6 +163,8 @@ class SlotTable:
 
     def _merge(self, ra: np.ndarray, rb: np.ndarray) -> None:
         """Join the classes of roots ``ra[i]`` and ``rb[i]``; each new class keeps its smallest root."""
+        if self._onto_fresh(ra, rb) or self._onto_fresh(rb, ra):
+            return
         if self._disjoint(ra, rb):
             self._merge_pairs(ra, rb)
             return
@@ -185,6 +187,20 @@ class SlotTable:
             moved = np.nonzero((nodes != top) & hit)[0]
             for r, t in zip(nodes[moved].tolist(), top[moved].tolist()):
                 flags[t] = flags.pop(r)
+
+    def _onto_fresh(self, old: np.ndarray, fresh: np.ndarray) -> bool:
+        """``_merge`` where ``fresh`` are consecutive unflagged roots all above ``old`` (a layer's new slots
+        meeting the channels of its input): each joins its ``old`` root in one assignment. False (nothing
+        done) when they are not."""
+        lo, hi = int(fresh[0]), int(fresh[-1])
+        if hi - lo != len(fresh) - 1 or lo <= int(old.max()):
+            return False
+        if len(fresh) > 1 and not bool((np.diff(fresh) == 1).all()):
+            return False
+        if any(lo <= k <= hi for flags in (self.frozen, self.approx) for k in flags):
+            return False
+        self._parent[fresh] = old
+        return True
 
     def _disjoint(self, ra: np.ndarray, rb: np.ndarray) -> bool:
         """Whether the roots of ``ra`` and ``rb`` are all different (without sorting: each root is stamped
