@@ -135,6 +135,32 @@ def test_in_place_writes_are_traced_and_the_prune_verifies(some_channels):
     assert model.conv2.out_channels == (16 if some_channels else 8)
 
 
+class _Factory(nn.Module):
+    """``torch.ones(B, N)`` with traced sizes (Gemma 4's default patch mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 16, 3), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).flatten(2).transpose(1, 2)
+        B, N, _ = y.shape
+        valid = torch.ones(B, N, dtype=y.dtype, device=y.device)
+        return self.head((y * valid[..., None]).mean(1))
+
+
+def test_factory_calls_with_traced_sizes_are_recorded():
+    ones = torch.ones
+    torch.manual_seed(0)
+    model, x = _Factory().eval(), torch.randn(2, 3, 8, 8)
+    captured = capture(model, x)
+    assert captured.method == "fx-inputs" and torch.ones is ones
+    assert any(n.target is ones for n in captured.graph_module.graph.nodes)
+    torch.testing.assert_close(captured.graph_module(x), model(x))
+    report = fxprune.prune(model, x, ratio=0.5, round_to=1)
+    assert report.verified and model.conv.out_channels == 8
+
+
 def test_data_dependent_control_flow_still_stops_the_trace():
     class _Data(nn.Module):
         def __init__(self) -> None:

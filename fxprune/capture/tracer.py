@@ -205,11 +205,46 @@ class LeafTracer(fx.Tracer):
         self.shape_values = None if self.example_inputs is None else ShapeValues(root, self.example_inputs)
         defaults = None if self.shape_values is None else self.shape_values.defaults()
         try:
-            with _opaque_autograd_functions(self), _module_state_kept(root, self.shape_values is not None):
+            with (
+                _opaque_autograd_functions(self),
+                _module_state_kept(root, self.shape_values is not None),
+                _traced_factories(self, self.shape_values is not None),
+            ):
                 graph = self.trace(root, concrete_args=defaults)
         finally:
             self.shape_values = None
         return _graph_module(root, graph, root.__class__.__name__)
+
+
+_FACTORIES = ("ones", "zeros", "empty", "full", "rand", "randn")
+
+
+@contextlib.contextmanager
+def _traced_factories(tracer: fx.Tracer, active: bool) -> Iterator[None]:
+    """``torch.ones(B, N, ...)`` with traced sizes records one call (torch's argument parser does not see
+    proxies among the sizes of a factory function)."""
+    if not active:
+        yield
+        return
+    originals = {name: getattr(torch, name) for name in _FACTORIES}
+
+    def traced(fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            found: list[bool] = []
+            fx.node.map_aggregate((args, kwargs), lambda a: found.append(isinstance(a, fx.Proxy)))
+            if any(found):
+                return tracer.create_proxy("call_function", fn, args, kwargs)
+            return fn(*args, **kwargs)
+
+        return call
+
+    try:
+        for name, fn in originals.items():
+            setattr(torch, name, traced(fn))
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(torch, name, fn)
 
 
 def _holds_proxy(value: Any) -> bool:
