@@ -97,8 +97,11 @@ def _masked_output(analysis: Analysis, plan: Plan, exact_only: bool, example_inp
     """The output of the (not yet slimmed) model with the plan's removed channels masked out."""
     removed = _removed_roots(analysis.groups, plan, exact_only)
     prop = analysis.propagation
-    with masked(analysis.model, prop.module_io, prop.table, removed, prop.table.blocks), torch.no_grad():
-        return run_model(analysis.model, example_inputs)
+    captured = analysis.captured
+    graph = captured.graph_module.graph if captured.method != "export" else None  # one node per layer call
+    with masked(analysis.model, prop.module_io, prop.table, removed, prop.table.blocks, graph):
+        with torch.no_grad():
+            return run_model(analysis.model, example_inputs)
 
 
 def _check(

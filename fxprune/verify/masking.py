@@ -154,10 +154,12 @@ class MaskSet:
         table: SlotTable,
         removed: set[int],
         blocks: list[Block] = (),
+        graph: torch.fx.Graph | None = None,
     ) -> None:
         gone = removed_slots(table, removed)
         memo: dict = {}
         self.calls: dict[str, list[tuple[Any, Any]]] = {}
+        self.channelwise_next: dict[str, str] = {}  # layer -> the batch norm that is its only use
         for name, calls in module_io.items():
             masks = [
                 (tensor_masks(i, gone, memo) if isinstance(i, (list, tuple)) else None,
@@ -167,6 +169,8 @@ class MaskSet:
             masks = [(i if _has_mask(i) else None, o if _has_mask(o) else None) for i, o in masks]
             if any(i is not None or o is not None for i, o in masks):
                 self.calls[name] = masks
+        if graph is not None:
+            self._skip_masks_before_channelwise(graph)
         roots = table.all_roots()
         hooked = _HookedChannels(module_io, roots)
         self.block_rows: list[tuple[Block, torch.Tensor]] = []
@@ -178,15 +182,45 @@ class MaskSet:
             if not hooked.covers(b.module, roots[b.base : b.base + b.size]):
                 self.block_rows.append((b, torch.as_tensor(rows, dtype=torch.int64)))
 
+    def _skip_masks_before_channelwise(self, graph: torch.fx.Graph) -> None:
+        """Leave out the output masks of a layer whose only use is a batch norm that masks its own output the
+        same way (and that batch norm's input masks): a batch norm's channel depends on that channel of its
+        input alone, so the masked channels of its input change nothing it outputs after its own masks.
+        ``graph`` is the symbolic trace the labels came from (one node per layer call)."""
+        for node in graph.nodes:
+            if node.op != "call_module" or len(node.users) != 1:
+                continue
+            user = next(iter(node.users))
+            first = self.calls.get(node.target)
+            then = self.calls.get(user.target)
+            if (
+                user.op != "call_module" or user.args != (node,) or user.kwargs
+                or first is None or then is None or len(first) != 1 or len(then) != 1
+            ):
+                continue
+            out_masks, (bn_in, bn_out) = first[0][1], then[0]
+            if _same_masks(out_masks, bn_out) and bn_in is not None and _same_masks(bn_in[0], out_masks):
+                self.channelwise_next[node.target] = user.target
+
     def attach(self, model: nn.Module) -> list[Any]:
         """Hook the masks into ``model``'s layers; the hook handles."""
         handles = []
         applied = MaskedTensors()
         modules = named_modules(model)
+        skip_out, skip_in = set(), set()
+        for layer, norm in self.channelwise_next.items():
+            m = modules.get(norm)
+            if type(m) in _PER_CHANNEL and not m.training and layer in modules:
+                skip_out.add(layer)
+                skip_in.add(norm)
         for name, masks in self.calls.items():
             m = modules.get(name)
             if m is None:
                 continue
+            if name in skip_out or name in skip_in:
+                masks = [(None if name in skip_in else i, None if name in skip_out else o) for i, o in masks]
+                if all(i is None and o is None for i, o in masks):
+                    continue
             hooks = _CallMask(masks, applied)
             handles += [m.register_forward_pre_hook(hooks.pre), m.register_forward_hook(hooks.post)]
         return handles
@@ -213,12 +247,15 @@ def masked(
     table: SlotTable,
     removed: set[int],
     blocks: list[Block] = (),
+    graph: torch.fx.Graph | None = None,
 ) -> Iterator[nn.Module]:
     """``model`` itself with the removed channels zero, for the duration of the ``with`` block.
 
     Hooks are removed and zeroed parameter rows restored on exit, so no copy of the model is made.
+    ``graph``: the symbolic trace the labels came from, if any; then a layer whose only use is a batch norm
+    masked the same way is not masked itself (what the model outputs is the same).
     """
-    masks = MaskSet(module_io, table, removed, blocks)
+    masks = MaskSet(module_io, table, removed, blocks, graph)
     saved = masks.zero_blocks(model)
     handles = []
     try:
@@ -278,6 +315,17 @@ class _CallMask:
             self.applied.note(out, out_masks)  # the input hook zeroed those channels: so is the output
             return None
         return apply_masks(out, out_masks, self.applied)
+
+
+# Layers whose output channel depends on that channel of their input alone (in eval mode).
+_PER_CHANNEL = {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d}
+
+
+def _same_masks(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same masks on the same dims (the very same keep vectors)."""
+    if not isinstance(a, DimMasks) or not isinstance(b, DimMasks) or len(a) != len(b) or not a:
+        return False
+    return all(d == d2 and k is k2 for (d, k), (d2, k2) in zip(a, b))
 
 
 # Elementwise activations with f(0) == 0 exactly: where their input is zero, so is their output.
