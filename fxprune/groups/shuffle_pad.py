@@ -22,10 +22,27 @@ def _padded(ctx: OpContext, labels: np.ndarray, left: int, right: int) -> np.nda
 @handles_ops("pad", "constant_pad_nd")
 def pad(ctx: OpContext) -> Labels:
     """Constant padding on a channel dim adds frozen channels; other modes or cropping freeze it."""
+    return _pad_labels(ctx, list(ctx.arg(1, "pad")), ctx.arg(2, "mode", "constant"))
+
+
+_PAD_MODULES = (
+    nn.modules.padding._ConstantPadNd,
+    nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd,
+    nn.modules.padding._CircularPadNd,
+)
+
+
+@handles_modules(*_PAD_MODULES)
+def pad_module(ctx: OpContext, m: nn.Module) -> Labels:
+    """``nn.ZeroPad2d`` and the other padding layers: as ``F.pad`` with the layer's widths and mode."""
+    mode = "constant" if isinstance(m, nn.modules.padding._ConstantPadNd) else "reflect"
+    return _pad_labels(ctx, list(m.padding), mode)
+
+
+def _pad_labels(ctx: OpContext, widths: list[int], mode: str) -> Labels:
     x = ctx.arg(0, "input")
     lab = dict(ctx.larg(0, "input") or {})
-    widths = list(ctx.arg(1, "pad"))
-    mode = ctx.arg(2, "mode", "constant")
     for k in range(len(widths) // 2):
         d = x.dim() - 1 - k
         left, right = widths[2 * k], widths[2 * k + 1]
