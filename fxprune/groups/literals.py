@@ -64,8 +64,9 @@ def scope_attributes(model: nn.Module, node: fx.Node) -> dict[int, tuple[str, st
 
 
 def _layer_sizes(model: nn.Module, node: fx.Node) -> set[int]:
-    """Literals a LayerNorm's own ``normalized_shape`` explains (``F.layer_norm(x, self.normalized_shape,
-    self.weight, ...)`` inside a subclass's forward): slimming rewrites that attribute, so they follow."""
+    """Literals the layer's own attributes explain (``F.layer_norm(x, self.normalized_shape, self.weight)``
+    or ``F.conv2d(x, self.weight, ..., self.groups)`` inside a subclass's forward, timm's ``Conv2dSame``):
+    slimming rewrites those attributes, so they follow."""
     spec = layer_args(op_name(node))
     if spec is None:
         return set()
@@ -76,6 +77,8 @@ def _layer_sizes(model: nn.Module, node: fx.Node) -> set[int]:
         owner = model.get_submodule(w.target.rpartition(".")[0])
     except AttributeError:
         return set()
+    if isinstance(owner, nn.modules.conv._ConvNd):
+        return {owner.groups}
     return set(owner.normalized_shape) if isinstance(owner, nn.LayerNorm) else set()
 
 
