@@ -158,7 +158,8 @@ def baseline(args: argparse.Namespace) -> dict:
         **json.loads(args.train),
     )
     weights = out / (args.name or "baseline") / "weights"
-    result = {"model": args.model, "init": args.init, "epochs": args.epochs, "imgsz": args.imgsz}
+    name = Path(str(model.model.yaml.get("yaml_file", args.model))).stem  # the checkpoint's, with --init
+    result = {"model": name, "init": args.init, "epochs": args.epochs, "imgsz": args.imgsz}
     for which in ("last", "best"):
         metrics = YOLO(str(weights / f"{which}.pt")).val(
             data=str(data), imgsz=args.imgsz, batch=args.batch, plots=False, verbose=False
