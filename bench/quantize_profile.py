@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Where pruned INT8 models spend their time on onnxruntime (diagnostics behind bench/quantize.py's targets).
 
-* ``stages``: ResNet-50 dense and pruned (``--target-flops``, ``--round-to``), both quantized to QDQ ONNX by
+* ``stages``: ResNet-50 dense and pruned (``--target-flops``, ``--round-to``; ``--by-latency``: planned by
+  ``fxprune.deploy.FlopsLatencyPlanner`` on onnxruntime's INT8 layer table), both quantized to QDQ ONNX by
   ``fxprune.deploy.quantize``; onnxruntime's per-node profile, convolution time and MACs summed per top-level
   stage (``conv1``, ``layer1`` ... ``layer4``), and the throughput of each stage in GMAC/s.
 * ``yolo-ops``: YOLOv8n dense and pruned (FLOPs target with 32- and 16-channel steps, ratio 0.5 with 64),
@@ -35,7 +36,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from fxprune.deploy import measure_latency, quantize, speedup
+from fxprune.deploy import FlopsLatencyPlanner, measure_latency, quantize, speedup
 from fxprune.integrations.ultralytics import deployment_form
 
 import fxprune
@@ -114,7 +115,12 @@ def part_stages(args, tmp: Path) -> None:
     dense.eval()
     x = torch.randn(1, 3, 224, 224)
     pruned = copy.deepcopy(dense)
-    fxprune.prune(pruned, x, target_flops=args.target_flops, round_to=args.round_to)
+    if args.by_latency:  # the FLOPs target met where onnxruntime's INT8 layer table says latency falls most
+        planner = FlopsLatencyPlanner(args.target_flops, "ort", "int8", args.round_to)
+        fxprune.prune(pruned, x, planner=planner, round_to=args.round_to)
+        log(f"FlopsLatencyPlanner: {planner.result.ranking} ranking, estimates {planner.result.candidates}")
+    else:
+        fxprune.prune(pruned, x, target_flops=args.target_flops, round_to=args.round_to)
     pruned.eval()
     calib = [torch.randn(1, 3, 224, 224) for _ in range(args.calib_samples)]
     log(f"ResNet-50 round_to {args.round_to}: FLOPs {count_flops(dense, x) / count_flops(pruned, x):.2f}x")
@@ -311,6 +317,11 @@ def main() -> None:
     p.add_argument("--backend", choices=("openvino", "ort"), default="openvino", help="yolo-ops: runtime")
     p.add_argument("--round-to", type=int, default=None, help="default: 64 for stages, 32 for ort-static")
     p.add_argument("--target-flops", type=float, default=0.25, help="stages: FLOPs kept")
+    p.add_argument(
+        "--by-latency",
+        action="store_true",
+        help="stages: meet the FLOPs target with fxprune.deploy.FlopsLatencyPlanner (onnxruntime INT8 table)",
+    )
     p.add_argument("--calib-samples", type=int, default=4, help="random calibration inputs")
     p.add_argument("--runs", type=int, default=8, help="stages: profiled calls per file")
     p.add_argument("--repeats", type=int, default=5)

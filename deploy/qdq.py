@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 FOLDED_ACTIVATIONS = ("Relu", "Clip")  # activations onnxruntime folds between a Conv and its QuantizeLinear
-PASS_THROUGH = ("Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze")  # DequantizeLinear moves across them
+# DequantizeLinear moves across them (onnxruntime's QDQ propagation; MaxPool then runs on quantized values)
+PASS_THROUGH = ("Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool")
 
 
 def _consumers(graph) -> dict[str, list]:
@@ -54,7 +55,9 @@ def _requantized(tensor: str, consumers: dict[str, list], outputs: set[str]) -> 
 
 
 def _dequantized(name: str, producers: dict) -> bool:
-    """Whether ``name`` comes from a DequantizeLinear, directly or through ops onnxruntime moves it across."""
+    """Whether ``name`` comes from a DequantizeLinear, directly or through ops onnxruntime moves it across
+    (a convolution reading a MaxPool of a dequantized tensor, as in ResNet's stem, needs no pair of its own:
+    one would keep the MaxPool in float between layout conversions)."""
     node = producers.get(name)
     while node is not None and node.op_type in PASS_THROUGH:
         node = producers.get(node.input[0])

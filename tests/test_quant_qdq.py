@@ -184,3 +184,33 @@ def test_sigmoid_gates_read_the_graph_once(monkeypatch):
     )[0]
     xd = np.clip(np.round(x / 0.1) + 128, 0, 255).astype(np.float32) * 0.1 - 12.8
     np.testing.assert_allclose(got, xd / (1 + np.exp(-xd)), atol=0.11)
+
+
+class StemNet(nn.Module):
+    """ResNet's stem in small: conv + ReLU, max pooling, then two convolutions reading the pooled map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.a = nn.Conv2d(16, 16, 1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pool(torch.relu(self.stem(x)))
+        return torch.relu(self.a(y)) + torch.relu(self.b(y))
+
+
+def test_max_pooling_between_quantized_convs_runs_on_quantized_values(tmp_path, single_thread):
+    torch.manual_seed(0)
+    net = StemNet().eval()
+    x = torch.randn(1, 3, 32, 32)
+    res = quantize(net, x, [torch.randn(4, 3, 32, 32)], "onnx", tmp_path / "stem.onnx", subset_size=4)
+    assert res.requantized == []  # no pair of its own for a conv reading the pooled map
+    ops = _ops_onnxruntime_runs(res.path, tmp_path)
+    assert ops["QLinearConv"] == 3 and not any(ops[k] for k in FLOAT_CONVS)
+    assert ops["MaxPool"] == 0 and ops["ReorderInput"] == 0  # no float pooling between layout conversions
+    got = run_artifact(res.path, [x])[0]
+    with torch.no_grad():
+        want = net(x).numpy()
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
