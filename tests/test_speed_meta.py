@@ -83,3 +83,25 @@ def test_kept_positions_equal_isin() -> None:
         np.testing.assert_array_equal(_kept_positions(idx, removed, width), expected)
     idx = np.array([0, 7, 2])  # an index outside the group's width falls back to isin
     np.testing.assert_array_equal(_kept_positions(idx, np.array([2]), 3), [0, 1])
+
+
+class Factory(nn.Module):
+    """A forward that makes tensors without a device (they must be meta tensors on the meta pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.conv(x) * torch.ones(1, 8, 1, 1) + torch.zeros(8).view(1, 8, 1, 1)
+        return self.head(y.mean((2, 3)) + torch.arange(8).float())
+
+
+def test_factory_calls_in_the_model_make_meta_tensors_on_the_meta_pass() -> None:
+    torch.manual_seed(0)
+    model, x = Factory().eval(), torch.randn(1, 3, 12, 12)
+    analysis = fxprune.analyze(model, x)
+    assert analysis.propagation.costs is not None  # the meta pass ran (the fallbacks record no costs)
+    report = fxprune.prune(model, x, 0.5, round_to=1)
+    assert report.exact_error is not None  # verified (the constants freeze those channels)

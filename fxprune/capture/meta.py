@@ -8,6 +8,7 @@ per real one).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -45,11 +46,13 @@ def meta_inputs(example_inputs: Any) -> Any:
 
 
 @contextmanager
-def on_meta(roots: Iterable[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
+def on_meta(roots: Iterable[nn.Module], factories: bool = True) -> Iterator[dict[int, torch.Tensor]]:
     """Every parameter and buffer under ``roots`` replaced by a meta tensor for the ``with`` block.
 
-    Yields ``{id(real tensor): meta tensor}``. Factory calls without a device (``torch.zeros(n)`` in a
-    forward) also make meta tensors inside the block. Everything is put back on exit, also after an error.
+    Yields ``{id(real tensor): meta tensor}``. With ``factories``, factory calls without a device
+    (``torch.zeros(n)`` in a forward) also make meta tensors inside the block (``torch.device("meta")``,
+    a torch-function mode that every tensor method call then goes through; False leaves it to the caller
+    to enter around the model's own code). Everything is put back on exit, also after an error.
     """
     memo: dict[int, torch.Tensor] = {}
     swapped: list[tuple[dict, str, torch.Tensor]] = []
@@ -69,7 +72,7 @@ def on_meta(roots: Iterable[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
                             meta = memo[id(t)] = meta_like(t)
                         swapped.append((slots, name, t))
                         slots[name] = meta
-        with torch.device("meta"):
+        with torch.device("meta") if factories else contextlib.nullcontext():
             yield memo
     finally:
         for slots, name, t in reversed(swapped):

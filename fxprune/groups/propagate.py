@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ class ChannelPropagation(fx.Interpreter):
         super().__init__(gm, garbage_collect_values=True)
         self.shapes_only = shapes_only or on_meta_device
         self.on_meta_device = on_meta_device
+        self._meta_device = torch.device("meta")
         self._meta_constants: dict[int, torch.Tensor] = {}
         self.recorder: CostRecorder | None = None
         self.graph_is_export = graph_is_export
@@ -84,7 +86,7 @@ class ChannelPropagation(fx.Interpreter):
         with torch.no_grad():
             if self.on_meta_device:
                 roots = [self.module] + ([self.model] if self.model is not None else [])
-                with on_meta(roots) as memo:
+                with on_meta(roots, factories=False) as memo:  # the device around each op: _factories
                     self._attr_names = {id(memo.get(i)): n for i, n in self._attr_names.items()}
                     self.recorder = _cost_recorder(self.module, roots[-1])
                     with self.recorder:
@@ -113,14 +115,26 @@ class ChannelPropagation(fx.Interpreter):
                 out = _conv_like(m, args[0], self.recorder)
                 if out is not None:
                     return out
-        return super().call_module(target, args, kwargs)
+        with self._factories():
+            return super().call_module(target, args, kwargs)
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
         if self.on_meta_device and target in _BINARY and not kwargs:
             out = _broadcast_like(args)
             if out is not None:
                 return out
-        return super().call_function(target, args, kwargs)
+        with self._factories():
+            return super().call_function(target, args, kwargs)
+
+    def call_method(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        with self._factories():
+            return super().call_method(target, args, kwargs)
+
+    def _factories(self) -> Any:
+        """Around the model's own code on the meta pass: factory calls without a device make meta tensors.
+        (Only there: ``torch.device`` is a torch-function mode, and every tensor method called under it, the
+        handlers' included, goes through Python.)"""
+        return self._meta_device if self.on_meta_device else contextlib.nullcontext()
 
     def get_attr(self, target: str, args: tuple, kwargs: dict) -> Any:
         value = super().get_attr(target, args, kwargs)
