@@ -118,6 +118,7 @@ class _HookedChannels:
     def __init__(self, module_io: dict[str, list[tuple[Any, Any]]], roots: np.ndarray) -> None:
         self.module_io, self.roots = module_io, roots
         self.calls: dict[str, list[set[bytes]]] = {}
+        self._keys: dict[int, tuple[Any, bytes]] = {}  # label array id -> (the array, its roots' bytes)
 
     def covers(self, module: str, block_roots: np.ndarray) -> bool:
         """Whether a layer's parameter channels are exactly the channels of one of its inputs or outputs,
@@ -126,23 +127,31 @@ class _HookedChannels:
         calls = self.calls.get(module)
         if calls is None:
             calls = self.calls[module] = [
-                {self.roots[lab].tobytes() for lab in _label_arrays(_hooked(i, o))}
-                for i, o in self.module_io.get(module, ())
+                {self._key(lab) for lab in _labels(_hooked(i, o))} for i, o in self.module_io.get(module, ())
             ]
         key = np.ascontiguousarray(block_roots).tobytes()
         return len(calls) > 0 and all(key in c for c in calls)
 
 
-def _hooked(in_labels: Any, out_labels: Any) -> list:
-    return [in_labels, out_labels] if isinstance(in_labels, (list, tuple)) else [out_labels]
+    def _key(self, lab: Any) -> bytes:
+        """The roots of a label array as bytes (a layer's output labels are the next one's input labels)."""
+        hit = self._keys.get(id(lab))
+        if hit is None or hit[0] is not lab:
+            hit = self._keys[id(lab)] = (lab, self.roots[np.asarray(lab, dtype=np.int64)].tobytes())
+        return hit[1]
 
 
-def _label_arrays(labels: Any) -> Iterator[np.ndarray]:
+def _labels(labels: Any) -> Iterator[Any]:
+    """Every label array of a nested labels structure, as it is held."""
     if isinstance(labels, dict):
-        yield from (np.asarray(lab, dtype=np.int64) for lab in labels.values())
+        yield from labels.values()
     elif isinstance(labels, (list, tuple)):
         for lab in labels:
-            yield from _label_arrays(lab)
+            yield from _labels(lab)
+
+
+def _hooked(in_labels: Any, out_labels: Any) -> list:
+    return [in_labels, out_labels] if isinstance(in_labels, (list, tuple)) else [out_labels]
 
 
 class MaskSet:
