@@ -107,3 +107,52 @@ def test_verification_still_fails_on_a_wrong_slim_model(corrupt: str, monkeypatc
     monkeypatch.setattr(prune_module, "slim_model", slim_wrongly)
     with pytest.raises(fxprune.VerificationError):
         fxprune.prune(model, x, 0.5, round_to=1)
+
+
+@pytest.mark.parametrize("name", ["net", "mobilenet_v3_small"])
+def test_batch_norm_rows_folded_give_the_same_output_and_are_put_back(name: str, monkeypatch) -> None:
+    """Zeroing a batch norm's removed weight and bias rows instead of multiplying its output by the mask:
+    the same masked output, and every parameter restored afterwards."""
+    import torchvision.models as tvm
+
+    torch.manual_seed(0)
+    model = {"net": Net, "mobilenet_v3_small": tvm.mobilenet_v3_small}[name]()
+    model, x = randomize_(model.eval()), torch.randn(1, 3, 32, 32)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    analysis = fxprune.analyze(model, x)
+    plan = analysis.plan(0.5, round_to=1)
+    removed = {int(r) for g in analysis.groups if g.id in plan.remove for r in g.atoms[plan.remove[g.id]]}
+    prop, graph = analysis.propagation, analysis.captured.graph_module.graph
+    folds = []
+    real = masking.MaskSet.fold_norms
+    def record(self, m):
+        folds.append(real(self, m))
+        return folds[-1]
+
+    monkeypatch.setattr(masking.MaskSet, "fold_norms", record)
+    with torch.no_grad():
+        with masked(model, prop.module_io, prop.table, removed, prop.table.blocks, graph) as m:
+            folded = m(x)
+        monkeypatch.setattr(masking.MaskSet, "fold_norms", lambda self, m: (set(), []))
+        with masked(model, prop.module_io, prop.table, removed, prop.table.blocks, graph) as m:
+            multiplied = m(x)
+    assert folds and folds[0][0]  # some batch norms were folded
+    assert torch.equal(folded, multiplied)
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
+
+
+def test_batch_norm_in_training_mode_is_not_folded() -> None:
+    torch.manual_seed(0)
+    model, x = randomize_(Net().eval()), torch.randn(1, 3, 16, 16)
+    analysis = fxprune.analyze(model, x)
+    plan = analysis.plan(0.5, round_to=1)
+    removed = {int(r) for g in analysis.groups if g.id in plan.remove for r in g.atoms[plan.remove[g.id]]}
+    prop = analysis.propagation
+    masks = masking.MaskSet(prop.module_io, prop.table, removed, prop.table.blocks)
+    folded, saved = masks.fold_norms(model)
+    for p, dim, idx, rows in reversed(saved):
+        p.data.index_copy_(dim, idx, rows)
+    assert "norm" in folded
+    model.norm.train()
+    folded, _ = masks.fold_norms(model)
+    assert "norm" not in folded

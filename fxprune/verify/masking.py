@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -211,8 +211,9 @@ class MaskSet:
             if _same_masks(out_masks, bn_out) and bn_in is not None and _same_masks(bn_in[0], out_masks):
                 self.channelwise_next[node.target] = user.target
 
-    def attach(self, model: nn.Module) -> list[Any]:
-        """Hook the masks into ``model``'s layers; the hook handles."""
+    def attach(self, model: nn.Module, folded: Collection[str] = ()) -> list[Any]:
+        """Hook the masks into ``model``'s layers; the hook handles. The output masks of the ``folded`` layers
+        (see :meth:`fold_norms`) are noted on their outputs, not multiplied in."""
         handles = []
         applied = MaskedTensors()
         modules = named_modules(model)
@@ -230,9 +231,35 @@ class MaskSet:
                 masks = [(None if name in skip_in else i, None if name in skip_out else o) for i, o in masks]
                 if all(i is None and o is None for i, o in masks):
                     continue
-            hooks = _CallMask(masks, applied)
+            hooks = _CallMask(masks, applied, name in folded)
             handles += [m.register_forward_pre_hook(hooks.pre), m.register_forward_hook(hooks.post)]
         return handles
+
+    def fold_norms(self, model: nn.Module) -> tuple[set[str], list[tuple]]:
+        """Zero the weight and bias rows of the removed output channels of batch norms (eval mode, affine,
+        exact types, one call, masks on the channel dim only): their outputs are then exactly zero there,
+        as the output mask would make them. The folded layers, and what was there, to put back."""
+        modules = named_modules(model)
+        folded, saved = set(), []
+        with torch.no_grad():
+            for name, calls in self.calls.items():
+                m = modules.get(name)
+                out = calls[0][1] if len(calls) == 1 else None
+                if (
+                    type(m) not in _PER_CHANNEL or m.training or m.weight is None or m.bias is None
+                    or not isinstance(out, DimMasks) or not out or any(d != 1 for d, _ in out)
+                    or any(len(keep) != m.num_features for _, keep in out)
+                ):
+                    continue
+                rows = torch.nonzero(out[0][1] == 0).flatten()
+                for _, keep in out[1:]:
+                    rows = torch.unique(torch.cat([rows, torch.nonzero(keep == 0).flatten()]))
+                for p in (m.weight, m.bias):
+                    idx = rows.to(p.device)
+                    saved.append((p, 0, idx, p.index_select(0, idx)))
+                    p.index_fill_(0, idx, 0.0)
+                folded.add(name)
+        return folded, saved
 
     def zero_blocks(self, model: nn.Module) -> list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]]:
         """Zero the removed rows of the blocks' parameters; what was there, to put back."""
@@ -268,7 +295,9 @@ def masked(
     saved = masks.zero_blocks(model)
     handles = []
     try:
-        handles = masks.attach(model)
+        folded, rows = masks.fold_norms(model)
+        saved += rows
+        handles = masks.attach(model, folded)
         yield model
     finally:
         for h in handles:
@@ -303,8 +332,10 @@ class _CallMask:
     An entry is ``(input masks, output masks)``, None where nothing is masked.
     """
 
-    def __init__(self, masks: list[tuple[Any, Any]], applied: MaskedTensors | None = None):
-        self.masks, self.i, self.applied = masks, 0, applied
+    def __init__(
+        self, masks: list[tuple[Any, Any]], applied: MaskedTensors | None = None, folded: bool = False
+    ) -> None:
+        self.masks, self.i, self.applied, self.folded = masks, 0, applied, folded
 
     def pre(self, mod: nn.Module, args: tuple) -> tuple | None:
         in_masks = self.masks[self.i % len(self.masks)][0]
@@ -320,8 +351,10 @@ class _CallMask:
         self.i += 1
         if out_masks is None:
             return None
-        if self.applied is not None and _zero_where_input_zero(mod, args, in_masks, out, out_masks):
-            self.applied.note(out, out_masks)  # the input hook zeroed those channels: so is the output
+        if self.applied is not None and (
+            self.folded or _zero_where_input_zero(mod, args, in_masks, out, out_masks)
+        ):
+            self.applied.note(out, out_masks)  # zero rows of the layer, or zeros in: so is the output
             return None
         return apply_masks(out, out_masks, self.applied)
 
