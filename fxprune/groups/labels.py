@@ -160,7 +160,8 @@ def _reshape_run(
         view[gi.index(d)] = in_shape[d]
         return j, np.broadcast_to(lab.reshape(view), [in_shape[k] for k in gi]).reshape(-1)
     if [k for k in gi if in_shape[k] > 1] != [d]:
-        return "reshape mixes channels with other dims"
+        mixed = _mixed_run(in_shape, lab, d, out_shape, gi, gj, adaptive)
+        return mixed or "reshape mixes channels with other dims"
     # split of a channel dim into several: the one adaptive factor keeps the channels, the others couple
     free = [j for j in big_out if adaptive is None or adaptive[j]]
     split = lab.reshape([out_shape[j] for j in gj])
@@ -174,3 +175,33 @@ def _reshape_run(
     for row in moved[1:]:
         table.union(moved[0], row)
     return free[0], moved[0].copy()
+
+
+def _mixed_run(
+    in_shape: Sequence[int],
+    lab: np.ndarray,
+    d: int,
+    out_shape: Sequence[int],
+    gi: list[int],
+    gj: list[int],
+    adaptive: Sequence[bool] | None,
+) -> tuple[int, np.ndarray] | None:
+    """Channel dim ``d`` reshaped together with other dims of its run (MobileViT's unfold,
+    ``(B, C, H, W)`` to ``(B * C * n_h, p_h, n_w, p_w)``, and the fold back).
+
+    The channels follow output dim ``j`` when the slot at every position of the run depends on ``j``'s
+    index alone, ``j``'s size is computed at run time and every other size of the run is a constant:
+    removing a channel then removes whole indices of ``j`` and leaves the rest of the run in order, which
+    is what the slim model's reshape computes. Several of ``j``'s indices may carry one channel.
+    """
+    if adaptive is None:
+        return None
+    view = [1] * len(gi)
+    view[gi.index(d)] = in_shape[d]
+    run = np.broadcast_to(lab.reshape(view), [in_shape[k] for k in gi]).reshape([out_shape[j] for j in gj])
+    varying = [k for k, j in enumerate(gj) if out_shape[j] > 1 and np.ptp(run, axis=k).any()]
+    free = [j for j in gj if out_shape[j] > 1 and adaptive[j]]
+    if len(varying) != 1 or free != [gj[varying[0]]]:
+        return None
+    j = free[0]
+    return j, np.moveaxis(run, varying[0], -1).reshape(-1, out_shape[j])[0].copy()
