@@ -21,6 +21,7 @@ from .groups.channel_constants import ChannelConstant
 from .groups.context import Unsupported
 from .groups.grouped_conv import shaped_for
 from .groups.grouping import Group, build_groups, matches_module
+from .groups.head_choice import retry_whole_heads
 from .groups.literals import freeze_attribute_literals
 from .groups.propagate import PropagationResult, propagate_shapes
 from .groups.sdpa_scale import scale_folds
@@ -203,7 +204,15 @@ def analyze(
 
 
 def _propagate(captured: Captured, example_inputs, model: nn.Module) -> PropagationResult:
-    """Run channel propagation on shapes only (meta, else fake tensors); fall back to real ones."""
+    """Run channel propagation on shapes only (meta, else fake tensors); fall back to real ones.
+
+    Views that followed a head size which then froze follow whole heads on a second run
+    (:func:`fxprune.groups.head_choice.retry_whole_heads`)."""
     args, kwargs = as_args_kwargs(example_inputs)
-    return propagate_shapes(captured.graph_module, captured.method == "export", model, args, kwargs)
+    gm, export = captured.graph_module, captured.method == "export"
+    prop = propagate_shapes(gm, export, model, args, kwargs)
+    if retry_whole_heads(gm.graph, prop.table):
+        prop = propagate_shapes(gm, export, model, args, kwargs)
+        retry_whole_heads(gm.graph, prop.table)  # clears the notes of this run
+    return prop
 

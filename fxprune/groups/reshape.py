@@ -13,13 +13,13 @@ from .attr_constants import find_attribute, find_sequence
 from .attr_expressions import EXPRESSION, find_expression
 from .channel_constants import find_constant
 from .context import OpContext
-from .head_choice import whole_heads_everywhere
+from .head_choice import note_head_size, whole_heads_everywhere, whole_heads_forced
 from .labels import Labels, permute_labels, reshape_labels
 from .permutation import finish_shuffle_view, start_shuffle_view
 from .registry import handles_modules, handles_ops
 from .sdpa_scale import note_shapes
 from .sizes import check_size_sources, sourceless_constants, view_size_args
-from .view_sources import SizeSource, freeze_runtime_literals, view_attributes
+from .view_sources import SizeSource, freeze_runtime_literals, view_attributes, view_producer
 
 __all__ = ["expand", "movedim", "permute", "reshape", "reshape_free", "transpose", "unflatten"]
 
@@ -122,57 +122,71 @@ def _merged_widths(in_shape: tuple[int, ...], out_shape: tuple[int, ...], lab: L
 
 def _prefer_heads(
     ctx: OpContext, sizes: list, adaptive: list[bool], sources: list[SizeSource] | None
-) -> dict[int, tuple[str, str]]:
+) -> tuple[dict[int, tuple[str, str]], int | None]:
     """Follow whole heads instead of the head size where the head size cannot change.
 
     A view with a head count written ``self.NAME`` and a head size written ``-1`` or computed
     (``C // self.num_heads``) follows the head size by default. Where the head size must keep its width
     (:func:`.attention.head_size_fixed`: ``F.scaled_dot_product_attention`` without ``scale=`` divides
     by its square root; cross-covariance attention softmaxes over it), the head count is followed
-    instead (recorded as a channel constant, written after slimming) and the head size kept.
+    instead (recorded as a channel constant, written after slimming) and the head size kept; so it is
+    where the head size froze on an earlier propagation (:func:`.head_choice.whole_heads_forced`).
+    Returns the head count followed, and the head size dim where that is followed instead of heads.
     """
     if sources is None:
-        return {}
+        return {}, None
     heads = [j for j, s in enumerate(sources) if s.kind == "attr" and type(sizes[j]) is int and sizes[j] > 1]
     head_size = [j for j, s in enumerate(sources) if adaptive[j] and (sizes[j] == -1 or s.kind == "divided")]
     if len(heads) != 1 or len(head_size) != 1 or head_size[0] < heads[0]:
-        return {}
+        return {}, None
     width_tied = sources[head_size[0]].kind == "divided" and whole_heads_everywhere(ctx.node.graph, ctx.model)
-    if not width_tied and not head_size_fixed(ctx.node, head_size[0], len(sizes)):
-        return {}
+    fixed = head_size_fixed(ctx.node, head_size[0], len(sizes)) or whole_heads_forced(ctx.node)
+    if not width_tied and not fixed:
+        return {}, head_size[0]
     adaptive[head_size[0]] = False
     adaptive[heads[0]] = True
-    return {heads[0]: (ctx.module_name, sources[heads[0]].name)}
+    return {heads[0]: (ctx.module_name, sources[heads[0]].name)}, None
 
 
 def _head_pair(
     ctx: OpContext, sizes: list, adaptive: list[bool], sources: list[SizeSource] | None, known: dict
-) -> None:
+) -> int | None:
     """A view written with two attributes where it splits a channel dim, ``(..., self.num_heads,
     self.head_dim)``, and no other size there that follows the channels: the second (the head size)
     follows them, unless it must keep its width (:func:`.attention.head_size_fixed`), then the first
     (whole heads). The attribute followed is recorded in ``known`` (a channel constant, written after
     slimming); a registered head count (found first, and the only one an exported graph can use) gives
-    way to the head size."""
+    way to the head size. Whole heads are followed too where the head size froze on an earlier
+    propagation (:func:`.head_choice.whole_heads_forced`). Returns the head size dim when that is
+    followed where whole heads could be."""
     x, lab = ctx.arg(0, "input"), ctx.larg(0, "input") or {}
     if sources is None:
-        return
+        return None
     runs = [_split_run(tuple(x.shape), ctx.out_shape, d) for d in lab]
     runs = [r for r in runs if sum(ctx.out_shape[j] > 1 for j in r) > 1]  # a channel dim split
     if len(runs) != 1:
-        return
+        return None
     pair = [j for j in runs[0] if sources[j].kind == "attr"]
     if len(pair) != 2 or sizes[pair[1]] < 2 or any(adaptive[j] for j in runs[0] if j not in known):
-        return
-    j = pair[0] if head_size_fixed(ctx.node, pair[1], len(sizes)) else pair[1]
+        return None
+    fixed = head_size_fixed(ctx.node, pair[1], len(sizes)) or whole_heads_forced(ctx.node)
+    j = pair[0] if fixed else pair[1]
     if sizes[j] < 2:
-        return
+        return None
     for k in pair:
         if k != j and k in known:  # a registered head count gives way
             del known[k]
             adaptive[k] = False
     adaptive[j] = True
     known[j] = (ctx.module_name, sources[j].name)
+    return j if j == pair[1] and sizes[pair[0]] > 1 else None
+
+
+def _head_size_attribute(ctx: OpContext, sources: list[SizeSource] | None, j: int) -> tuple[str, str] | None:
+    """``(module, NAME)`` when size ``j`` of the view is written ``self.NAME``."""
+    if sources is None or sources[j].kind != "attr":
+        return None
+    return ctx.module_name, sources[j].name
 
 
 def _split_run(in_shape: tuple[int, ...], out_shape: tuple[int, ...], d: int) -> list[int]:
@@ -200,15 +214,20 @@ def reshape(ctx: OpContext) -> Labels:
     full = ctx.larg(0, "input") or {}
     lab = _without_frozen_dims(ctx, full)
     sizes, adaptive = _shape_args(ctx)
-    known, sums = {}, {}
+    known, sums, head_size, sources = {}, {}, None, None
     if adaptive is not None and lab:
-        sources = view_attributes(_view_module(ctx), sizes)
+        sources = view_attributes(_view_module(ctx), sizes, view_producer(ctx.node, ctx.module_name))
         sourceless_constants(ctx, adaptive)
         known, sums = _constant_sizes(ctx, sizes, adaptive, sources)
         _count_beside_attribute_size(ctx, sizes, adaptive, set(known) | set(sums))
-        known.update(_prefer_heads(ctx, sizes, adaptive, sources))
-        _head_pair(ctx, sizes, adaptive, sources, known)
+        heads, head_size = _prefer_heads(ctx, sizes, adaptive, sources)
+        known.update(heads)
+        pair_size = _head_pair(ctx, sizes, adaptive, sources, known)
+        head_size = pair_size if pair_size is not None else head_size
     out = reshape_labels(ctx.table, tuple(x.shape), lab, ctx.out_shape, adaptive, ctx.where) if lab else {}
+    if head_size is not None and head_size in out:
+        # whole heads next time, should the head size freeze
+        note_head_size(ctx.node, ctx.table, out[head_size], _head_size_attribute(ctx, sources, head_size))
     for j, (module, attr) in known.items():
         if j in out:
             ctx.constants.append((module, attr, out[j]))

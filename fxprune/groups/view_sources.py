@@ -20,12 +20,13 @@ import textwrap
 from collections.abc import Sequence
 
 import numpy as np
+import torch.fx as fx
 from torch import nn
 
-from .context import OpContext
+from .context import OpContext, scope_of
 from .labels import Labels
 
-__all__ = ["SizeSource", "freeze_runtime_literals", "runtime_sizes", "view_attributes"]
+__all__ = ["SizeSource", "freeze_runtime_literals", "runtime_sizes", "view_attributes", "view_producer"]
 
 _VIEWS = ("reshape", "view")
 
@@ -35,6 +36,19 @@ def _view_calls(cls: type, whole_class: bool = False) -> tuple[tuple[ast.expr, .
     """The size arguments of every ``x.reshape(...)``/``x.view(...)``/``torch.reshape(x, ...)`` in
     ``cls.forward`` (a single tuple or list argument is unpacked); with ``whole_class``, in every method of
     ``cls`` (``forward`` may call a method of its own that makes the view)."""
+    return tuple(args for args, _ in _view_sites(cls, whole_class))
+
+
+def _receiver(func: ast.Attribute) -> str | None:
+    """``NAME`` when the tensor viewed is the output of a submodule call, ``self.NAME(...).view(...)``."""
+    value = func.value
+    return _self_attr(value.func) if isinstance(value, ast.Call) else None
+
+
+@functools.cache
+def _view_sites(cls: type, whole_class: bool = False) -> tuple[tuple[tuple[ast.expr, ...], str | None], ...]:
+    """The size arguments of each view call (:func:`_view_calls`) with the submodule whose output it views,
+    when the source says (:func:`_receiver`)."""
     try:
         source = inspect.getsource(cls if whole_class else cls.forward)
         tree = ast.parse(textwrap.dedent(source))
@@ -52,7 +66,7 @@ def _view_calls(cls: type, whole_class: bool = False) -> tuple[tuple[ast.expr, .
         if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
             args = list(args[0].elts)
         if args and not any(isinstance(a, ast.Starred) for a in args):
-            calls.append(tuple(args))
+            calls.append((tuple(args), _receiver(node.func)))
     return tuple(calls)
 
 
@@ -116,19 +130,45 @@ def _matches(sources: Sequence[SizeSource], call: Sequence[ast.expr], sizes: Seq
     return True
 
 
-def view_attributes(m: nn.Module | None, sizes: Sequence) -> list[SizeSource] | None:
+def view_attributes(
+    m: nn.Module | None, sizes: Sequence, producer: str | None = None
+) -> list[SizeSource] | None:
     """The source of each size of a view made in ``m.forward`` (``sizes``: the graph's arguments, ints
-    for constants), or None when no call in the source matches, or matches disagree."""
+    for constants), or None when no call in the source matches, or matches disagree.
+
+    ``producer``, the submodule of ``m`` (relative name) whose output the graph's view reads, settles
+    matches that disagree: ``self.q_proj(x).view(B, N, self.num_heads, d)`` and
+    ``self.k_proj(x).view(B, N, self.num_kv_heads, d)`` with equal head counts are told apart by the
+    module they view; a call that views something else (``x.view(...)``) is kept.
+    """
     if m is None:
         return None
-    found = set()
-    for call in _view_calls(type(m)):
+    found: dict[tuple, set[str | None]] = {}
+    for call, receiver in _view_sites(type(m)):
         if len(call) != len(sizes):
             continue
         sources = [_source(a) for a in call]
         if _matches(sources, call, sizes, m):
-            found.add(tuple(sources))
-    return [SizeSource(s) for s in found.pop()] if len(found) == 1 else None
+            found.setdefault(tuple(sources), set()).add(receiver)
+    if len(found) > 1 and producer is not None:
+        found = {s: r for s, r in found.items() if any(_made_by(x, producer) for x in r)}
+    return [SizeSource(s) for s in next(iter(found))] if len(found) == 1 else None
+
+
+def _made_by(receiver: str | None, producer: str) -> bool:
+    return receiver is None or producer == receiver or producer.startswith(receiver + ".")
+
+
+def view_producer(node: fx.Node, module_name: str) -> str | None:
+    """The submodule of ``module_name`` (relative name) whose output a view node reads, if any."""
+    x = node.args[0] if node.args else None
+    if not isinstance(x, fx.Node):
+        return None
+    path = x.target if x.op == "call_module" else scope_of(x)
+    prefix = module_name + "." if module_name else ""
+    if not isinstance(path, str) or not path.startswith(prefix) or path == prefix:
+        return None
+    return path[len(prefix) :]
 
 
 def runtime_sizes(m: nn.Module | None, sizes: Sequence) -> dict[int, set[int]]:
