@@ -10,7 +10,8 @@ Parts (``--parts``, default all):
   alignment of this CPU (``int8_multiple("cpu")``) by each of ``--plans`` (``flops``: the FLOPs target;
   ``ratio``: ``ratio=0.5``, the library's default path; ``flops-latency``: the FLOPs target met where each
   runtime's INT8 layer table says latency falls most, ``fxprune.deploy.FlopsLatencyPlanner``, one plan per
-  runtime, timed on that runtime); dense and every pruned model, fp32 and INT8,
+  runtime, timed on that runtime; ``flops-latency-act``: the same with every conv followed by SiLU timed
+  with it, as deployed); dense and every pruned model, fp32 and INT8,
   timed in one interleaved run per runtime (OpenVINO, onnxruntime). Calibration for timing only:
   ``--calib-samples`` random inputs. Target: pruned-INT8 over dense-INT8 >= 0.8x the FLOPs reduction.
   YOLO heads are timed in ultralytics' export form (the decoded predictions only); ``--pruned-files``
@@ -212,7 +213,7 @@ def pruned_variants(name: str, dense: torch.nn.Module, x: torch.Tensor, args) ->
     for plan in args.plans:
         kind, _, rt = plan.partition("-rt")
         # flops-latency: one plan per runtime, from that runtime's INT8 layer table
-        for backend in args.backends if kind == "flops-latency" else [None]:
+        for backend in args.backends if kind.startswith("flops-latency") else [None]:
             label = plan if backend is None else f"{kind}-{backend}" + (f"-rt{rt}" if rt else "")
             pruned, round_to = _prune_variant(name, dense, x, kind, int(rt) if rt else None, backend, args)
             flops = count_flops(dense, x) / count_flops(pruned, x)
@@ -231,12 +232,13 @@ def _prune_variant(name: str, dense, x, kind: str, round_to: int | None, backend
         try:
             if kind == "flops":
                 fxprune.prune(pruned, x, target_flops=target, round_to=round_to)
-            elif kind == "flops-latency":
-                planner = FlopsLatencyPlanner(target, backend, "int8", round_to)
+            elif kind in ("flops-latency", "flops-latency-act"):
+                act = kind.endswith("act")  # each conv timed with its SiLU
+                planner = FlopsLatencyPlanner(target, backend, "int8", round_to, activations=act)
                 fxprune.prune(pruned, x, planner=planner, round_to=round_to)
                 r = planner.result
                 estimates = ", ".join(f"{k} {v:.3f}" for k, v in r.candidates.items())
-                log(f"{name} flops-latency {backend} round_to {round_to}: {r.ranking} plan; estimated INT8 "
+                log(f"{name} {kind} {backend} round_to {round_to}: {r.ranking} plan; estimated INT8 "
                     f"latency ratio per ranking: {estimates}")  # fmt: skip
             else:
                 fxprune.prune(pruned, x, ratio=args.ratio, round_to=round_to)
@@ -563,7 +565,8 @@ def main() -> None:
         "--plans",
         default="flops,ratio",
         help="latency: pruned models timed with dense: flops, ratio, flops-latency (a FLOPs target met "
-        "where each runtime's INT8 layer table says latency falls most: one plan per runtime); suffix -rtN: "
+        "where each runtime's INT8 layer table says latency falls most: one plan per runtime), "
+        "flops-latency-act (the same with each conv timed with its SiLU); suffix -rtN: "
         "N-channel steps (flops-rt16, ratio-rt16, flops-latency-rt16)",
     )
     p.add_argument("--ratio", type=float, default=0.5, help="latency: the ratio of the 'ratio' plans")

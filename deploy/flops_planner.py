@@ -122,6 +122,7 @@ def plan_flops_by_latency(
     min_width: int = 1,
     rankings: tuple[str, ...] = RANKINGS,
     progress: Callable[[int, int], None] | None = None,
+    activations: bool = False,
 ) -> FlopsLatencyResult:
     """Plan channel removal so the model keeps at most ``target_flops`` of its FLOPs, spending the cut where
     ``backend``'s latency at ``precision`` falls most.
@@ -130,7 +131,8 @@ def plan_flops_by_latency(
     :func:`fxprune.targets.plan_for_target`), each at or below the target by count; the plan whose latency
     the layer table estimates lowest is returned. ``round_to`` defaults to the backend's alignment at
     ``precision``; the table defaults to the on-disk one of the backend, precision and thread count
-    (missing layer shapes are measured first). Raises ValueError when no ranking reaches the target.
+    (missing layer shapes are measured first). ``activations``: time each conv followed by SiLU together
+    with it, as deployed (:meth:`LatencyModel.build`). Raises ValueError when no ranking reaches the target.
     """
     if not 0.0 < target_flops < 1.0:
         raise ValueError(f"target_flops must be in (0, 1), got {target_flops}")
@@ -143,7 +145,9 @@ def plan_flops_by_latency(
     if latency_model is None:
         table = table or LatencyTable(backend, precision, threads)
         with frozen_heap():
-            latency_model = LatencyModel.build(analysis, example_inputs, table, round_to, progress, scores)
+            latency_model = LatencyModel.build(
+                analysis, example_inputs, table, round_to, progress, scores, activations=activations
+            )
     size = SlimmedSize(analysis, example_inputs, "flops")
     plans: dict[str, Plan] = {}
     for ranking in rankings:
@@ -176,7 +180,8 @@ def plan_flops_by_latency(
 @dataclass
 class FlopsLatencyPlanner:
     """A :class:`fxprune.plan.Planner` for a FLOPs target met where ``backend``'s latency at ``precision``
-    falls most (see :func:`plan_flops_by_latency`); ``result`` holds the last :class:`FlopsLatencyResult`."""
+    falls most (see :func:`plan_flops_by_latency`; ``activations``: convs timed with their SiLU);
+    ``result`` holds the last :class:`FlopsLatencyResult`."""
 
     target_flops: float
     backend: str = "ort"
@@ -187,6 +192,7 @@ class FlopsLatencyPlanner:
     table: LatencyTable | None = None
     rankings: tuple[str, ...] = RANKINGS
     progress: Callable[[int, int], None] | None = None
+    activations: bool = False
     result: FlopsLatencyResult | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -207,5 +213,6 @@ class FlopsLatencyPlanner:
             min_width=self.min_width,
             rankings=self.rankings,
             progress=self.progress,
+            activations=self.activations,
         )
         return self.result.plan

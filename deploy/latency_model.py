@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -67,14 +67,40 @@ def _grid(size: int, q: int, prunable: bool) -> np.ndarray:
     return np.array([0, *sorted(pts | {size, min(q, size)})])  # the narrowest aligned width is measured
 
 
-def _record_calls(model: nn.Module, example_inputs: Any) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+def _record_calls(
+    model: nn.Module, example_inputs: Any
+) -> tuple[list[tuple[str, nn.Module, tuple[int, ...]]], set[int]]:
+    """Every conv/linear call (name, module, input shape), and the indices of the conv calls whose output
+    reaches an ``nn.SiLU`` directly or through one batch norm (folded into the conv when deployed)."""
     calls: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+    produced: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (conv call, the tensor kept alive)
+    activated: set[int] = set()
+
+    def conv_out(mod, args, out) -> None:
+        if isinstance(mod, nn.Conv2d) and isinstance(out, torch.Tensor):
+            produced[id(out)] = (len(calls) - 1, out)
+
+    def norm_out(mod, args, out) -> None:
+        src = produced.get(id(args[0])) if args else None
+        if src is not None and src[1] is args[0] and isinstance(out, torch.Tensor):
+            produced[id(out)] = (src[0], out)
+
+    def act_in(mod, args) -> None:
+        src = produced.get(id(args[0])) if args else None
+        if src is not None and src[1] is args[0]:
+            activated.add(src[0])
+
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             hooks.append(
                 m.register_forward_pre_hook(lambda mod, a, n=name: calls.append((n, mod, a[0].shape)))
             )
+            hooks.append(m.register_forward_hook(conv_out))
+        elif isinstance(m, nn.BatchNorm2d):
+            hooks.append(m.register_forward_hook(norm_out))
+        elif isinstance(m, nn.SiLU):
+            hooks.append(m.register_forward_pre_hook(act_in))
     was_training = model.training
     try:
         with torch.no_grad(), one_thread():
@@ -83,7 +109,7 @@ def _record_calls(model: nn.Module, example_inputs: Any) -> list[tuple[str, nn.M
         model.train(was_training)  # a model analysed inside a training loop keeps training
         for h in hooks:
             h.remove()
-    return calls
+    return calls, activated
 
 
 def _shape_of(module: nn.Module, in_shape: tuple[int, ...]) -> LayerShape | None:
@@ -135,10 +161,14 @@ class LatencyModel:
         round_to: int = 1,
         progress: Callable[[int, int], None] | None = None,
         scores: dict[int, np.ndarray] | None = None,
+        activations: bool = False,
     ) -> LatencyModel:
         """Find every conv/linear call of the model; measure missing grid points into ``table``.
 
-        ``scores`` (default: ``analysis.scores()``) give the order in which each group loses atoms.
+        ``scores`` (default: ``analysis.scores()``) give the order in which each group loses atoms. With
+        ``activations``, a conv whose output goes through SiLU (directly or through a batch norm, which
+        deployment folds into the conv's bias) is timed with its SiLU as one unit (``LayerShape.act``): the
+        elementwise work that shrinks with the output channels, and on onnxruntime the Q/DQ between them.
         """
         scores = analysis.scores() if scores is None else scores
         owner: dict[tuple[str, int], tuple[int, bool]] = {}
@@ -152,10 +182,13 @@ class LatencyModel:
                     owner[(pname, dim)] = (g.id, g.prunable > 0)
                     ranks[(pname, dim)] = block_ranks
         layers = []
-        for name, module, in_shape in _record_calls(analysis.model, example_inputs):
+        calls, activated = _record_calls(analysis.model, example_inputs)
+        for index, (name, module, in_shape) in enumerate(calls):
             shape = _shape_of(module, tuple(in_shape))
             if shape is None:
                 continue
+            if activations and index in activated:
+                shape = replace(shape, act="silu", bias=True)
             out_g, out_p = owner.get((f"{name}.weight", 0), (None, False))
             in_g, in_p = owner.get((f"{name}.weight", 1), (None, False))
             grouped = shape.kind == "conv" and shape.groups > 1

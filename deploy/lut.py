@@ -10,6 +10,7 @@ measurement does not distort the table.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "default_table_path",
     "frozen_heap",
     "write_layer_onnx",
+    "write_layer_openvino_ir",
     "write_layer_qdq_onnx",
 ]
 
@@ -50,6 +52,7 @@ class LayerShape:
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     bias: bool = True
+    act: str = ""  # "silu": the conv's output goes through SiLU, timed with it as one unit (conv only)
 
     @property
     def key(self) -> str:
@@ -58,7 +61,7 @@ class LayerShape:
         k, s, p, d = (f"{a}x{b}" for a, b in (self.kernel, self.stride, self.padding, self.dilation))
         return (
             f"conv:{self.batch}x{self.cin}x{self.h}x{self.w}->{self.cout}:k{k}:s{s}:p{p}:d{d}"
-            f":g{self.groups}:b{int(self.bias)}"
+            f":g{self.groups}:b{int(self.bias)}" + (f":{self.act}" if self.act else "")
         )
 
     def with_channels(self, cin: int, cout: int) -> LayerShape:
@@ -71,27 +74,55 @@ class LayerShape:
         return self.kind == "conv" and self.groups > 1 and self.groups == self.cin == self.cout
 
     def build(self) -> tuple[nn.Module, torch.Tensor]:
-        """The layer with random weights and a random input."""
+        """The layer with random weights and a random input (``nn.Sequential(conv, nn.SiLU())`` for a conv
+        with ``act="silu"``)."""
         if self.kind == "linear":
             return nn.Linear(self.cin, self.cout, bias=self.bias).eval(), torch.randn(self.h, self.cin)
+        if self.act not in ("", "silu"):
+            raise ValueError(f"unknown layer activation {self.act!r}; known: silu")
         conv = nn.Conv2d(
             self.cin, self.cout, self.kernel, self.stride, self.padding, self.dilation, self.groups, self.bias
         )
-        return conv.eval(), torch.randn(self.batch, self.cin, self.h, self.w)
+        layer = nn.Sequential(conv, nn.SiLU()) if self.act else conv
+        return layer.eval(), torch.randn(self.batch, self.cin, self.h, self.w)
 
 
 _OVERHEAD = LayerShape("conv", 8, 8, 1, 1)
 _REFERENCE = LayerShape("conv", 32, 32, 28, 28, kernel=(3, 3), padding=(1, 1))
 
 
-def write_layer_onnx(module: nn.Conv2d | nn.Linear, x: torch.Tensor, path: Path) -> Path:
+def _split(module: nn.Module) -> tuple[nn.Module, bool]:
+    """The conv/linear layer of ``module`` and whether SiLU follows it (``Sequential(conv, SiLU())``)."""
+    if isinstance(module, nn.Sequential):
+        return module[0], len(module) > 1 and isinstance(module[1], nn.SiLU)
+    return module, False
+
+
+def _silu_nodes(src: str, dst: str, gate: str | None = None) -> list:
+    """``dst = src * Sigmoid(src)`` as ONNX nodes; with ``gate`` the Sigmoid's output goes through the uint8
+    Q/DQ pair of that name (range [0, 1], as :func:`fxprune.deploy.qdq.quantize_sigmoid_gates` writes it)."""
+    from onnx import helper
+
+    nodes = [helper.make_node("Sigmoid", [src], [f"{src}_sigmoid"])]
+    sig = f"{src}_sigmoid"
+    if gate is not None:
+        params = [f"{gate}_scale", f"{gate}_zp"]
+        nodes += [helper.make_node("QuantizeLinear", [sig, *params], [f"{gate}_q"]),
+                  helper.make_node("DequantizeLinear", [f"{gate}_q", *params], [f"{gate}_dq"])]  # fmt: skip
+        sig = f"{gate}_dq"
+    return nodes + [helper.make_node("Mul", [src, sig], [dst])]
+
+
+def write_layer_onnx(module: nn.Module, x: torch.Tensor, path: Path) -> Path:
     """``module`` as a one-node ONNX file (``Conv`` or ``Gemm``, fp32, opset 17): what
-    ``torch.onnx.export`` writes for a single layer, without the cost of tracing it."""
+    ``torch.onnx.export`` writes for a single layer, without the cost of tracing it. A conv followed by
+    SiLU (``nn.Sequential(conv, nn.SiLU())``) gets ``Sigmoid`` and ``Mul`` after it, as exported."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     with torch.no_grad():
         out_shape = list(module(x).shape)
+    module, silu = _split(module)
     weights = [numpy_helper.from_array(module.weight.detach().numpy(), "weight")]
     if module.bias is not None:
         weights.append(numpy_helper.from_array(module.bias.detach().numpy(), "bias"))
@@ -102,10 +133,11 @@ def write_layer_onnx(module: nn.Conv2d | nn.Linear, x: torch.Tensor, path: Path)
         (ph, pw), kernel = module.padding, list(module.kernel_size)
         attrs = dict(strides=list(module.stride), dilations=list(module.dilation), group=module.groups)
         node = helper.make_node(
-            "Conv", names, ["output0"], kernel_shape=kernel, pads=[ph, pw, ph, pw], **attrs
-        )
+            "Conv", names, ["conv_out" if silu else "output0"], kernel_shape=kernel, pads=[ph, pw, ph, pw],
+            **attrs,
+        )  # fmt: skip
     graph = helper.make_graph(
-        [node],
+        [node, *(_silu_nodes("conv_out", "output0") if silu else [])],
         "layer",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(x.shape))],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)],
@@ -130,20 +162,29 @@ def _qdq_pair(name: str, values: np.ndarray, inits: list) -> list:
     ]
 
 
-def write_layer_qdq_onnx(module: nn.Conv2d | nn.Linear, x: torch.Tensor, path: Path) -> Path:
+def write_layer_qdq_onnx(module: nn.Module, x: torch.Tensor, path: Path, act_pairs: bool = True) -> Path:
     """``module`` as a one-layer INT8 QDQ ONNX file laid out as :func:`fxprune.deploy.quantize` writes a
     quantized layer for onnxruntime: the input and the output through uint8 Q/DQ pairs (per tensor), the
     weight int8 per output channel (symmetric) behind a DequantizeLinear, the bias in float. Written
-    directly, without an export or an NNCF run (seconds per layer): what INT8 layer tables time."""
+    directly, without an export or an NNCF run (seconds per layer): what INT8 layer tables time.
+
+    A conv followed by SiLU (``nn.Sequential(conv, nn.SiLU())``) is written as deployed: with ``act_pairs``
+    (onnxruntime's file) the conv's output is requantized and the Sigmoid's output gets its [0, 1] pair,
+    so onnxruntime runs ``QLinearConv``, ``QLinearSigmoid`` and ``QLinearMul``; without (the fused form
+    OpenVINO runs, SiLU a post-op of the INT8 conv) ``Sigmoid`` and ``Mul`` follow the conv in float and
+    only their output is quantized."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    write_layer_onnx(module, x, path)
+    conv, silu = _split(module)
+    write_layer_onnx(conv, x, path)
     model = onnx.load(str(path))
     graph = model.graph
     with torch.no_grad():
-        y = module(x).numpy()
-    weight = module.weight.detach().numpy()
+        y = conv(x)
+        y_act = torch.nn.functional.silu(y).numpy()
+        y = y.numpy()
+    weight = conv.weight.detach().numpy()
     flat = np.abs(weight.reshape(weight.shape[0], -1)).max(1)
     w_scale = (np.maximum(flat, 1e-8) / 127.0).astype(np.float32)
     shape = (-1,) + (1,) * (weight.ndim - 1)
@@ -158,7 +199,17 @@ def write_layer_qdq_onnx(module: nn.Conv2d | nn.Linear, x: torch.Tensor, path: P
         helper.make_node("DequantizeLinear", ["weight_q", "weight_scale", "weight_zp"], ["weight_dq"], axis=0)
     )
     nodes.append(layer)
-    out = _qdq_pair("output_float", y, inits)
+    last, last_values = "output_float", y
+    if silu and act_pairs:
+        nodes += _qdq_pair("output_float", y, inits)
+        inits += [numpy_helper.from_array(np.array(1.0 / 255.0, np.float32), "gate_scale"),
+                  numpy_helper.from_array(np.array(0, dtype=np.uint8), "gate_zp")]  # fmt: skip
+        nodes += _silu_nodes("output_float_dq", "act_out", gate="gate")
+        last, last_values = "act_out", y_act
+    elif silu:
+        nodes += _silu_nodes("output_float", "act_out")
+        last, last_values = "act_out", y_act
+    out = _qdq_pair(last, last_values, inits)
     out[1].output[0] = "output0"
     del graph.node[:], graph.initializer[:]
     graph.node.extend(nodes + out)
@@ -166,6 +217,27 @@ def write_layer_qdq_onnx(module: nn.Conv2d | nn.Linear, x: torch.Tensor, path: P
     graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
     onnx.save(model, str(path))
     return path
+
+
+def write_layer_openvino_ir(module: nn.Module, x: torch.Tensor, path: Path) -> Path:
+    """The fused form of :func:`write_layer_qdq_onnx` as an OpenVINO IR (``path`` as ``.xml``), with the
+    conversion's own graph passes applied (those of ``ov.convert_model``): ``Sigmoid`` and ``Mul`` become
+    ``Swish``, as in the IR that :func:`fxprune.deploy.quantize` writes, and the CPU plugin then runs SiLU
+    and the output's quantization as post-ops of the INT8 conv (read from the ONNX file they stay a
+    separate elementwise subgraph)."""
+    import openvino as ov
+
+    onnx_path = write_layer_qdq_onnx(module, x, path.with_suffix(".qdq.onnx"), act_pairs=False)
+    try:  # the passes alone: a third of convert_model's time per layer
+        from openvino._offline_transformations import apply_moc_transformations
+
+        model = ov.Core().read_model(str(onnx_path))
+        apply_moc_transformations(model, cf=False)
+    except ImportError:
+        model = ov.convert_model(str(onnx_path))
+    xml = path.with_suffix(".xml")
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return xml
 
 
 @contextlib.contextmanager
@@ -249,7 +321,8 @@ class LatencyTable:
     def _layer_writer(self, shape: LayerShape):
         """How a layer reaches the backend: written as a one-node fp32 ONNX file (ONNX backends), as a
         one-layer QDQ file (INT8 convolutions on backends that take uint8 Q/DQ from ONNX: onnxruntime,
-        OpenVINO), or as a module (quantized by NNCF: linear layers, other INT8 backends; torch)."""
+        OpenVINO; a conv with its SiLU as each runtime runs it: onnxruntime's QDQ pattern, an OpenVINO IR
+        with SiLU fused), or as a module (quantized by NNCF: linear layers, other INT8 backends; torch)."""
         from .backends import get_backend
 
         backend = get_backend(self.backend)
@@ -258,7 +331,12 @@ class LatencyTable:
         if self.precision == "fp32":
             return write_layer_onnx
         direct = backend.requantize_convs and ".onnx" in backend.file_suffixes and shape.kind == "conv"
-        return write_layer_qdq_onnx if self.precision == "int8" and direct else None
+        if self.precision != "int8" or not direct:
+            return None
+        if shape.act and backend.int8_format == "openvino":  # SiLU fused into the conv, as in the IR
+            return write_layer_openvino_ir
+        # onnxruntime runs the QDQ file as deployed: SiLU as QLinearSigmoid + QLinearMul
+        return functools.partial(write_layer_qdq_onnx, act_pairs=True)
 
     def _measure(self, sources: dict, x, inputs_of=None, repeats: int | None = None):
         from .runtime_latency import measure_latency
