@@ -123,7 +123,7 @@ def build_groups(result: PropagationResult, model: nn.Module) -> tuple[list[Grou
         if b.base in firsts:
             by_group.setdefault(int(comp[firsts[b.base]]), []).append(b)
     atoms_of = _atoms_by_component(comp, seq_all)
-    make = _GroupMaker(table, roots_of, len(roots), model)
+    make = _GroupMaker(table, roots_of, len(roots), model, _distinct_roots(table.blocks, roots, len(roots)))
     ordered = sorted(by_group.items(), key=lambda kv: min(b.base for b in kv[1]))
     groups = [make(gid, atoms_of[g], blocks) for gid, (g, blocks) in enumerate(ordered)]
     _attach_constraints(result, groups, table)
@@ -172,6 +172,20 @@ def _anchored_atoms(table: SlotTable, roots_of: dict[int, np.ndarray], n: int):
     return firsts, seq
 
 
+def _distinct_roots(blocks: list[Block], roots: np.ndarray, n: int) -> dict[int, int]:
+    """The number of distinct roots each layer (non-passive) block spans, by block base, with one sort."""
+    active = [b for b in blocks if not b.passive and b.size > 0]
+    if not active:
+        return {}
+    sizes = np.fromiter((b.size for b in active), dtype=np.int64, count=len(active))
+    spans = np.concatenate([roots[b.base : b.base + b.size] for b in active])
+    keys = np.sort(np.repeat(np.arange(len(active), dtype=np.int64), sizes) * n + spans, kind="stable")
+    first = np.ones(len(keys), dtype=bool)  # a sort, not np.unique: its hashing is slow on such keys
+    first[1:] = keys[1:] != keys[:-1]
+    counts = np.bincount(keys[first] // n, minlength=len(active))
+    return {b.base: int(c) for b, c in zip(active, counts.tolist())}
+
+
 def _atoms_by_component(comp: np.ndarray, seq_all: np.ndarray) -> dict[int, np.ndarray]:
     """The distinct atoms of each component, in order of first appearance in ``seq_all``."""
     uniq, first_at = np.unique(seq_all, return_index=True)
@@ -185,9 +199,16 @@ class _GroupMaker:
     """Builds each :class:`Group` from its atoms, with the frozen and approximate flags of the table."""
 
     def __init__(
-        self, table: SlotTable, roots_of: dict[int, np.ndarray], n: int, model: nn.Module | None = None
+        self,
+        table: SlotTable,
+        roots_of: dict[int, np.ndarray],
+        n: int,
+        model: nn.Module | None = None,
+        distinct: dict[int, int] | None = None,
     ):
         self.table, self.roots_of, self.model = table, roots_of, model
+        self.distinct = distinct  # distinct roots per layer block (its distinct atoms: a layer block's roots
+        # are all atoms of the block's group), else counted per block
         self.is_frozen, self.is_approx = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         self.is_frozen[np.fromiter(table.frozen.keys(), dtype=np.int64, count=len(table.frozen))] = True
         self.is_approx[np.fromiter(table.approx.keys(), dtype=np.int64, count=len(table.approx))] = True
@@ -205,13 +226,18 @@ class _GroupMaker:
         # channels per atom of the narrowest layer: > 1 for grouped convs and GroupNorm
         grp.divisor = min(
             (
-                b.size * channels_per_slot(self.model, b) // max(len(np.unique(idx[b.base])), 1)
+                b.size * channels_per_slot(self.model, b) // max(self._distinct(b, idx[b.base]), 1)
                 for b in blocks
                 if not b.passive
             ),
             default=1,
         )
         return grp
+
+    def _distinct(self, block: Block, idx: np.ndarray) -> int:
+        if self.distinct is not None and block.base in self.distinct:
+            return self.distinct[block.base]
+        return len(np.unique(idx))
 
 
 class AtomPlaces(Mapping):

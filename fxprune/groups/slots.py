@@ -124,7 +124,7 @@ class SlotTable:
         roots = parent[slots]
         while True:
             up = parent[roots]
-            if np.array_equal(up, roots):
+            if (up == roots).all():  # np.array_equal, without its checks (same shape by construction)
                 break
             roots = up
         parent[slots] = roots
@@ -153,7 +153,9 @@ class SlotTable:
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
         """Couple slots elementwise (``a`` and ``b`` broadcast against each other)."""
-        a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+        a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        if a.shape != b.shape:
+            a, b = np.broadcast_arrays(a, b)
         if a.size == 0:
             return
         ra, rb = self._find_many(a.ravel()), self._find_many(b.ravel())
@@ -195,7 +197,7 @@ class SlotTable:
         lo, hi = int(fresh[0]), int(fresh[-1])
         if hi - lo != len(fresh) - 1 or lo <= int(old.max()):
             return False
-        if len(fresh) > 1 and not bool((np.diff(fresh) == 1).all()):
+        if len(fresh) > 1 and not bool((fresh[1:] - fresh[:-1] == 1).all()):
             return False
         if any(lo <= k <= hi for flags in (self.frozen, self.approx) for k in flags):
             return False

@@ -31,7 +31,7 @@ def _partition(group: Group) -> list[np.ndarray]:
         column = np.zeros(group.width, dtype=bool)
         column[idx[idx >= 0]] = True
         columns.append(column)
-    if not columns:
+    if all(c.all() or not c.any() for c in columns):  # every atom in the same blocks: one segment
         return [np.arange(group.width, dtype=np.int64)]
     signature = np.packbits(np.stack(columns, axis=1), axis=1)  # one row of bits per atom
     _, first, which = np.unique(signature, axis=0, return_index=True, return_inverse=True)
