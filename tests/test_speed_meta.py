@@ -106,3 +106,42 @@ def test_factory_calls_in_the_model_make_meta_tensors_on_the_meta_pass() -> None
     assert analysis.propagation.costs is not None  # the meta pass ran (the fallbacks record no costs)
     report = fxprune.prune(model, x, 0.5, round_to=1)
     assert report.exact_error is not None  # verified (the constants freeze those channels)
+
+
+class Linears(nn.Module):
+    """Linear layers on batches of vectors (with and without bias) and on a 3-D input (left to torch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(12, 16)
+        self.b = nn.Linear(16, 16, bias=False)
+        self.c = nn.Linear(16, 10)
+        self.d = nn.Linear(12, 8)
+        self.e = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.c(self.b(self.a(x).relu()).relu())
+        z = self.e(self.d(x.unsqueeze(1).expand(-1, 3, -1)).relu()).mean(1)
+        return y, z
+
+
+def test_linear_shortcut_taken_and_same_table_as_torch_meta_kernels(monkeypatch) -> None:
+    torch.manual_seed(0)
+    model, x = Linears().eval(), torch.randn(4, 12)
+    taken = []
+    real = propagate._linear_like
+    monkeypatch.setattr(propagate, "_linear_like", lambda m, t, r: taken.append(real(m, t, r)) or taken[-1])
+    analysis = fxprune.analyze(model, x)
+    fast = analysis.propagation.costs
+    assert sum(t is not None for t in taken) == 3 and sum(t is None for t in taken) == 2  # the 3-D input
+    monkeypatch.setattr(propagate, "_linear_like", lambda m, t, r: None)
+    slow = fxprune.analyze(model, x).propagation.costs
+    assert [(e.op, e.dense, repr(e.args), repr(e.kwargs), repr(e.out)) for e in fast.entries] == [
+        (e.op, e.dense, repr(e.args), repr(e.kwargs), repr(e.out)) for e in slow.entries
+    ]
+    assert [repr(f) for f in fast.factors] == [repr(f) for f in slow.factors] and fast.exact == slow.exact
+    plan = analysis.plan(0.5, round_to=1)
+    assert plan.remove
+    table = PlanCosts(analysis)
+    assert table.flops(fxprune.plan.Plan()) == count_flops(model, x)
+    assert table.flops(plan) == count_flops(slimmed_copy(analysis, plan), x)

@@ -19,7 +19,7 @@ from torch import nn
 from .inputs import map_tensors
 from .modules import distinct_modules
 
-__all__ = ["meta_empty", "meta_inputs", "meta_like", "on_meta"]
+__all__ = ["meta_empty", "meta_inputs", "meta_like", "on_meta", "outside_python_modes"]
 
 # Python dispatch (modes such as a cost recorder) and torch-function modes (``torch.device``) left out.
 _PYTHON_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.Python) | torch._C.DispatchKeySet(
@@ -32,6 +32,14 @@ def meta_empty(shape: tuple[int, ...] | list[int], dtype: torch.dtype) -> torch.
     instead of tens inside a dispatch mode): for results whose shape the caller computed itself."""
     with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEYS), torch._C.DisableTorchFunction():
         return torch.empty(shape, dtype=dtype, device="meta")
+
+
+@contextmanager
+def outside_python_modes() -> Iterator[None]:
+    """Tensor ops in the block skip the active Python dispatch and torch-function modes (a view the caller
+    notes itself, as :func:`meta_empty` makes a result)."""
+    with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEYS), torch._C.DisableTorchFunction():
+        yield
 
 
 def meta_like(t: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..capture.inputs import tensor_shapes
-from ..capture.meta import meta_empty, meta_inputs, meta_like, on_meta
+from ..capture.meta import meta_empty, meta_inputs, meta_like, on_meta, outside_python_modes
 from ..capture.modules import module_table, named_tensors
 from . import registry
 from .context import OpContext, Unsupported, iter_labels, op_name, scope_of, structure_like
@@ -105,8 +105,10 @@ class ChannelPropagation(fx.Interpreter):
         )
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
-        if self.shapes_only and args and isinstance(args[0], torch.Tensor):
+        m = self.submodules.get(target) if isinstance(target, str) else None
+        if m is None:  # a module reachable under several names is listed under its first one only
             m = self.fetch_attr(target)
+        if self.shapes_only and args and isinstance(args[0], torch.Tensor):
             if isinstance(m, _SHAPE_PRESERVING):  # only shapes matter
                 return args[0] if self.on_meta_device else torch.empty_like(args[0])
             if self.on_meta_device and type(m) in _ADAPTIVE_POOLS and len(args) == 1 and not kwargs:
@@ -115,8 +117,12 @@ class ChannelPropagation(fx.Interpreter):
                 out = _conv_like(m, args[0], self.recorder)
                 if out is not None:
                     return out
+            if self.recorder is not None and type(m) is nn.Linear and len(args) == 1 and not kwargs:
+                out = _linear_like(m, args[0], self.recorder)
+                if out is not None:
+                    return out
         with self._factories():
-            return super().call_module(target, args, kwargs)
+            return m(*args, **kwargs)
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
         if self.on_meta_device and target in _BINARY and not kwargs:
@@ -371,6 +377,31 @@ def _conv_like(m: nn.Module, x: torch.Tensor, recorder: CostRecorder) -> torch.T
     out = meta_empty((x.shape[0], w.shape[0], *spatial), x.dtype)
     args = (x, w, b, list(m.stride), list(m.padding), list(m.dilation), False, [0] * k, m.groups)
     recorder.note_op(_aten.convolution, args, {}, out)
+    return out
+
+
+def _linear_like(m: nn.Linear, x: torch.Tensor, recorder: CostRecorder) -> torch.Tensor | None:
+    """The meta result of a plain linear layer on a batch of vectors, noted by ``recorder`` as torch's
+    decomposition would be (``t`` of the weight, then ``addmm``, or ``mm`` without bias); None (run the
+    layer) unless the input is a 2-D contiguous meta tensor of the weight's dtype and width, and the layer
+    has its class's forward and no hooks."""
+    w, b = m.weight, m.bias
+    if (
+        m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ or x.device.type != "meta"
+        or w.device.type != "meta" or x.dim() != 2 or w.dim() != 2 or x.dtype != w.dtype
+        or not x.is_contiguous() or not w.is_contiguous() or x.shape[1] != w.shape[1]
+        or (b is not None and (b.dtype != w.dtype or b.dim() != 1 or b.shape[0] != w.shape[0]))
+        or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+    ):
+        return None
+    with outside_python_modes():
+        wt = w.t()
+    recorder.note_op(_aten.t, (w,), {}, wt)
+    out = meta_empty((x.shape[0], w.shape[0]), x.dtype)
+    if b is None:
+        recorder.note_op(_aten.mm, (x, wt), {}, out)
+    else:
+        recorder.note_op(_aten.addmm, (b, x, wt), {}, out)
     return out
 
 
