@@ -191,6 +191,20 @@ class LeafTracer(fx.Tracer):
         self.scope_stack.pop()
         return out
 
+    def create_arg(self, a: Any) -> Any:
+        """``fx.Tracer.create_arg`` with the common cases first: a proxy, a plain number or string, a tuple or
+        list (for these the base class's checks for parameters, tensors and constants all fail)."""
+        kind = type(a)
+        if kind in _PLAIN_ARGS:
+            return a
+        if isinstance(a, fx.Proxy):
+            return a.node
+        if kind is tuple:
+            return tuple(self.create_arg(v) for v in a)
+        if kind is list:
+            return [self.create_arg(v) for v in a]
+        return super().create_arg(a)
+
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> Any:
         root_fn, args = super().create_args_for_root(root_fn, is_module, concrete_args)
         args = [self.proxy(a.node) if isinstance(a, fx.Proxy) else a for a in args]
@@ -216,6 +230,7 @@ class LeafTracer(fx.Tracer):
         return _graph_module(root, graph, root.__class__.__name__)
 
 
+_PLAIN_ARGS = frozenset({int, float, bool, str, type(None), type(...)})
 _FACTORIES = ("ones", "zeros", "empty", "full", "rand", "randn")
 
 

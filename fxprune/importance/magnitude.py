@@ -24,14 +24,18 @@ def magnitude_scores(model: nn.Module, group, p: int = 2, mean: bool = False) ->
         for b in group.blocks:
             idx = group.block_atom_index[b.base]
             ok = idx >= 0
-            atoms = idx[ok]
+            every = bool(ok.all())
+            atoms = idx if every else idx[ok]
+            found = 0
             for name, dim in b.members:
                 t = parameter(model, name)
                 if t is None:
                     continue
-                per = _slice_power_sums(t.detach().float(), dim, p).double().numpy()
-                np.add.at(scores, atoms, per[ok])
-                np.add.at(counts, atoms, 1.0)
+                per = _slice_power_sums(t.float(), dim, p).double().numpy()  # no_grad: nothing to detach
+                np.add.at(scores, atoms, per if every else per[ok])
+                found += 1
+            if found:
+                np.add.at(counts, atoms, float(found))  # whole numbers: the same sums as one at a time
     if mean:
         scores = scores / np.maximum(counts, 1.0)
     return scores ** (1.0 / p)
@@ -48,8 +52,11 @@ def _slice_power_sums(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
         return t.abs().pow(p).reshape(1)
     after = math.prod(t.shape[dim + 1 :])
     if t.is_contiguous() and after >= 4:  # else the reduced copy is as large as the power of the tensor
-        n = t.shape[dim]
-        inner = torch.linalg.vector_norm(t.reshape(math.prod(t.shape[:dim]), n, -1), ord=p, dim=2)
+        n, before = t.shape[dim], math.prod(t.shape[:dim])
+        if before == 1:  # one row: its sum over the (single) leading row is the row itself
+            inner = torch.linalg.vector_norm(t.reshape(n, -1), ord=p, dim=1)
+            return inner if p == 1 else inner.pow(p)
+        inner = torch.linalg.vector_norm(t.reshape(before, n, -1), ord=p, dim=2)
         return (inner if p == 1 else inner.pow(p)).sum(0)
     dims = [d for d in range(t.dim()) if d != dim]
     per = t.square() if p == 2 else t.abs().pow(p)  # same values, one pass fewer

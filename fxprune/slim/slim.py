@@ -67,15 +67,30 @@ def slim_model(
         return _slim(model, groups, plan, constants, orders or {}, cut)
 
 
-def _kept_positions(idx: np.ndarray, removed: np.ndarray, width: int) -> np.ndarray:
-    """The positions of ``idx`` (atom indices, -1 for none) whose atom is not in ``removed``."""
+def _removed_mask(removed: np.ndarray, width: int) -> np.ndarray | None:
+    """``width + 1`` flags, True at the removed atoms (the extra last entry answers index -1: kept); None
+    when ``removed`` is empty or holds an index outside ``0..width-1``."""
+    if len(removed) == 0 or removed.min() < 0 or removed.max() >= width:
+        return None
+    gone = np.zeros(width + 1, dtype=bool)
+    gone[removed] = True
+    return gone
+
+
+def _kept_positions(
+    idx: np.ndarray, removed: np.ndarray, width: int, gone: np.ndarray | None = None
+) -> np.ndarray:
+    """The positions of ``idx`` (atom indices, -1 for none) whose atom is not in ``removed``.
+
+    ``gone``: :func:`_removed_mask` of ``removed``, when the caller has it already (one per group).
+    """
     removed = np.asarray(removed, dtype=np.int64)
     if len(removed) == 0:
         return np.arange(len(idx))
-    if len(idx) == 0 or idx.min() < -1 or idx.max() >= width or removed.min() < 0 or removed.max() >= width:
+    if gone is None:
+        gone = _removed_mask(removed, width)
+    if gone is None or len(idx) == 0 or idx.min() < -1 or idx.max() >= width:
         return np.nonzero(~np.isin(idx, removed))[0]
-    gone = np.zeros(width + 1, dtype=bool)  # the extra last entry answers idx -1: kept
-    gone[removed] = True
     return np.nonzero(~gone[idx])[0]
 
 
@@ -99,8 +114,10 @@ def _slim(
         removed = plan.remove.get(g.id)
         if removed is None or len(removed) == 0 or (cut is not None and g.id not in cut):
             continue
+        removed = np.asarray(removed, dtype=np.int64)
+        gone = _removed_mask(removed, g.width)
         for b in g.blocks:
-            keep = _kept_positions(g.block_atom_index[b.base], removed, g.width)
+            keep = _kept_positions(g.block_atom_index[b.base], removed, g.width, gone)
             if len(keep) == b.size:
                 continue
             keep_t = torch.as_tensor(keep, dtype=torch.long)
@@ -128,10 +145,11 @@ def _slim(
                 changes[f"{name}[{dim}]"] = (old.shape[dim], new.shape[dim])
     for owner, before in touched.items():
         fix_attributes(modules[owner], before)
-    removed_roots = {int(r) for g in groups for r in g.atoms[plan.remove.get(g.id, [])].tolist()}
-    for c in constants:
-        if not c.attr:  # a scale fold (applied above), not an attribute
-            continue
+    written = [c for c in constants if c.attr]  # a scale fold (applied above) is not an attribute
+    removed_roots = (
+        {int(r) for g in groups for r in g.atoms[plan.remove.get(g.id, [])].tolist()} if written else set()
+    )
+    for c in written:
         kept = int(sum(1 for r in c.roots.tolist() if r not in removed_roots))
         write_constant(model, c.module, c.attr, kept)
     return changes

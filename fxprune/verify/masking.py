@@ -57,6 +57,9 @@ def tensor_masks(labels: Any, gone: np.ndarray, memo: dict | None = None) -> Any
     """
     memo = {} if memo is None else memo
     if isinstance(labels, dict):
+        known = memo.get(("dims", id(labels)))  # the same labels (a layer's output, the next one's input)
+        if known is not None and known[0] is labels:
+            return known[1]
         out = DimMasks()
         for d, lab in labels.items():
             hit = memo.get(id(lab))
@@ -66,6 +69,7 @@ def tensor_masks(labels: Any, gone: np.ndarray, memo: dict | None = None) -> Any
                 hit = memo[id(lab)] = (lab, mask)
             if hit[1] is not None:
                 out.append((d, hit[1]))
+        memo[("dims", id(labels))] = (labels, out)
         return out
     if isinstance(labels, (list, tuple)):
         return [tensor_masks(lab, gone, memo) for lab in labels]
@@ -108,6 +112,8 @@ class MaskedTensors:
         hit = self.seen.get(id(value))
         if hit is None or hit[0]() is not value or hit[2] != value._version:
             return False
+        if hit[1] is masks:
+            return True
         return all(any(d == d2 and k is k2 for d2, k2 in hit[1]) for d, k in masks)
 
 
@@ -232,7 +238,10 @@ class MaskSet:
                 if all(i is None and o is None for i, o in masks):
                     continue
             hooks = _CallMask(masks, applied, name in folded)
-            handles += [m.register_forward_pre_hook(hooks.pre), m.register_forward_hook(hooks.post)]
+            if any(i is not None for i, _ in masks):
+                handles.append(m.register_forward_pre_hook(hooks.pre))
+            if len(masks) > 1 or any(o is not None for _, o in masks):  # the post hook counts the calls
+                handles.append(m.register_forward_hook(hooks.post))
         return handles
 
     def fold_norms(self, model: nn.Module) -> tuple[set[str], list[tuple]]:
