@@ -45,7 +45,7 @@ class Convs(nn.Module):
 @pytest.mark.parametrize("shortcut", [True, False])
 def test_conv_shortcut_costs_match_torch_counter(shortcut: bool, monkeypatch) -> None:
     if not shortcut:
-        monkeypatch.setattr(propagate, "_conv_like", lambda m, x, recorder: None)
+        monkeypatch.setattr(propagate, "conv_like", lambda m, x, recorder: None)
     torch.manual_seed(0)
     model, x = Convs().eval(), torch.randn(1, 3, 20, 20)
     analysis = fxprune.analyze(model, x)
@@ -62,11 +62,11 @@ def test_conv_shortcut_taken_and_same_table_as_torch_meta_kernels(monkeypatch) -
     torch.manual_seed(0)
     model, x = Convs().eval(), torch.randn(1, 3, 20, 20)
     taken = []
-    real = propagate._conv_like
-    monkeypatch.setattr(propagate, "_conv_like", lambda m, t, r: taken.append(real(m, t, r)) or taken[-1])
+    real = propagate.conv_like
+    monkeypatch.setattr(propagate, "conv_like", lambda m, t, r: taken.append(real(m, t, r)) or taken[-1])
     fast = fxprune.analyze(model, x).propagation.costs
     assert sum(t is not None for t in taken) >= 5 and any(t is None for t in taken)  # padding="same"
-    monkeypatch.setattr(propagate, "_conv_like", lambda m, t, r: None)
+    monkeypatch.setattr(propagate, "conv_like", lambda m, t, r: None)
     slow = fxprune.analyze(model, x).propagation.costs
     assert [(e.op, e.dense, repr(e.args), repr(e.out)) for e in fast.entries] == [
         (e.op, e.dense, repr(e.args), repr(e.out)) for e in slow.entries
@@ -129,12 +129,12 @@ def test_linear_shortcut_taken_and_same_table_as_torch_meta_kernels(monkeypatch)
     torch.manual_seed(0)
     model, x = Linears().eval(), torch.randn(4, 12)
     taken = []
-    real = propagate._linear_like
-    monkeypatch.setattr(propagate, "_linear_like", lambda m, t, r: taken.append(real(m, t, r)) or taken[-1])
+    real = propagate.linear_like
+    monkeypatch.setattr(propagate, "linear_like", lambda m, t, r: taken.append(real(m, t, r)) or taken[-1])
     analysis = fxprune.analyze(model, x)
     fast = analysis.propagation.costs
     assert sum(t is not None for t in taken) == 3 and sum(t is None for t in taken) == 2  # the 3-D input
-    monkeypatch.setattr(propagate, "_linear_like", lambda m, t, r: None)
+    monkeypatch.setattr(propagate, "linear_like", lambda m, t, r: None)
     slow = fxprune.analyze(model, x).propagation.costs
     assert [(e.op, e.dense, repr(e.args), repr(e.kwargs), repr(e.out)) for e in fast.entries] == [
         (e.op, e.dense, repr(e.args), repr(e.kwargs), repr(e.out)) for e in slow.entries

@@ -13,11 +13,12 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..capture.inputs import tensor_shapes
-from ..capture.meta import meta_empty, meta_inputs, meta_like, on_meta, outside_python_modes
+from ..capture.meta import meta_empty, meta_inputs, meta_like, on_meta
 from ..capture.modules import module_table, named_tensors
 from . import registry
 from .context import OpContext, Unsupported, iter_labels, op_name, scope_of, structure_like
 from .costs import CostRecorder, CostTable
+from .layer_results import CONVS, conv_like, linear_like
 from .slots import SlotTable
 from .tied import couple_tied, tensor_aliases
 
@@ -113,12 +114,12 @@ class ChannelPropagation(fx.Interpreter):
                 return args[0] if self.on_meta_device else torch.empty_like(args[0])
             if self.on_meta_device and type(m) in _ADAPTIVE_POOLS and len(args) == 1 and not kwargs:
                 return _adaptive_pool_like(m, args[0])
-            if self.recorder is not None and type(m) in _CONVS and len(args) == 1 and not kwargs:
-                out = _conv_like(m, args[0], self.recorder)
+            if self.recorder is not None and type(m) in CONVS and len(args) == 1 and not kwargs:
+                out = conv_like(m, args[0], self.recorder)
                 if out is not None:
                     return out
             if self.recorder is not None and type(m) is nn.Linear and len(args) == 1 and not kwargs:
-                out = _linear_like(m, args[0], self.recorder)
+                out = linear_like(m, args[0], self.recorder)
                 if out is not None:
                     return out
         with self._factories():
@@ -348,61 +349,6 @@ def _adaptive_pool_like(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     spatial = [x.shape[x.dim() - k + i] if s is None else s for i, s in enumerate(size)]
     shape = (*x.shape[: x.dim() - k], *spatial)
     return meta_empty(shape, x.dtype) if x.device.type == "meta" else x.new_empty(shape)
-
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_aten = torch.ops.aten
-
-
-def _conv_like(m: nn.Module, x: torch.Tensor, recorder: CostRecorder) -> torch.Tensor | None:
-    """The meta result of a plain convolution layer, noted by ``recorder`` as the convolution op itself would
-    be; None (run the layer) unless the input is a batched contiguous meta tensor of the weight's dtype and
-    the layer has zero padding given as numbers, its class's forward and no hooks."""
-    w, b = m.weight, m.bias
-    k = w.dim() - 2
-    if (
-        m.padding_mode != "zeros" or isinstance(m.padding, str) or m._forward_hooks or m._forward_pre_hooks
-        or "forward" in m.__dict__ or x.device.type != "meta" or w.device.type != "meta"
-        or x.dim() != k + 2 or x.dtype != w.dtype or not x.is_contiguous() or not w.is_contiguous()
-        or x.shape[1] != w.shape[1] * m.groups or (b is not None and b.dtype != w.dtype)
-        or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-    ):
-        return None
-    spatial = [
-        (x.shape[2 + i] + 2 * m.padding[i] - m.dilation[i] * (w.shape[2 + i] - 1) - 1) // m.stride[i] + 1
-        for i in range(k)
-    ]
-    if any(s < 1 for s in spatial):
-        return None  # the layer raises its own error
-    out = meta_empty((x.shape[0], w.shape[0], *spatial), x.dtype)
-    args = (x, w, b, list(m.stride), list(m.padding), list(m.dilation), False, [0] * k, m.groups)
-    recorder.note_op(_aten.convolution, args, {}, out)
-    return out
-
-
-def _linear_like(m: nn.Linear, x: torch.Tensor, recorder: CostRecorder) -> torch.Tensor | None:
-    """The meta result of a plain linear layer on a batch of vectors, noted by ``recorder`` as torch's
-    decomposition would be (``t`` of the weight, then ``addmm``, or ``mm`` without bias); None (run the
-    layer) unless the input is a 2-D contiguous meta tensor of the weight's dtype and width, and the layer
-    has its class's forward and no hooks."""
-    w, b = m.weight, m.bias
-    if (
-        m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ or x.device.type != "meta"
-        or w.device.type != "meta" or x.dim() != 2 or w.dim() != 2 or x.dtype != w.dtype
-        or not x.is_contiguous() or not w.is_contiguous() or x.shape[1] != w.shape[1]
-        or (b is not None and (b.dtype != w.dtype or b.dim() != 1 or b.shape[0] != w.shape[0]))
-        or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-    ):
-        return None
-    with outside_python_modes():
-        wt = w.t()
-    recorder.note_op(_aten.t, (w,), {}, wt)
-    out = meta_empty((x.shape[0], w.shape[0]), x.dtype)
-    if b is None:
-        recorder.note_op(_aten.mm, (x, wt), {}, out)
-    else:
-        recorder.note_op(_aten.addmm, (b, x, wt), {}, out)
-    return out
 
 
 def _kernel_dims(root: nn.Module, target: str) -> range:
