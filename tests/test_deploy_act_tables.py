@@ -9,7 +9,8 @@ import pytest
 import torch
 from fxprune.deploy import plan_flops_by_latency
 from fxprune.deploy.latency_model import LatencyModel
-from fxprune.deploy.lut import LatencyTable, LayerShape, write_layer_openvino_ir, write_layer_qdq_onnx
+from fxprune.deploy.layer_files import write_layer_openvino_ir, write_layer_qdq_onnx
+from fxprune.deploy.lut import LatencyTable, LayerShape
 from torch import nn
 
 import fxprune

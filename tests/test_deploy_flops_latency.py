@@ -119,7 +119,7 @@ def test_deploy_prune_by_latency_is_verified_and_meets_the_target(monkeypatch, t
 def test_int8_conv_tables_time_one_layer_qdq_files_without_nncf(monkeypatch, tmp_path, single_thread):
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
-    from fxprune.deploy.lut import write_layer_qdq_onnx
+    from fxprune.deploy.layer_files import write_layer_qdq_onnx
 
     quantize_module = sys.modules["fxprune.deploy.quantize"]  # the package exports its function by that name
 

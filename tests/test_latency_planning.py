@@ -230,7 +230,7 @@ def test_next_internal_target_follows_the_measured_rounds():
 
 def test_layer_onnx_files_compute_what_the_layer_computes(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from fxprune.deploy.lut import write_layer_onnx
+    from fxprune.deploy.layer_files import write_layer_onnx
 
     shapes = [
         LayerShape("conv", 8, 12, 9, 7, 2, (3, 3), (2, 2), (1, 1), (1, 1), 4, True),
