@@ -30,7 +30,7 @@ _PYTHON_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.Python) | torch._C.D
 def meta_empty(shape: tuple[int, ...] | list[int], dtype: torch.dtype) -> torch.Tensor:
     """A contiguous meta tensor made without going through the active Python modes (a few microseconds
     instead of tens inside a dispatch mode): for results whose shape the caller computed itself."""
-    with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEYS), torch._C.DisableTorchFunction():
+    with outside_python_modes():
         return torch.empty(shape, dtype=dtype, device="meta")
 
 

@@ -203,12 +203,12 @@ class _GroupMaker:
         table: SlotTable,
         roots_of: dict[int, np.ndarray],
         n: int,
-        model: nn.Module | None = None,
-        distinct: dict[int, int] | None = None,
+        model: nn.Module | None,
+        distinct: dict[int, int],
     ):
         self.table, self.roots_of, self.model = table, roots_of, model
-        self.distinct = distinct  # distinct roots per layer block (its distinct atoms: a layer block's roots
-        # are all atoms of the block's group), else counted per block
+        self.distinct = distinct  # distinct roots per non-empty layer block (its distinct atoms: a layer
+        # block's roots are all atoms of the block's group); an empty block has none
         self.is_frozen, self.is_approx = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         self.is_frozen[np.fromiter(table.frozen.keys(), dtype=np.int64, count=len(table.frozen))] = True
         self.is_approx[np.fromiter(table.approx.keys(), dtype=np.int64, count=len(table.approx))] = True
@@ -222,22 +222,17 @@ class _GroupMaker:
         approx_hits = np.nonzero(self.is_approx[atoms])[0]
         approx = table.approx[int(atoms[approx_hits[0]])] if len(approx_hits) else None
         grp = Group(gid, atoms, blocks, frozen, approx)
-        grp.block_atom_index = idx = {b.base: self.position[self.roots_of[b.base]] for b in blocks}
+        grp.block_atom_index = {b.base: self.position[self.roots_of[b.base]] for b in blocks}
         # channels per atom of the narrowest layer: > 1 for grouped convs and GroupNorm
         grp.divisor = min(
             (
-                b.size * channels_per_slot(self.model, b) // max(self._distinct(b, idx[b.base]), 1)
+                b.size * channels_per_slot(self.model, b) // max(self.distinct.get(b.base, 0), 1)
                 for b in blocks
                 if not b.passive
             ),
             default=1,
         )
         return grp
-
-    def _distinct(self, block: Block, idx: np.ndarray) -> int:
-        if self.distinct is not None and block.base in self.distinct:
-            return self.distinct[block.base]
-        return len(np.unique(idx))
 
 
 class AtomPlaces(Mapping):

@@ -156,9 +156,7 @@ def _reshape_run(
         if adaptive is not None and not adaptive[j]:
             return f"{'channel' if len(gi) == 1 else 'flattened'} size written as a constant"
         # merge: row-major positions of the input group; the label follows the channel index
-        view = [1] * len(gi)
-        view[gi.index(d)] = in_shape[d]
-        return j, np.broadcast_to(lab.reshape(view), [in_shape[k] for k in gi]).reshape(-1)
+        return j, _run_labels(in_shape, lab, d, gi).reshape(-1)
     if [k for k in gi if in_shape[k] > 1] != [d]:
         mixed = _mixed_run(in_shape, lab, d, out_shape, gi, gj, adaptive)
         return mixed or "reshape mixes channels with other dims"
@@ -196,12 +194,17 @@ def _mixed_run(
     """
     if adaptive is None:
         return None
-    view = [1] * len(gi)
-    view[gi.index(d)] = in_shape[d]
-    run = np.broadcast_to(lab.reshape(view), [in_shape[k] for k in gi]).reshape([out_shape[j] for j in gj])
+    run = _run_labels(in_shape, lab, d, gi).reshape([out_shape[j] for j in gj])
     varying = [k for k, j in enumerate(gj) if out_shape[j] > 1 and np.ptp(run, axis=k).any()]
     free = [j for j in gj if out_shape[j] > 1 and adaptive[j]]
     if len(varying) != 1 or free != [gj[varying[0]]]:
         return None
     j = free[0]
     return j, np.moveaxis(run, varying[0], -1).reshape(-1, out_shape[j])[0].copy()
+
+
+def _run_labels(in_shape: Sequence[int], lab: np.ndarray, d: int, gi: list[int]) -> np.ndarray:
+    """The labels of channel dim ``d`` at every position of input run ``gi`` (a read-only broadcast)."""
+    view = [1] * len(gi)
+    view[gi.index(d)] = in_shape[d]
+    return np.broadcast_to(lab.reshape(view), [in_shape[k] for k in gi])
