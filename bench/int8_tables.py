@@ -26,7 +26,7 @@ import torch
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from fxprune.deploy.latency_model import LatencyModel  # noqa: E402
-from fxprune.deploy.lut import LatencyTable, LayerShape, frozen_heap  # noqa: E402
+from fxprune.deploy.lut import REFERENCE_LAYER, LatencyTable, frozen_heap  # noqa: E402
 
 import fxprune  # noqa: E402
 from fxprune.models.spec import load_model  # noqa: E402
@@ -35,7 +35,7 @@ MODELS = {
     "yolov8n": ("yolov8n.yaml", (1, 3, 640, 640)),
     "resnet50": ("torchvision:resnet50", (1, 3, 224, 224)),
 }
-REFERENCE = LayerShape("conv", 32, 32, 28, 28, kernel=(3, 3), padding=(1, 1)).key  # as in LatencyTable
+REFERENCE = REFERENCE_LAYER.key
 
 
 def merged(passes: list[dict[str, float]]) -> tuple[dict[str, float], list[tuple[float, str]]]:

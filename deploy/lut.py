@@ -28,6 +28,7 @@ from .layer_files import write_layer_onnx, write_layer_openvino_ir, write_layer_
 __all__ = [
     "LatencyTable",
     "LayerShape",
+    "REFERENCE_LAYER",
     "default_table_path",
     "frozen_heap",
 ]
@@ -85,7 +86,8 @@ class LayerShape:
 
 
 _OVERHEAD = LayerShape("conv", 8, 8, 1, 1)
-_REFERENCE = LayerShape("conv", 32, 32, 28, 28, kernel=(3, 3), padding=(1, 1))
+REFERENCE_LAYER = LayerShape("conv", 32, 32, 28, 28, kernel=(3, 3), padding=(1, 1))
+"""The layer every entry is timed against, interleaved (entries are stored as ratios to it)."""
 
 
 @contextlib.contextmanager
@@ -222,13 +224,13 @@ class LatencyTable:
         from .runtime_latency import speedup
 
         self.overhead()
-        if _REFERENCE.key not in self.entries:
-            self.entries[_REFERENCE.key] = self._alone(_REFERENCE)
-        ref_module, ref_x = _REFERENCE.build()
+        if REFERENCE_LAYER.key not in self.entries:
+            self.entries[REFERENCE_LAYER.key] = self._alone(REFERENCE_LAYER)
+        ref_module, ref_x = REFERENCE_LAYER.build()
         todo = list({s.key: s for s in shapes if s.key not in self.entries}.values())
         per_run = max(per_run, 1)
         with frozen_heap(), tempfile.TemporaryDirectory() as tmp:
-            writer = self._layer_writer(_REFERENCE)
+            writer = self._layer_writer(REFERENCE_LAYER)
             ref = writer(ref_module, ref_x, Path(tmp) / "ref.onnx") if writer else ref_module
             for start in range(0, len(todo), per_run):
                 chunk = todo[start : start + per_run]
@@ -242,7 +244,7 @@ class LatencyTable:
                 res = self._measure(sources, ref_x, inputs)
                 for i, shape in enumerate(chunk):
                     ratio = speedup(res["ref"], res[f"layer{i}"])
-                    self.entries[shape.key] = self.entries[_REFERENCE.key] / ratio
+                    self.entries[shape.key] = self.entries[REFERENCE_LAYER.key] / ratio
                     self.measured += 1
                 if progress is not None:
                     progress(start + len(chunk), len(todo))
