@@ -21,7 +21,7 @@ from .groups.channel_constants import ChannelConstant
 from .groups.context import Unsupported
 from .groups.grouped_conv import shaped_for
 from .groups.grouping import Group, build_groups, matches_module
-from .groups.head_choice import retry_whole_heads
+from .groups.head_choice import forget_head_sizes, retry_whole_heads
 from .groups.literals import freeze_attribute_literals
 from .groups.propagate import PropagationResult, propagate_shapes
 from .groups.sdpa_scale import scale_folds
@@ -213,6 +213,6 @@ def _propagate(captured: Captured, example_inputs, model: nn.Module) -> Propagat
     prop = propagate_shapes(gm, export, model, args, kwargs)
     if retry_whole_heads(gm.graph, prop.table):
         prop = propagate_shapes(gm, export, model, args, kwargs)
-        retry_whole_heads(gm.graph, prop.table)  # clears the notes of this run
+    forget_head_sizes(gm.graph)
     return prop
 

@@ -27,7 +27,13 @@ from .sizes import view_size_args
 from .slots import SlotTable
 from .view_sources import view_attributes, view_producer
 
-__all__ = ["note_head_size", "retry_whole_heads", "whole_heads_everywhere", "whole_heads_forced"]
+__all__ = [
+    "forget_head_sizes",
+    "note_head_size",
+    "retry_whole_heads",
+    "whole_heads_everywhere",
+    "whole_heads_forced",
+]
 
 _SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _HEAD_SIZES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> {view name: head labels}
@@ -67,6 +73,11 @@ def retry_whole_heads(graph: fx.Graph, table: SlotTable) -> bool:
     if new:
         _FORCED.setdefault(graph, set()).update(new)
     return bool(new)
+
+
+def forget_head_sizes(graph: fx.Graph) -> None:
+    """Drop the head-size notes of the last propagation of ``graph`` (nothing is retried after it)."""
+    _HEAD_SIZES.pop(graph, None)
 
 
 def _module(model: nn.Module, node: fx.Node) -> nn.Module | None:
