@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import copy
 import dis
 import fnmatch
 import inspect
@@ -21,6 +22,7 @@ from torch import nn
 
 from .inputs import ExampleInputs
 from .shape_values import ShapeValues, is_plain_value
+from .skeleton import graph_module
 
 __all__ = ["LeafTracer"]
 
@@ -132,6 +134,7 @@ class LeafTracer(fx.Tracer):
         self.leaf_types = tuple(t for t in leaves if isinstance(t, type))
         self.leaf_patterns = [p for p in leaves if isinstance(p, str)]
         self.scope_stack: list[str] = []
+        self._stack_meta: Any = None  # the module stack as nodes made now record it (shared copy)
         self.example_inputs = example_inputs
         self.shape_values: ShapeValues | None = None
         if example_inputs is not None:  # fx's own refusals otherwise (their errors point at the model's code)
@@ -183,13 +186,45 @@ class LeafTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        self.scope_stack.append(self.path_of_module(m))
-        try:
-            out = super().call_module(m, forward, args, kwargs)
-        except Exception:
-            raise  # keep the stack as it was when tracing failed
+        """``fx.Tracer.call_module`` (the same scope, module stack and call counts) with the module's path
+        looked up once and the scope restored without a copy; ``scope_stack`` keeps the path of each module
+        being traced, left as it was when tracing fails."""
+        path = self.path_of_module(m)
+        self.scope_stack.append(path)
+        scope, kind = self.scope.module_path, self.scope.module_type
+        self.scope.module_path, self.scope.module_type = path, type(m)
+        calls = self.num_calls.get(path, 0)
+        key = f"{path}@{calls}" if calls > 0 else path
+        self.module_stack[key] = (path, type(m))
+        self._stack_meta = None
+        self.num_calls[path] = calls + 1
+        if not self.is_leaf_module(m, path):
+            out = forward(*args, **kwargs)
+        else:
+            out = self.create_proxy("call_module", path, args, kwargs)
+        popped, _ = self.module_stack.popitem(last=True)
+        self._stack_meta = None
+        if popped != key:
+            raise AssertionError(f"Unexpected key {popped}, expected {key}")
+        self.scope.module_path, self.scope.module_type = scope, kind
         self.scope_stack.pop()
         return out
+
+    def create_node(
+        self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None, type_expr=None
+    ) -> fx.Node:
+        """``fx.TracerBase.create_node``; the nodes made between two module entries or exits share one copy of
+        the module stack as their ``nn_module_stack`` (instead of a copy each)."""
+        plain = not (self.check_mutable_operations or self.record_stack_traces)
+        if not plain or fx.traceback.has_preserved_node_meta():
+            return super().create_node(kind, target, args, kwargs, name, type_expr)
+        node = self.graph.create_node(kind, target, args, kwargs, name, type_expr)
+        self.node_name_to_scope[node.name] = (self.scope.module_path, self.scope.module_type)
+        if self.module_stack:
+            if self._stack_meta is None:
+                self._stack_meta = copy.copy(self.module_stack)
+            node.meta["nn_module_stack"] = self._stack_meta
+        return node
 
     def create_arg(self, a: Any) -> Any:
         """``fx.Tracer.create_arg`` with the common cases first: a proxy, a plain number or string, a tuple or
@@ -227,7 +262,7 @@ class LeafTracer(fx.Tracer):
                 graph = self.trace(root, concrete_args=defaults)
         finally:
             self.shape_values = None
-        return _graph_module(root, graph, root.__class__.__name__)
+        return graph_module(root, graph, root.__class__.__name__)
 
 
 _PLAIN_ARGS = frozenset({int, float, bool, str, type(None), type(...)})
@@ -298,20 +333,6 @@ def _module_state_kept(root: nn.Module, active: bool) -> Iterator[None]:
                         container.extend(contents[name])
                 else:
                     attrs[name] = before[name]
-
-
-def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
-    """``fx.GraphModule(root, graph, name)`` whose Python code is generated on its first call only.
-
-    The analysis interprets the graph node by node and never calls the module, so the code generation
-    and compilation (a fifth of the capture on a ResNet-152) are skipped; calling the module works as usual.
-    """
-    try:
-        from torch.fx._lazy_graph_module import _make_graph_module, _use_lazy_graph_module
-    except ImportError:  # an older or newer torch without it
-        return fx.GraphModule(root, graph, name)
-    with _use_lazy_graph_module(True):
-        return _make_graph_module(root, graph, name)
 
 
 def _opaque_call(cls: type) -> Any:
