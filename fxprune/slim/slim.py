@@ -108,7 +108,7 @@ def _slim(
     tensors = dict(named_tensors(model))
     modules = named_modules(model)
     done: set[tuple[str, int]] = set()
-    touched: dict[str, dict] = {}
+    cuts: dict[str, list[tuple[int, torch.Tensor]]] = {}  # tensor name -> its cuts (dim, kept index)
     changes: dict[str, tuple[int, int]] = {}
     for g in groups:
         removed = plan.remove.get(g.id)
@@ -126,23 +126,23 @@ def _slim(
                 if key in done or name not in tensors:
                     continue
                 done.add(key)
-                old = tensors[name]
                 index = torch.as_tensor(orders[(name, dim)]) if (name, dim) in orders else keep_t
-                data = old.detach().index_select(dim, index.to(old.device))
-                data = data.contiguous(memory_format=_memory_format(old))
-                new = (
-                    nn.Parameter(data, requires_grad=old.requires_grad)
-                    if isinstance(old, nn.Parameter)
-                    else data
-                )
-                for alias in aliases.get(id(old), [name]):
-                    owner, _, attr = alias.rpartition(".")
-                    if owner not in touched:
-                        touched[owner] = snapshot(modules[owner])
-                    _set_tensor(modules[owner], attr, old, new)
-                    tensors[alias] = new
-                aliases[id(new)] = aliases.pop(id(old), [name])
-                changes[f"{name}[{dim}]"] = (old.shape[dim], new.shape[dim])
+                cuts.setdefault(name, []).append((dim, index))
+                changes[f"{name}[{dim}]"] = (tensors[name].shape[dim], index.shape[0])
+    touched: dict[str, dict] = {}
+    for name, dims in cuts.items():  # every cut of a tensor, then one new tensor in its place
+        old = data = tensors[name]
+        for dim, index in dims:
+            sliced = data.detach().index_select(dim, index.to(data.device))
+            data = sliced.contiguous(memory_format=_memory_format(data))
+        new = nn.Parameter(data, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else data
+        for alias in aliases.get(id(old), [name]):
+            owner, _, attr = alias.rpartition(".")
+            if owner not in touched:
+                touched[owner] = snapshot(modules[owner])
+            _set_tensor(modules[owner], attr, old, new)
+            tensors[alias] = new
+        aliases[id(new)] = aliases.pop(id(old), [name])
     for owner, before in touched.items():
         fix_attributes(modules[owner], before)
     written = [c for c in constants if c.attr]  # a scale fold (applied above) is not an attribute
