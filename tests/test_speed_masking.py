@@ -149,9 +149,11 @@ def test_batch_norm_in_training_mode_is_not_folded() -> None:
     removed = {int(r) for g in analysis.groups if g.id in plan.remove for r in g.atoms[plan.remove[g.id]]}
     prop = analysis.propagation
     masks = masking.MaskSet(prop.module_io, prop.table, removed, prop.table.blocks)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
     folded, saved = masks.fold_norms(model)
-    for p, dim, idx, rows in reversed(saved):
-        p.data.index_copy_(dim, idx, rows)
+    assert not torch.equal(model.norm.weight, before["norm.weight"])  # removed rows zeroed
+    masking.put_back(saved)
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
     assert "norm" in folded
     model.norm.train()
     folded, _ = masks.fold_norms(model)

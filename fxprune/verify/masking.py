@@ -21,7 +21,7 @@ from torch import nn
 from ..capture.modules import named_modules, named_tensors
 from ..groups.slots import Block, SlotTable
 
-__all__ = ["MaskSet", "masked", "masked_copy", "removed_slots"]
+__all__ = ["MaskSet", "masked", "masked_copy", "put_back", "removed_slots"]
 
 
 def removed_slots(table: SlotTable, removed: set[int]) -> np.ndarray:
@@ -135,7 +135,7 @@ class _HookedChannels:
             calls = self.calls[module] = [
                 {self._key(lab) for lab in _labels(_hooked(i, o))} for i, o in self.module_io.get(module, ())
             ]
-        key = np.ascontiguousarray(block_roots).tobytes()
+        key = block_roots.tobytes()  # C order whatever its strides
         return len(calls) > 0 and all(key in c for c in calls)
 
 
@@ -193,8 +193,8 @@ class MaskSet:
         for b in blocks:
             if gone_before[b.base + b.size] == gone_before[b.base]:
                 continue  # nothing removed in this block
-            rows = np.nonzero(gone[b.base : b.base + b.size])[0]
             if not hooked.covers(b.module, roots[b.base : b.base + b.size]):
+                rows = np.nonzero(gone[b.base : b.base + b.size])[0]
                 self.block_rows.append((b, torch.as_tensor(rows, dtype=torch.int64)))
 
     def _skip_masks_before_channelwise(self, graph: torch.fx.Graph) -> None:
@@ -257,16 +257,15 @@ class MaskSet:
                 if (
                     type(m) not in _PER_CHANNEL or m.training or m.weight is None or m.bias is None
                     or not isinstance(out, DimMasks) or not out or any(d != 1 for d, _ in out)
-                    or any(len(keep) != m.num_features for _, keep in out)
+                    or any(keep.shape[0] != m.num_features for _, keep in out)
                 ):
                     continue
-                rows = torch.nonzero(out[0][1] == 0).flatten()
+                zero = out[0][1] == 0
                 for _, keep in out[1:]:
-                    rows = torch.unique(torch.cat([rows, torch.nonzero(keep == 0).flatten()]))
+                    zero = zero | (keep == 0)
                 for p in (m.weight, m.bias):
-                    idx = rows.to(p.device)
-                    saved.append((p, 0, idx, p.index_select(0, idx)))
-                    p.index_fill_(0, idx, 0.0)
+                    saved.append((p, None, None, p.clone()))  # put back whole: a vector
+                    p.masked_fill_(zero.to(p.device), 0.0)
                 folded.add(name)
         return folded, saved
 
@@ -311,9 +310,14 @@ def masked(
     finally:
         for h in handles:
             h.remove()
-        with torch.no_grad():
-            for p, dim, idx, rows in reversed(saved):
-                p.index_copy_(dim, idx, rows)
+        put_back(saved)
+
+
+def put_back(saved: list[tuple[torch.Tensor, int | None, torch.Tensor | None, torch.Tensor]]) -> None:
+    """Undo :meth:`MaskSet.zero_blocks` and :meth:`MaskSet.fold_norms`, last change first (dim None: all)."""
+    with torch.no_grad():
+        for p, dim, idx, rows in reversed(saved):
+            p.copy_(rows) if dim is None else p.index_copy_(dim, idx, rows)
 
 
 def masked_copy(
