@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 import torchvision.models as tvm
 from torch import nn
 from torch.fx._lazy_graph_module import _make_graph_module, _use_lazy_graph_module
@@ -95,8 +96,19 @@ def test_tracer_scopes_equal_fx_tracer(name: str) -> None:
     """Every node's ``nn_module_stack`` and scope are those torch.fx's own tracer records."""
     model = Twice().eval() if name == "twice" else getattr(tvm, name)().eval()
     ours, theirs = LeafTracer(), fx.Tracer()
-    a, b = ours.trace(model), theirs.trace(model)
+    a, b = ours.trace_module(model).graph, theirs.trace(model)
+    assert fx.graph.pytree is pytree  # the argument scan is back after the trace
     rows = lambda g: [(n.name, n.op, str(n.target), n.meta.get("nn_module_stack")) for n in g.nodes]  # noqa: E731
     assert rows(a) == rows(b)
     assert ours.node_name_to_scope == theirs.node_name_to_scope
     assert ours.scope.module_path == "" and not ours.module_stack and not ours.scope_stack
+
+
+def test_argument_scan_is_back_after_a_failed_trace() -> None:
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x  # control flow on a traced value: the trace fails
+
+    with pytest.raises(fx.proxy.TraceError):
+        LeafTracer().trace_module(Branchy())
+    assert fx.graph.pytree is pytree

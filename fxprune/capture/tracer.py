@@ -255,6 +255,7 @@ class LeafTracer(fx.Tracer):
         defaults = None if self.shape_values is None else self.shape_values.defaults()
         try:
             with (
+                _without_symint_scan(),
                 _opaque_autograd_functions(self),
                 _module_state_kept(root, self.shape_values is not None),
                 _traced_factories(self, self.shape_values is not None),
@@ -263,6 +264,36 @@ class LeafTracer(fx.Tracer):
         finally:
             self.shape_values = None
         return graph_module(root, graph, root.__class__.__name__)
+
+
+class _NoScan:
+    """``torch.utils._pytree`` as ``torch.fx.graph`` sees it, whose ``tree_iter`` yields nothing."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    @staticmethod
+    def tree_iter(tree: Any, is_leaf: Any = None) -> Iterator[Any]:
+        return iter(())
+
+
+@contextlib.contextmanager
+def _without_symint_scan() -> Iterator[None]:
+    """``fx.Graph.create_node`` walks every call's arguments to warn about raw SymInts, which a symbolic trace
+    never records (proxies and plain values only): the walk (a sixth of a small net's trace) is left out."""
+    fx_graph = fx.graph
+    real = getattr(fx_graph, "pytree", None)
+    if real is None or not hasattr(real, "tree_iter") or isinstance(real, _NoScan):
+        yield
+        return
+    fx_graph.pytree = _NoScan(real)
+    try:
+        yield
+    finally:
+        fx_graph.pytree = real
 
 
 _PLAIN_ARGS = frozenset({int, float, bool, str, type(None), type(...)})
