@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import copy
 import dis
 import fnmatch
 import inspect
@@ -222,13 +221,14 @@ class LeafTracer(fx.Tracer):
         self.node_name_to_scope[node.name] = (self.scope.module_path, self.scope.module_type)
         if self.module_stack:
             if self._stack_meta is None:
-                self._stack_meta = copy.copy(self.module_stack)
+                self._stack_meta = self.module_stack.copy()  # an OrderedDict, as copy.copy makes it
             node.meta["nn_module_stack"] = self._stack_meta
         return node
 
     def create_arg(self, a: Any) -> Any:
-        """``fx.Tracer.create_arg`` with the common cases first: a proxy, a plain number or string, a tuple or
-        list (for these the base class's checks for parameters, tensors and constants all fail)."""
+        """``fx.Tracer.create_arg`` with the common cases first: a proxy, a plain number or string, a tuple, a
+        list or a dict with string keys (for these the base class's checks for parameters, tensors and
+        constants all fail)."""
         kind = type(a)
         if kind in _PLAIN_ARGS:
             return a
@@ -238,6 +238,8 @@ class LeafTracer(fx.Tracer):
             return tuple(self.create_arg(v) for v in a)
         if kind is list:
             return [self.create_arg(v) for v in a]
+        if kind is dict and all(type(k) is str for k in a):
+            return {k: self.create_arg(v) for k, v in a.items()}
         return super().create_arg(a)
 
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> Any:
