@@ -91,17 +91,39 @@ class Twice(nn.Module):
         return self.head(x).relu()
 
 
-@pytest.mark.parametrize("name", ["twice", "mobilenet_v3_small", "swin_t"])
+class Refuses(nn.Module):
+    def forward(self, x):
+        x = x * 2
+        raise ValueError("not traceable")
+
+
+class Catching(nn.Module):
+    """A forward that catches its submodule's error while being traced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuses, self.conv = Refuses(), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        try:
+            x = self.refuses(x)
+        except ValueError:
+            pass
+        return self.conv(x).relu() + 1
+
+
+@pytest.mark.parametrize("name", ["twice", "catching", "mobilenet_v3_small", "swin_t"])
 def test_tracer_scopes_equal_fx_tracer(name: str) -> None:
     """Every node's ``nn_module_stack`` and scope are those torch.fx's own tracer records."""
-    model = Twice().eval() if name == "twice" else getattr(tvm, name)().eval()
+    small = {"twice": Twice, "catching": Catching}
+    model = small[name]().eval() if name in small else getattr(tvm, name)().eval()
     ours, theirs = LeafTracer(), fx.Tracer()
     a, b = ours.trace_module(model).graph, theirs.trace(model)
     assert fx.graph.pytree is pytree  # the argument scan is back after the trace
     rows = lambda g: [(n.name, n.op, str(n.target), n.meta.get("nn_module_stack")) for n in g.nodes]  # noqa: E731
     assert rows(a) == rows(b)
     assert ours.node_name_to_scope == theirs.node_name_to_scope
-    assert ours.scope.module_path == "" and not ours.module_stack and not ours.scope_stack
+    assert ours.scope.module_path == theirs.scope.module_path and ours.module_stack == theirs.module_stack
 
 
 def test_argument_scan_is_back_after_a_failed_trace() -> None:

@@ -197,10 +197,14 @@ class LeafTracer(fx.Tracer):
         self.module_stack[key] = (path, type(m))
         self._stack_meta = None
         self.num_calls[path] = calls + 1
-        if not self.is_leaf_module(m, path):
-            out = forward(*args, **kwargs)
-        else:
-            out = self.create_proxy("call_module", path, args, kwargs)
+        try:
+            if not self.is_leaf_module(m, path):
+                out = forward(*args, **kwargs)
+            else:
+                out = self.create_proxy("call_module", path, args, kwargs)
+        except BaseException:  # the scope back, as torch's context manager puts it (a forward may catch this)
+            self.scope.module_path, self.scope.module_type = scope, kind
+            raise
         popped, _ = self.module_stack.popitem(last=True)
         self._stack_meta = None
         if popped != key:
@@ -212,8 +216,8 @@ class LeafTracer(fx.Tracer):
     def create_node(
         self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None, type_expr=None
     ) -> fx.Node:
-        """``fx.TracerBase.create_node``; the nodes made between two module entries or exits share one copy of
-        the module stack as their ``nn_module_stack`` (instead of a copy each)."""
+        """``fx.TracerBase.create_node``; nodes made between two module entries or exits share one copy of the
+        module stack as ``nn_module_stack``."""
         plain = not (self.check_mutable_operations or self.record_stack_traces)
         if not plain or fx.traceback.has_preserved_node_meta():
             return super().create_node(kind, target, args, kwargs, name, type_expr)
@@ -226,9 +230,8 @@ class LeafTracer(fx.Tracer):
         return node
 
     def create_arg(self, a: Any) -> Any:
-        """``fx.Tracer.create_arg`` with the common cases first: a proxy, a plain number or string, a tuple, a
-        list or a dict with string keys (for these the base class's checks for parameters, tensors and
-        constants all fail)."""
+        """``fx.Tracer.create_arg`` with the common cases first: a proxy, a number or string, a tuple, a list,
+        a dict with string keys (the base class's checks for parameters, tensors and constants all fail)."""
         kind = type(a)
         if kind in _PLAIN_ARGS:
             return a
