@@ -161,14 +161,20 @@ class ChannelPropagation(fx.Interpreter):
         return fx.node.map_aggregate(a, lambda x: self.node_labels.get(x) if isinstance(x, fx.Node) else None)
 
     def run_node(self, n: fx.Node) -> Any:
-        with self._set_current_node(n):
-            args, kwargs = self.fetch_args_kwargs_from_env(n)
-            labels = self._labels_of(n.args), self._labels_of(n.kwargs)
-            if self.recorder is not None:
-                self.recorder.begin_node((args, kwargs), labels)
-            out = getattr(self, n.op)(n.target, args, kwargs)
+        if fx.traceback.has_preserved_node_meta():  # else ``_set_current_node`` does nothing
+            with self._set_current_node(n):
+                args, kwargs, labels, out = self._run_op(n)
+        else:
+            args, kwargs, labels, out = self._run_op(n)
         self.node_labels[n] = self._node_labels(n, args, kwargs, out, labels)
         return out
+
+    def _run_op(self, n: fx.Node) -> tuple:
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        labels = self._labels_of(n.args), self._labels_of(n.kwargs)
+        if self.recorder is not None:
+            self.recorder.begin_node((args, kwargs), labels)
+        return args, kwargs, labels, getattr(self, n.op)(n.target, args, kwargs)
 
     def _node_labels(self, n: fx.Node, args: tuple, kwargs: dict, out: Any, labels: tuple) -> Any:
         """The labels of ``n``'s output; ``labels`` are those of its args and kwargs."""
