@@ -38,7 +38,9 @@ def int8_multiple(device: str = "cpu") -> int:
     The CPU multiple is conservative: oneDNN's (OpenVINO) and onnxruntime's INT8 convolutions block output
     channels by the lane count and input channels by 4, so multiples of 16 also keep full vectors; on
     ResNet-50 at a quarter of the FLOPs, 64 still gave the largest INT8 speed-up on both runtimes
-    (bench/RESULTS.md, INT8 section)."""
+    (bench/RESULTS.md, INT8 section). 64 is also the row of an AMX INT8 tile (CPUs with ``amx_int8``),
+    where narrow layers run far below the kernels' peak rate: there a FLOPs cut in 16- to 64-channel
+    layers buys little time, and a latency-aware plan (``FlopsLatencyPlanner``) places it better."""
     if device == "cuda":
         return _GPU_ROUND_TO["int8"]
     if device != "cpu":
