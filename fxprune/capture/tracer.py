@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.fx.traceback import has_preserved_node_meta
 
 from .inputs import ExampleInputs
 from .shape_values import ShapeValues, is_plain_value
@@ -185,9 +186,8 @@ class LeafTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        """``fx.Tracer.call_module`` (the same scope, module stack and call counts) with the module's path
-        looked up once and the scope restored without a copy; ``scope_stack`` keeps the path of each module
-        being traced, left as it was when tracing fails."""
+        """``fx.Tracer.call_module`` (same scope, module stack and call counts), the path looked up once, the
+        scope put back without a copy; ``scope_stack`` (module paths) is left as it was when tracing fails."""
         path = self.path_of_module(m)
         self.scope_stack.append(path)
         scope, kind = self.scope.module_path, self.scope.module_type
@@ -218,8 +218,7 @@ class LeafTracer(fx.Tracer):
     ) -> fx.Node:
         """``fx.TracerBase.create_node``; nodes made between two module entries or exits share one copy of the
         module stack as ``nn_module_stack``."""
-        plain = not (self.check_mutable_operations or self.record_stack_traces)
-        if not plain or fx.traceback.has_preserved_node_meta():
+        if self.check_mutable_operations or self.record_stack_traces or has_preserved_node_meta():
             return super().create_node(kind, target, args, kwargs, name, type_expr)
         node = self.graph.create_node(kind, target, args, kwargs, name, type_expr)
         self.node_name_to_scope[node.name] = (self.scope.module_path, self.scope.module_type)
@@ -289,16 +288,15 @@ class _NoScan:
 def _without_symint_scan() -> Iterator[None]:
     """``fx.Graph.create_node`` walks every call's arguments to warn about raw SymInts, which a symbolic trace
     never records (proxies and plain values only): the walk (a sixth of a small net's trace) is left out."""
-    fx_graph = fx.graph
-    real = getattr(fx_graph, "pytree", None)
+    real = getattr(fx.graph, "pytree", None)
     if real is None or not hasattr(real, "tree_iter") or isinstance(real, _NoScan):
         yield
         return
-    fx_graph.pytree = _NoScan(real)
+    fx.graph.pytree = _NoScan(real)
     try:
         yield
     finally:
-        fx_graph.pytree = real
+        fx.graph.pytree = real
 
 
 _PLAIN_ARGS = frozenset({int, float, bool, str, type(None), type(...)})
