@@ -27,11 +27,8 @@ def conv_like(m: nn.Module, x: torch.Tensor, recorder: CostRecorder) -> torch.Te
     w, b = m.weight, m.bias
     k = w.dim() - 2
     if (
-        m.padding_mode != "zeros" or isinstance(m.padding, str) or m._forward_hooks or m._forward_pre_hooks
-        or "forward" in m.__dict__ or x.device.type != "meta" or w.device.type != "meta"
-        or x.dim() != k + 2 or x.dtype != w.dtype or not x.is_contiguous() or not w.is_contiguous()
-        or x.shape[1] != w.shape[1] * m.groups or (b is not None and b.dtype != w.dtype)
-        or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+        not _plain_call(m, x) or m.padding_mode != "zeros" or isinstance(m.padding, str)
+        or x.dim() != k + 2 or x.shape[1] != w.shape[1] * m.groups or (b is not None and b.dtype != w.dtype)
     ):
         return None
     spatial = [
@@ -53,11 +50,8 @@ def linear_like(m: nn.Linear, x: torch.Tensor, recorder: CostRecorder) -> torch.
     has its class's forward and no hooks."""
     w, b = m.weight, m.bias
     if (
-        m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ or x.device.type != "meta"
-        or w.device.type != "meta" or x.dim() != 2 or w.dim() != 2 or x.dtype != w.dtype
-        or not x.is_contiguous() or not w.is_contiguous() or x.shape[1] != w.shape[1]
+        not _plain_call(m, x) or x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]
         or (b is not None and (b.dtype != w.dtype or b.dim() != 1 or b.shape[0] != w.shape[0]))
-        or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
     ):
         return None
     with outside_python_modes():
@@ -69,3 +63,15 @@ def linear_like(m: nn.Linear, x: torch.Tensor, recorder: CostRecorder) -> torch.
     else:
         recorder.note_op(_aten.addmm, (b, x, wt), {}, out)
     return out
+
+
+def _plain_call(m: nn.Module, x: torch.Tensor) -> bool:
+    """Whether calling layer ``m`` on ``x`` runs just its class's forward on contiguous meta tensors of one
+    dtype: no hooks (the layer's or global), no instance ``forward``, input and weight on the meta device."""
+    w = m.weight
+    return not (
+        m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__
+        or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+        or x.device.type != "meta" or w.device.type != "meta" or x.dtype != w.dtype
+        or not x.is_contiguous() or not w.is_contiguous()
+    )
