@@ -3,8 +3,9 @@
 #
 # Creates (or reuses) a virtual environment outside the clone, at
 # ${FXPRUNE_VENV:-$HOME/.cache/fxprune/venv}, installs the project with `pip install -e ".[test]"`
-# (only when the venv is new, the clone moved or pyproject.toml changed), prepares an offline
-# Ultralytics config folder, then runs `fxprune demo` with any extra arguments passed through.
+# (only when the venv is new, the clone moved, pyproject.toml changed or the venv's fxprune is another
+# clone's), prepares an offline Ultralytics config folder, then runs `fxprune demo` with any extra
+# arguments passed through.
 #
 # Sourcing this file (as .ci/run does) only defines the functions below.
 
@@ -32,7 +33,11 @@ fxprune_install() {
     fi
     stamp="$venv/.fxprune-install-stamp"
     want="$( (echo "$root"; cat "$root/pyproject.toml") | sha256sum | cut -d' ' -f1)"
-    if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    # The stamp can be stale when someone reinstalled by hand from another clone: also check that the
+    # venv's fxprune is this clone's.
+    if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]] \
+        || [[ "$(cd / && "$venv/bin/python" -c 'import importlib.util as u; s = u.find_spec("fxprune")
+print(s.origin if s else "")' 2>/dev/null)" != "$root/fxprune/__init__.py" ]]; then
         echo "installing fxprune into $venv (first run downloads torch; this takes a while)" >&2
         # Reuse an installed setuptools so reinstalls also work without network access.
         if "$venv/bin/python" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 70)' \
