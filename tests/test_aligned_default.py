@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torchvision
@@ -94,3 +96,19 @@ def test_cli_states_the_alignment(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "multiples of 1 (round_to, --round-to)" in out
+
+
+def test_alignment_latency_bench_prunes_once_per_alignment_and_times_all(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from bench import alignment_latency
+
+    out = tmp_path / "a.json"
+    assert alignment_latency.main(["--models", "tv:squeezenet1_1", "--round-to", "8,1", "--backends", "ort",
+                                   "--budget-s", "0.2", "--out", str(out)]) == 0
+    (rec,) = json.loads(out.read_text())["records"]
+    kept = rec["flops_kept"]
+    assert set(kept) == {"round_to=8", "round_to=1"}
+    assert 0.2 < kept["round_to=1"] <= kept["round_to=8"] < 0.5
+    assert set(rec["ort"]["median_ms"]) == {"dense", "round_to=8", "round_to=1"}
+    assert all(v > 0 for v in rec["ort"]["speedup"].values())
+    assert "| tv:squeezenet1_1 | ort |" in capsys.readouterr().out
