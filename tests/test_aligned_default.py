@@ -112,3 +112,33 @@ def test_alignment_latency_bench_prunes_once_per_alignment_and_times_all(tmp_pat
     assert set(rec["ort"]["median_ms"]) == {"dense", "round_to=8", "round_to=1"}
     assert all(v > 0 for v in rec["ort"]["speedup"].values())
     assert "| tv:squeezenet1_1 | ort |" in capsys.readouterr().out
+
+
+def test_depthwise_convs_on_a_per_head_split_do_not_block_the_default_alignment():
+    """EdgeNeXt's last stage: 304 channels in 8 heads; its split depthwise convs see 76 channels, 38 per atom,
+    which 8 does not divide. The depthwise convs do not set the multiple: two atoms go, every other layer of
+    the stage stays a multiple of 8 (the stage used to keep all its channels at the default alignment)."""
+    edgenext = pytest.importorskip("timm.models.edgenext")
+    from fxprune.groups.grouped_conv import sets_alignment
+    from fxprune.groups.slots import Block
+
+    torch.manual_seed(0)
+    model = edgenext.EdgeNeXt(
+        depths=(1, 1, 1, 3), dims=(16, 32, 80, 304), heads=(8, 8, 8, 8), global_block_counts=(0, 0, 0, 1),
+        d2_scales=(2, 2, 3, 4), num_classes=10,
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 3, 64, 64)
+    member = "stages.3.blocks.2.convs.0"
+    (group,) = [g for g in fxprune.analyze(model, x).groups if member in g.modules]
+    assert group.divisor == 76 and not group.frozen
+    block = Block(member, ((f"{member}.weight", 0),), 0, 76)
+    assert not sets_alignment(model, block)
+    assert sets_alignment(model, Block("head.fc", (("head.fc.weight", 1),), 0, 8))
+
+    report = fxprune.prune(model, x)
+    assert report.verified and report.flops_after / report.flops_before < 0.3
+    stage = model.stages[3]
+    assert stage.blocks[2].convs[0].out_channels == 38 and stage.blocks[2].xca.num_heads == 4
+    widths = [m.out_channels for m in stage.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
+    widths += [m.out_features for m in stage.modules() if isinstance(m, nn.Linear)]
+    assert widths and all(w % 8 == 0 for w in widths), widths

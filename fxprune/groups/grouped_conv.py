@@ -115,3 +115,18 @@ def channels_per_slot(model: nn.Module | None, block: Block) -> int:
     except AttributeError:
         return 1
     return m.groups if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed else 1
+
+
+def sets_alignment(model: nn.Module | None, block: Block) -> bool:
+    """Whether ``block``'s layer width is kept a multiple of ``round_to``: False for a depthwise conv (one
+    channel per group), whose cost grows only linearly with its width and which runtimes run at any width,
+    so the narrower slice of a group it may see (a per-head or per-kernel split) does not set the group's
+    chunk."""
+    if model is None:
+        return True
+    try:
+        m = model.get_submodule(block.module)
+    except AttributeError:
+        return True
+    is_conv = isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
+    return not (is_conv and m.groups > 1 and m.groups == m.in_channels)

@@ -10,7 +10,7 @@ import numpy as np
 from torch import nn
 
 from .context import Unsupported
-from .grouped_conv import channels_per_slot
+from .grouped_conv import channels_per_slot, sets_alignment
 from .propagate import PropagationResult
 from .shuffle_quotas import equal_channel_quotas, shuffle_choosers
 from .slots import Block, SlotTable
@@ -223,15 +223,13 @@ class _GroupMaker:
         approx = table.approx[int(atoms[approx_hits[0]])] if len(approx_hits) else None
         grp = Group(gid, atoms, blocks, frozen, approx)
         grp.block_atom_index = {b.base: self.position[self.roots_of[b.base]] for b in blocks}
-        # channels per atom of the narrowest layer: > 1 for grouped convs and GroupNorm
-        grp.divisor = min(
-            (
-                b.size * channels_per_slot(self.model, b) // max(self.distinct.get(b.base, 0), 1)
-                for b in blocks
-                if not b.passive
-            ),
-            default=1,
-        )
+        # channels per atom of the narrowest layer that sets the alignment: > 1 for grouped convs, GroupNorm
+        # and heads; a depthwise conv on a slice of the width (a per-head split) does not set it
+        layers = [b for b in blocks if not b.passive]
+        aligned = [b for b in layers if sets_alignment(self.model, b)] or layers
+        model, distinct = self.model, self.distinct
+        per_atom = (b.size * channels_per_slot(model, b) // max(distinct.get(b.base, 0), 1) for b in aligned)
+        grp.divisor = min(per_atom, default=1)
         return grp
 
 
