@@ -16,7 +16,15 @@ from fxprune.importance import get_importance
 from fxprune.plan import Plan, make_plan, resolve_round_to
 from fxprune.verify.compare import flatten_outputs
 
-__all__ = ["PruneCheck", "check_pruned", "output_shapes", "randomize_", "relative_error", "zero_removed_"]
+__all__ = [
+    "PruneCheck",
+    "check_pruned",
+    "output_shapes",
+    "randomize_",
+    "relative_error",
+    "small_edgenext",
+    "zero_removed_",
+]
 
 _LINEAR_LIKE = (nn.modules.conv._ConvNd, nn.Linear)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
@@ -212,3 +220,18 @@ def check_pruned(
         result.zeroed_error = relative_error(_run(dense, x), slim_out)
         assert result.zeroed_error <= max(max_exact_error, 1e-4), result.zeroed_error
     return result
+
+
+def small_edgenext(
+    dims: tuple[int, ...], global_block_counts: tuple[int, ...], depths: tuple[int, ...]
+) -> nn.Module:
+    """A timm EdgeNeXt in eval mode (seed 0, 8 heads, split scales 2, 2, 3, 4, 10 classes): real SDTA and XCA
+    blocks at a test's size. Skips the test when timm is missing."""
+    import pytest
+
+    edgenext = pytest.importorskip("timm.models.edgenext")
+    torch.manual_seed(0)
+    return edgenext.EdgeNeXt(
+        depths=depths, dims=dims, heads=(8, 8, 8, 8), global_block_counts=global_block_counts,
+        d2_scales=(2, 2, 3, 4), num_classes=10,
+    ).eval()  # fmt: skip

@@ -14,7 +14,7 @@ from torch import nn
 import fxprune
 from fxprune.cli import main
 from fxprune.plan import DEFAULT_ROUND_TO
-from tests.helpers import randomize_
+from tests.helpers import randomize_, small_edgenext
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -118,15 +118,10 @@ def test_depthwise_convs_on_a_per_head_split_do_not_block_the_default_alignment(
     """EdgeNeXt's last stage: 304 channels in 8 heads; its split depthwise convs see 76 channels, 38 per atom,
     which 8 does not divide. The depthwise convs do not set the multiple: two atoms go, every other layer of
     the stage stays a multiple of 8 (the stage used to keep all its channels at the default alignment)."""
-    edgenext = pytest.importorskip("timm.models.edgenext")
     from fxprune.groups.grouped_conv import sets_alignment
     from fxprune.groups.slots import Block
 
-    torch.manual_seed(0)
-    model = edgenext.EdgeNeXt(
-        depths=(1, 1, 1, 3), dims=(16, 32, 80, 304), heads=(8, 8, 8, 8), global_block_counts=(0, 0, 0, 1),
-        d2_scales=(2, 2, 3, 4), num_classes=10,
-    ).eval()  # fmt: skip
+    model = small_edgenext(dims=(16, 32, 80, 304), global_block_counts=(0, 0, 0, 1), depths=(1, 1, 1, 3))
     x = torch.randn(1, 3, 64, 64)
     member = "stages.3.blocks.2.convs.0"
     (group,) = [g for g in fxprune.analyze(model, x).groups if member in g.modules]

@@ -11,6 +11,7 @@ from torch import nn
 
 import fxprune
 from fxprune.measure import count_flops
+from tests.helpers import small_edgenext
 
 
 def _frozen(model: nn.Module, x: torch.Tensor, module: str) -> int:
@@ -256,11 +257,6 @@ def test_edgenext_chunks_of_unequal_sizes_crossed_by_whole_heads_verify():
     """EdgeNeXt with a stage of 80 channels: ``chunk(3)`` gives 27, 27, 26 while its cross-covariance
     attention removes whole heads of 10; the pieces share atoms but differ in length, so they keep their
     channels (the slim model used not to run)."""
-    edgenext = pytest.importorskip("timm.models.edgenext")
-    torch.manual_seed(0)
-    model = edgenext.EdgeNeXt(
-        depths=(1, 1, 2, 1), dims=(16, 32, 80, 96), heads=(8, 8, 8, 8), global_block_counts=(0, 1, 1, 1),
-        d2_scales=(2, 2, 3, 4), num_classes=10,
-    ).eval()  # fmt: skip
+    model = small_edgenext(dims=(16, 32, 80, 96), global_block_counts=(0, 1, 1, 1), depths=(1, 1, 2, 1))
     kept = _prune(model, torch.randn(1, 3, 64, 64), round_to=1)
     assert kept < 0.5 and model.stages[2].blocks[1].convs[0].out_channels == 27
