@@ -36,8 +36,9 @@ fxprune_install() {
     # The stamp can be stale when someone reinstalled by hand from another clone: also check that the
     # venv's fxprune is this clone's.
     if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]] \
-        || [[ "$(cd / && "$venv/bin/python" -c 'import importlib.util as u; s = u.find_spec("fxprune")
-print(s.origin if s else "")' 2>/dev/null)" != "$root/fxprune/__init__.py" ]]; then
+        || [[ "$(cd / && "$venv/bin/python" -c 'import importlib.util as u, os; s = u.find_spec("fxprune")
+print(os.path.realpath(s.origin) if s else "")' 2>/dev/null)" != "$(cd "$root" && pwd -P)/fxprune/__init__.py" ]]
+    then
         echo "installing fxprune into $venv (first run downloads torch; this takes a while)" >&2
         # Reuse an installed setuptools so reinstalls also work without network access.
         if "$venv/bin/python" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 70)' \
