@@ -122,11 +122,9 @@ class CostTable:
 
     def flops(self, kept: np.ndarray) -> int:
         """FLOPs once each factor keeps the fraction ``kept[i]`` of its channels."""
-        total = 0.0
         if len(kept) == 0 or bool((kept == 1.0).all()):  # nothing removed: each op's figure from the pass
-            for e in self.entries:
-                total += e.dense
-            return int(round(total))
+            return int(round(sum(e.dense for e in self.entries)))
+        total = 0.0
         scaled = lambda v: _scaled(v, kept) if isinstance(v, _Shape) else v  # noqa: E731
         for e in self.entries:
             formula = getattr(FLOP_FORMULAS[e.op], "__wrapped__", None)  # the formula on shapes

@@ -76,14 +76,20 @@ def whole_groups_are_finer(groups: int, cin_g: int, cout_g: int, alignment: int 
     return _kept(whole, 0.5) < _kept(positions, 0.5) - 1e-9
 
 
-def _conv_module(ctx: OpContext, module: str, groups: int) -> nn.Module | None:
-    root = ctx.model if ctx.model is not None else ctx.root
+def _plain_conv(root: nn.Module | None, module: str) -> nn.Module | None:
+    """Submodule ``module`` of ``root`` if it is a (not transposed) convolution, else None."""
+    if root is None:
+        return None
     try:
         m = root.get_submodule(module)
     except AttributeError:
         return None
-    plain = isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
-    return m if plain and m.groups == groups else None
+    return m if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed else None
+
+
+def _conv_module(ctx: OpContext, module: str, groups: int) -> nn.Module | None:
+    m = _plain_conv(ctx.model if ctx.model is not None else ctx.root, module)
+    return m if m is not None and m.groups == groups else None
 
 
 def prune_whole_groups(
@@ -108,13 +114,10 @@ def prune_whole_groups(
 def channels_per_slot(model: nn.Module | None, block: Block) -> int:
     """Channels of its layer that one slot of ``block`` stands for: ``groups`` for a grouped conv's weight
     dim 1 (one input position of every group), else 1. Alignment counts the layer's ``in_channels``."""
-    if model is None or len(block.members) != 1 or block.members[0] != (f"{block.module}.weight", 1):
+    if len(block.members) != 1 or block.members[0] != (f"{block.module}.weight", 1):
         return 1
-    try:
-        m = model.get_submodule(block.module)
-    except AttributeError:
-        return 1
-    return m.groups if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed else 1
+    m = _plain_conv(model, block.module)
+    return m.groups if m is not None else 1
 
 
 def sets_alignment(model: nn.Module | None, block: Block) -> bool:
@@ -122,11 +125,5 @@ def sets_alignment(model: nn.Module | None, block: Block) -> bool:
     channel per group), whose cost grows only linearly with its width and which runtimes run at any width,
     so the narrower slice of a group it may see (a per-head or per-kernel split) does not set the group's
     chunk."""
-    if model is None:
-        return True
-    try:
-        m = model.get_submodule(block.module)
-    except AttributeError:
-        return True
-    is_conv = isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
-    return not (is_conv and m.groups > 1 and m.groups == m.in_channels)
+    m = _plain_conv(model, block.module)
+    return m is None or not (m.groups > 1 and m.groups == m.in_channels)
