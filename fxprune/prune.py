@@ -294,6 +294,7 @@ def prune(
     global_ranking: bool = False,
     target_flops: float | None = None,
     target_params: float | None = None,
+    cost_weight: float = 0.0,
     planner: Planner | None = None,
     verify: bool = True,
     tol: float = 1e-4,
@@ -303,7 +304,8 @@ def prune(
 
     ``ratio`` is the fraction of channels removed from every group; ``target_flops``/``target_params``
     (fractions of the dense model, e.g. 0.5) choose the ratio instead
-    (:func:`fxprune.targets.plan_for_target`).
+    (:func:`fxprune.targets.plan_for_target`; there, with ``global_ranking``, ``cost_weight`` > 0 keeps
+    the channels that cost most per channel, e.g. high-resolution layers, and takes more of the cheap ones).
     ``planner`` (a :class:`fxprune.plan.Planner`) makes the plan instead of the ratio settings, e.g.
     ``fxprune.deploy.LatencyPlanner("0.5x", backend="ort")`` for a latency budget
     (``fxprune.deploy.prune(..., target_latency="0.5x")`` is the one-call form). Kept widths are multiples of
@@ -321,6 +323,8 @@ def prune(
         raise TypeError(
             f"planner must have a plan(analysis, example_inputs, importance) method, got {planner!r}"
         )
+    if cost_weight and (target_flops is None and target_params is None or not global_ranking):
+        raise ValueError("cost_weight applies to target_flops/target_params plans with global_ranking=True")
     round_to = resolve_round_to(round_to)
     analysis = analyze(
         model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, outputs=outputs, round_to=round_to
@@ -332,9 +336,9 @@ def prune(
         global_ranking=global_ranking,
     )
     if planner is None and target_flops is not None:
-        planner = SizeTargetPlanner(target_flops, "flops", **settings)
+        planner = SizeTargetPlanner(target_flops, "flops", **settings, cost_weight=cost_weight)
     elif planner is None and target_params is not None:
-        planner = SizeTargetPlanner(target_params, "params", **settings)
+        planner = SizeTargetPlanner(target_params, "params", **settings, cost_weight=cost_weight)
     elif planner is None:
         planner = RatioPlanner(ratio, **settings)
     start = time.perf_counter()

@@ -20,12 +20,21 @@ from torch import nn
 
 from .analysis import Analysis
 from .capture.inputs import ExampleInputs, as_args_kwargs, map_tensors, tensor_shapes
+from .groups.grouping import Group
 from .importance.registry import Importance
 from .measure import count_flops, count_params
-from .plan import Plan, bisect_ratio, fill_up, make_plan, own_ratio, resolve_round_to
+from .plan import Plan, bisect_ratio, fill_up, make_plan, own_ratio, prunable_atoms, resolve_round_to
 from .slim import slim_model
 
-__all__ = ["METRICS", "PlanCosts", "SizeTargetPlanner", "SlimmedSize", "plan_for_target", "slimmed_copy"]
+__all__ = [
+    "METRICS",
+    "PlanCosts",
+    "SizeTargetPlanner",
+    "SlimmedSize",
+    "plan_for_target",
+    "ranking_weights",
+    "slimmed_copy",
+]
 
 METRICS = ("flops", "params")
 
@@ -121,6 +130,29 @@ class SlimmedSize:
         return self.count(slimmed_copy(a, plan), self.example_inputs)
 
 
+def ranking_weights(groups: list[Group], size: SlimmedSize, cost_weight: float) -> dict[int, float]:
+    """Per group id, ``(cost per channel / mean over groups) ** cost_weight`` for the global ranking.
+
+    A group's cost per channel is what removing one of its prunable atoms saves, counted by ``size`` (FLOPs
+    or parameters). With ``cost_weight`` > 0 the channels that cost most (high-resolution layers, for FLOPs)
+    rank higher and stay longer, so a target is met by taking more of the cheap ones; < 0 does the opposite.
+    A group whose one-atom removal cannot be counted gets weight 1.
+    """
+    saved: dict[int, float] = {}
+    for g in groups:
+        atoms = prunable_atoms(g)
+        if not len(atoms):
+            continue
+        try:
+            saved[g.id] = float(max(size.dense - size(Plan(remove={g.id: atoms[:1]})), 1))
+        except Exception:  # a one-atom removal that a chunked group cannot take on a slimmed copy
+            continue
+    if not saved:
+        return {}
+    mean = sum(saved.values()) / len(saved)
+    return {gid: (v / mean) ** cost_weight for gid, v in saved.items()}
+
+
 def plan_for_target(
     analysis: Analysis,
     example_inputs: ExampleInputs,
@@ -133,6 +165,7 @@ def plan_for_target(
     min_width: int = 1,
     global_ranking: bool = False,
     fill: bool = True,
+    cost_weight: float = 0.0,
 ) -> Plan:
     """The plan whose slimmed model keeps at most ``target`` x the dense FLOPs (or params, ``metric``).
 
@@ -142,7 +175,8 @@ def plan_for_target(
     None is :data:`fxprune.plan.DEFAULT_ROUND_TO`. With ``fill`` (default), :func:`fxprune.plan.fill_up`
     then gives channels back, one aligned block at a time and most important first, while the count stays
     at or below the target (groups with their own entry in ``ratios`` keep it): aligned widths make the
-    ratio's cost curve jump, and the bisection alone can land far below the target.
+    ratio's cost curve jump, and the bisection alone can land far below the target. ``cost_weight``
+    (with ``global_ranking``) weights each group's scores by its cost per channel (:func:`ranking_weights`).
     """
     if not 0.0 < target < 1.0:
         raise ValueError(f"target {metric} fraction must be in (0, 1), got {target}")
@@ -150,9 +184,12 @@ def plan_for_target(
     round_to = resolve_round_to(round_to)
     scores = analysis.scores(importance)
     size = SlimmedSize(analysis, example_inputs, metric)
+    if cost_weight and not global_ranking:
+        raise ValueError("cost_weight weights the ranking across groups: it needs global_ranking=True")
+    weights = ranking_weights(analysis.groups, size, cost_weight) if cost_weight else None
 
     def plan_at(ratio: float) -> Plan:
-        return make_plan(analysis.groups, scores, ratio, ratios, round_to, min_width, global_ranking)
+        return make_plan(analysis.groups, scores, ratio, ratios, round_to, min_width, global_ranking, weights)
 
     fraction = lambda plan: size(plan) / size.dense  # noqa: E731
     plan = bisect_ratio(plan_at, fraction, target, what=metric)
@@ -188,6 +225,7 @@ class SizeTargetPlanner:
     min_width: int = 1
     global_ranking: bool = False
     fill: bool = True
+    cost_weight: float = 0.0
 
     def plan(self, analysis: Analysis, example_inputs: Any, importance: str | Importance = "l2") -> Plan:
         return plan_for_target(
@@ -201,4 +239,5 @@ class SizeTargetPlanner:
             min_width=self.min_width,
             global_ranking=self.global_ranking,
             fill=self.fill,
+            cost_weight=self.cost_weight,
         )

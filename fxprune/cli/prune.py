@@ -105,6 +105,14 @@ def add_parser(sub, fmt) -> None:
         help="rank channels across all groups instead of pruning every group by the same ratio",
     )
     pr.add_argument(
+        "--cost-weight",
+        metavar="W",
+        type=float,
+        default=0.0,
+        help="with --global and a FLOPs/params target: rank by importance x cost per channel ** W "
+        "(W > 0 keeps high-resolution layers and takes more of the cheap ones; default 0)",
+    )
+    pr.add_argument(
         "--round-to",
         metavar="N",
         type=positive_int,
@@ -149,12 +157,12 @@ def _plan(analysis: Analysis, x: torch.Tensor, args: argparse.Namespace, steps: 
     )
     if args.target_flops is not None:
         return (
-            plan_for_target(analysis, x, args.target_flops, "flops", **kw),
+            plan_for_target(analysis, x, args.target_flops, "flops", cost_weight=args.cost_weight, **kw),
             f"{args.target_flops:g} x FLOPs",
         )
     if args.target_params is not None:
         return (
-            plan_for_target(analysis, x, args.target_params, "params", **kw),
+            plan_for_target(analysis, x, args.target_params, "params", cost_weight=args.cost_weight, **kw),
             f"{args.target_params:g} x params",
         )
     ratio = 0.5 if args.ratio is None else args.ratio
@@ -248,6 +256,8 @@ def _write_report(
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    if args.cost_weight and (not args.global_ranking or args.target_flops is args.target_params is None):
+        raise ValueError("--cost-weight applies to --target-flops/--target-params plans with --global")
     steps = Steps(console)
     torch.manual_seed(0)
     model, x = load_input(args, steps)

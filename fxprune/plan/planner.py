@@ -89,11 +89,13 @@ def make_plan(
     round_to: int = 1,
     min_width: int = 1,
     global_ranking: bool = False,
+    weights: dict[int, float] | None = None,
 ) -> Plan:
     """Choose atoms to remove in every group.
 
     Per group (default), each group loses ``ratio`` of its atoms (lowest scores first). With
-    ``global_ranking``, scores are normalised by each group's mean and the lowest ``ratio`` of all
+    ``global_ranking``, scores are normalised by each group's mean (then multiplied by the group's entry in
+    ``weights``, if any; see :func:`fxprune.targets.ranking_weights`) and the lowest ``ratio`` of all
     prunable atoms are removed, with each group's minimum width and ``round_to`` still honoured.
     """
     if not 0.0 <= ratio < 1.0:
@@ -105,7 +107,7 @@ def make_plan(
     if global_ranking:
         pool = []
         for g in groups:
-            norm = normalized_scores(scores[g.id])
+            norm = normalized_scores(scores[g.id]) * (weights or {}).get(g.id, 1.0)
             pool += [(norm[i], g.id, i) for i in range(g.width) if i not in g.frozen]
         pool.sort()
         budget = int(ratio * len(pool))

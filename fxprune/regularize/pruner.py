@@ -62,7 +62,9 @@ class Pruner:
     ``method``: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"``, ``"greg1"``, ``"greg2"``, ``"tpp"``,
     ``"slr"``, ``"admm"`` (``unstructured=True``: weight sparsity ``ratio`` per layer instead of channels).
     ``ratio`` (or ``target_flops``, a fraction of the dense FLOPs) sets how many channels go; ``ratios``
-    maps module-name globs to their own ratio; ``planner`` (a :class:`fxprune.plan.Planner`, e.g.
+    maps module-name globs to their own ratio; ``cost_weight`` (with ``target_flops`` and
+    ``global_ranking``) weights the ranking by each group's FLOPs per channel
+    (:func:`fxprune.targets.ranking_weights`); ``planner`` (a :class:`fxprune.plan.Planner`, e.g.
     ``fxprune.targets.SizeTargetPlanner`` or ``fxprune.deploy.LatencyPlanner``) chooses them instead.
     ``scope="group"`` regularizes every discovered group
     (residual-coupled ones included); ``"restricted"`` only groups written by a single layer (the
@@ -94,6 +96,7 @@ class Pruner:
         round_to: int = 1,
         min_width: int = 1,
         global_ranking: bool = False,
+        cost_weight: float = 0.0,
         outputs: OutputSelector | None = None,
         **options: Any,
     ) -> None:
@@ -109,6 +112,8 @@ class Pruner:
             raise TypeError(
                 f"planner must have a plan(analysis, example_inputs, importance) method, got {planner!r}"
             )
+        if cost_weight and (target_flops is None or not global_ranking):
+            raise ValueError("cost_weight applies to target_flops plans with global_ranking=True")
         cls = get_method(method)
         opts = make_options(cls, options)
         model = unwrap_model(model)
@@ -116,7 +121,7 @@ class Pruner:
         self.example_inputs = example_inputs
         self.scope = scope
         self.ratio, self.ratios, self.target_flops = ratio, dict(ratios or {}), target_flops
-        self.planner = planner
+        self.planner, self.cost_weight = planner, cost_weight
         self.plan_options = dict(round_to=round_to, min_width=min_width, global_ranking=global_ranking)
         self.analysis = analyze(
             model,
@@ -212,6 +217,7 @@ class Pruner:
                 "flops",
                 importance=importance,
                 ratios=self.ratios,
+                cost_weight=self.cost_weight,
                 **self.plan_options,
             )
         else:

@@ -83,7 +83,7 @@ def make_pruner(model: nn.Module, example: torch.Tensor, options: PruningOptions
         **options.method_options,
     )
     if options.target_flops is not None:
-        kw["target_flops"] = options.target_flops
+        kw.update(target_flops=options.target_flops, cost_weight=options.cost_weight)
     planner = _planner(options)
     if planner is not None:
         kw["planner"] = planner
@@ -105,7 +105,14 @@ def _planner(options: PruningOptions) -> Any:
     if options.target_params is not None:
         from fxprune.targets import SizeTargetPlanner
 
-        return SizeTargetPlanner(options.target_params, "params", ratios=dict(options.ratios), **settings)
+        return SizeTargetPlanner(
+            options.target_params,
+            "params",
+            ratios=dict(options.ratios),
+            global_ranking=bool(options.global_ranking),
+            cost_weight=options.cost_weight,
+            **settings,
+        )
     from fxprune.deploy import LatencyPlanner
 
     return LatencyPlanner(options.target_latency, backend=options.backend, **settings)

@@ -21,10 +21,12 @@ from typing import Any
 from fxprune.regularize import get_method, method_names
 from fxprune.regularize.method import make_options
 
-__all__ = ["ENV_VAR", "PruningOptions", "backend_round_to", "pruning_options"]
+__all__ = ["DEFAULT_COST_WEIGHT", "ENV_VAR", "PruningOptions", "backend_round_to", "pruning_options"]
 
 ENV_VAR = "FXPRUNE_ULTRALYTICS"
 SCOPES = ("group", "restricted")
+DEFAULT_COST_WEIGHT = 0.0
+"""``cost_weight`` of FLOPs and parameter targets ranked across groups."""
 
 
 @dataclasses.dataclass
@@ -64,6 +66,7 @@ class PruningOptions:
     round_to: int | None = None
     min_width: int = 32
     global_ranking: bool | None = None
+    cost_weight: float | None = None
     scope: str = "group"
     distill: float = 0.0
     distill_feat: float = 0.0
@@ -95,6 +98,7 @@ class PruningOptions:
             self.global_ranking = not self.ratios
         elif self.global_ranking and self.ratios:
             raise ValueError("ratios= sets per-module ratios, which global_ranking=True does not follow")
+        self._resolve_cost_weight()
         self.round_to_source = "given"
         if self.round_to is None:
             self.round_to = backend_round_to(self.backend)
@@ -103,6 +107,16 @@ class PruningOptions:
             raise ValueError(f"round_to must be a positive int (1 keeps any width), got {self.round_to!r}")
         if self.round_to < 1 or self.min_width < 1:
             raise ValueError("round_to and min_width must be >= 1")
+
+    def _resolve_cost_weight(self) -> None:
+        sized = self.target_flops is not None or self.target_params is not None
+        if self.cost_weight is None:
+            self.cost_weight = DEFAULT_COST_WEIGHT if sized and self.global_ranking else 0.0
+        value = self.cost_weight
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"cost_weight is a number (0 ranks by importance alone), got {value!r}")
+        if value and not (sized and self.global_ranking):
+            raise ValueError("cost_weight applies to target_flops/target_params with global_ranking=True")
 
     @property
     def alignment(self) -> str:
