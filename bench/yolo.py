@@ -8,6 +8,7 @@ results. Latency under a shared machine is noisy: only the interleaved dense/pru
   python bench/yolo.py baseline --epochs 60       train YOLOv8n from its yaml (the dense baseline)
   python bench/yolo.py arms --baseline best.pt    prune to half FLOPs (l1, greg1, tpp), fine-tune
   python bench/yolo.py arms --baseline best.pt --methods l1 --distill 1.0   the same, distilling from dense
+  python bench/yolo.py arms --baseline best.pt --methods l1 --cost-weight 0.25   ranking weighted by FLOPs
 """
 
 from __future__ import annotations
@@ -196,6 +197,8 @@ def arms(args: argparse.Namespace) -> dict:
                 size["min_width"] = args.min_width
             if args.ranking is not None:
                 size["global_ranking"] = args.ranking == "global"
+            if args.cost_weight is not None:
+                size["cost_weight"] = args.cost_weight
             size.update(distill=args.distill, distill_feat=args.distill_feat, teacher=args.teacher)
             with pruning_options(method=method, method_options=constants, **size):
                 model.train(trainer=PruneDetectionTrainer, **_train_args(data, out, f"arm-{name}", **common))
@@ -252,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_const",
         const="group",
         help="prune each group by the same ratio (arms)",
+    )
+    p.add_argument(
+        "--cost-weight",
+        type=float,
+        help="rank by importance x FLOPs per channel ** W (arms; default: the integration's)",
     )
     p.add_argument("--distill", type=float, default=0.0, help="distillation weight, head outputs (arms)")
     p.add_argument("--distill-feat", type=float, default=0.0, help="SP distillation weight, neck (arms)")
