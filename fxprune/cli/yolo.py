@@ -38,7 +38,7 @@ KEY=VALUE arguments, in ultralytics' style:
                  ratio=R | target_flops=F | target_params=P | target_latency=0.5x|12ms [backend=ort]
                  ratios=PATTERN:R,PATTERN:R  ignore=PATTERN,PATTERN  round_to=N  min_width=N (32)
                  scope=group|restricted  global_ranking=False (default: ranked across groups)
-                 cost_weight=W (targets: rank by importance x FLOPs per channel ** W; 0: importance)
+                 cost_weight=W (targets: rank by importance x FLOPs per channel ** W; 0.25, 0: importance)
   distillation   distill=W (head outputs of the dense model)  distill_feat=W (neck, similarity-preserving)
                  teacher=PATH (default: MODEL itself)
   constants      the method's schedule constants, e.g. delta=1e-4 update_every=10 stabilize=10000

@@ -242,6 +242,9 @@ class QuotaChooser:
         others = [i for i in range(self.group.width) if i not in self.group.frozen and i not in covered]
         others = np.array(others, dtype=np.int64)
         extra = others[np.argsort(np.asarray(scores)[others], kind="stable")]
+        # never all of them: they are whole tensors of their own (an attention's query/key channels),
+        # and a zero-width tensor is refused by runtimes (OpenVINO cannot compile it)
+        extra = extra[: max(len(extra) - max(round_to, 1), 0)]
         return np.sort(np.concatenate([removed, extra[: max(n_remove - len(removed), 0)]]))
 
 
