@@ -22,6 +22,7 @@ __all__ = [
     "output_shapes",
     "randomize_",
     "relative_error",
+    "resnet18_at_64",
     "small_edgenext",
     "zero_removed_",
 ]
@@ -235,3 +236,13 @@ def small_edgenext(
         depths=depths, dims=dims, heads=(8, 8, 8, 8), global_block_counts=global_block_counts,
         d2_scales=(2, 2, 3, 4), num_classes=10,
     ).eval()  # fmt: skip
+
+
+def resnet18_at_64() -> tuple[nn.Module, torch.Tensor, Any]:
+    """A randomized 10-class torchvision ResNet-18, a 64x64 input and its analysis."""
+    import torchvision.models as tvm
+
+    torch.manual_seed(0)
+    model = randomize_(tvm.resnet18(num_classes=10).eval())
+    x = torch.randn(1, 3, 64, 64)
+    return model, x, fxprune.analyze(model, x)

@@ -10,22 +10,17 @@ import copy
 
 import numpy as np
 import pytest
-import torch
-import torchvision.models as tvm
 
 import fxprune
 from fxprune.plan import prunable_atoms
 from fxprune.regularize import Pruner
 from fxprune.targets import SlimmedSize, plan_for_target, ranking_weights
-from tests.helpers import randomize_
+from tests.helpers import resnet18_at_64
 
 
 @pytest.fixture(scope="module")
 def resnet18():
-    torch.manual_seed(0)
-    model = randomize_(tvm.resnet18(num_classes=10).eval())
-    x = torch.randn(1, 3, 64, 64)
-    return model, x, fxprune.analyze(model, x)
+    return resnet18_at_64()
 
 
 def _group_of(analysis, module: str):

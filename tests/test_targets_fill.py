@@ -19,7 +19,7 @@ from torch import nn
 import fxprune
 from fxprune.plan import Plan, chunk_size, fill_up
 from fxprune.targets import SlimmedSize, plan_for_target
-from tests.helpers import randomize_
+from tests.helpers import randomize_, resnet18_at_64
 
 
 def _conv_widths(model: nn.Module) -> dict[str, int]:
@@ -32,10 +32,7 @@ def _unaligned(dense: dict[str, int], pruned: dict[str, int], round_to: int) -> 
 
 @pytest.fixture(scope="module")
 def resnet18():
-    torch.manual_seed(0)
-    model = randomize_(tvm.resnet18(num_classes=10).eval())
-    x = torch.randn(1, 3, 64, 64)
-    return model, x, fxprune.analyze(model, x)
+    return resnet18_at_64()
 
 
 @pytest.mark.parametrize("metric", ["flops", "params"])
