@@ -256,7 +256,8 @@ def _write_report(
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    if args.cost_weight and (not args.global_ranking or args.target_flops is args.target_params is None):
+    no_target = args.target_flops is None and args.target_params is None
+    if args.cost_weight and (no_target or not args.global_ranking):
         raise ValueError("--cost-weight applies to --target-flops/--target-params plans with --global")
     steps = Steps(console)
     torch.manual_seed(0)

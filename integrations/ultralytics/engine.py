@@ -109,7 +109,7 @@ def _planner(options: PruningOptions) -> Any:
             options.target_params,
             "params",
             ratios=dict(options.ratios),
-            global_ranking=bool(options.global_ranking),
+            global_ranking=options.global_ranking,
             cost_weight=options.cost_weight,
             **settings,
         )
