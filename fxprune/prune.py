@@ -24,7 +24,7 @@ from .measure import count_params, try_count_flops
 from .measure.flops import flop_counter
 from .plan import Plan, Planner, RatioPlanner, resolve_round_to
 from .slim import slim_model
-from .targets import PlanCosts, SizeTargetPlanner
+from .targets import PlanCosts, SizeTargetPlanner, check_cost_weight
 from .verify import compare_outputs, masked
 from .verify.precision import cast_inputs, promote_to_fp32, restore_dtypes
 
@@ -323,8 +323,8 @@ def prune(
         raise TypeError(
             f"planner must have a plan(analysis, example_inputs, importance) method, got {planner!r}"
         )
-    if cost_weight and (target_flops is None and target_params is None or not global_ranking):
-        raise ValueError("cost_weight applies to target_flops/target_params plans with global_ranking=True")
+    sized = target_flops is not None or target_params is not None
+    check_cost_weight(cost_weight, sized=sized, global_ranking=global_ranking)
     round_to = resolve_round_to(round_to)
     analysis = analyze(
         model, example_inputs, ignore=ignore, leaf_modules=leaf_modules, outputs=outputs, round_to=round_to

@@ -27,6 +27,7 @@ from .plan import Plan, bisect_ratio, fill_up, make_plan, own_ratio, prunable_at
 from .slim import slim_model
 
 __all__ = [
+    "check_cost_weight",
     "METRICS",
     "PlanCosts",
     "SizeTargetPlanner",
@@ -130,6 +131,22 @@ class SlimmedSize:
         return self.count(slimmed_copy(a, plan), self.example_inputs)
 
 
+def check_cost_weight(cost_weight: float, *, sized: bool, global_ranking: bool) -> float:
+    """``cost_weight`` as a float, refused unless a FLOPs/params target (``sized``) ranks across groups.
+
+    0 (ranking by importance alone) goes with any plan; other values weight the global ranking of a size
+    target (:func:`ranking_weights`), so anything else is refused with a message rather than ignored.
+    """
+    if isinstance(cost_weight, bool) or not isinstance(cost_weight, (int, float)):
+        raise ValueError(f"cost_weight is a number (0 ranks by importance alone), got {cost_weight!r}")
+    if cost_weight and not (sized and global_ranking):
+        raise ValueError(
+            "cost_weight weights the global ranking of a FLOPs or params target: it needs target_flops "
+            "(or target_params) and global_ranking=True"
+        )
+    return float(cost_weight)
+
+
 def ranking_weights(groups: list[Group], size: SlimmedSize, cost_weight: float) -> dict[int, float]:
     """Per group id, ``(cost per channel / mean over groups) ** cost_weight`` for the global ranking.
 
@@ -184,8 +201,7 @@ def plan_for_target(
     round_to = resolve_round_to(round_to)
     scores = analysis.scores(importance)
     size = SlimmedSize(analysis, example_inputs, metric)
-    if cost_weight and not global_ranking:
-        raise ValueError("cost_weight weights the ranking across groups: it needs global_ranking=True")
+    check_cost_weight(cost_weight, sized=True, global_ranking=global_ranking)
     weights = ranking_weights(analysis.groups, size, cost_weight) if cost_weight else None
 
     def plan_at(ratio: float) -> Plan:

@@ -32,7 +32,7 @@ from ..capture.inputs import ExampleInputs
 from ..capture.outputs import OutputSelector
 from ..plan import Plan, Planner, plan_from_counts
 from ..prune import PruneReport, apply_plan
-from ..targets import plan_for_target
+from ..targets import check_cost_weight, plan_for_target
 from .channels import GroupChannels
 from .distributed import (
     average_across_ranks,
@@ -112,8 +112,7 @@ class Pruner:
             raise TypeError(
                 f"planner must have a plan(analysis, example_inputs, importance) method, got {planner!r}"
             )
-        if cost_weight and (target_flops is None or not global_ranking):
-            raise ValueError("cost_weight applies to target_flops plans with global_ranking=True")
+        check_cost_weight(cost_weight, sized=target_flops is not None, global_ranking=global_ranking)
         cls = get_method(method)
         opts = make_options(cls, options)
         model = unwrap_model(model)

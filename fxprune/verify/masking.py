@@ -263,9 +263,10 @@ class MaskSet:
                 zero = out[0][1] == 0
                 for _, keep in out[1:]:
                     zero = zero | (keep == 0)
+                idx = zero.nonzero().flatten().to(m.weight.device)
                 for p in (m.weight, m.bias):
-                    saved.append((p, None, None, p.clone()))  # put back whole: a vector
-                    p.masked_fill_(zero.to(p.device), 0.0)
+                    saved.append((p, 0, idx, p.index_select(0, idx)))
+                    p.index_fill_(0, idx, 0.0)
                 folded.add(name)
         return folded, saved
 
@@ -313,11 +314,11 @@ def masked(
         put_back(saved)
 
 
-def put_back(saved: list[tuple[torch.Tensor, int | None, torch.Tensor | None, torch.Tensor]]) -> None:
-    """Undo :meth:`MaskSet.zero_blocks` and :meth:`MaskSet.fold_norms`, last change first (dim None: all)."""
+def put_back(saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]]) -> None:
+    """Undo :meth:`MaskSet.zero_blocks` and :meth:`MaskSet.fold_norms`, last change first."""
     with torch.no_grad():
         for p, dim, idx, rows in reversed(saved):
-            p.copy_(rows) if dim is None else p.index_copy_(dim, idx, rows)
+            p.index_copy_(dim, idx, rows)
 
 
 def masked_copy(

@@ -20,6 +20,7 @@ from typing import Any
 
 from fxprune.regularize import get_method, method_names
 from fxprune.regularize.method import make_options
+from fxprune.targets import check_cost_weight
 
 __all__ = ["DEFAULT_COST_WEIGHT", "ENV_VAR", "PruningOptions", "backend_round_to", "pruning_options"]
 
@@ -113,11 +114,7 @@ class PruningOptions:
         sized = self.target_flops is not None or self.target_params is not None
         if self.cost_weight is None:
             self.cost_weight = DEFAULT_COST_WEIGHT if sized and self.global_ranking else 0.0
-        value = self.cost_weight
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"cost_weight is a number (0 ranks by importance alone), got {value!r}")
-        if value and not (sized and self.global_ranking):
-            raise ValueError("cost_weight applies to target_flops/target_params with global_ranking=True")
+        check_cost_weight(self.cost_weight, sized=sized, global_ranking=self.global_ranking)
 
     @property
     def alignment(self) -> str:
