@@ -200,6 +200,7 @@ def arms(args: argparse.Namespace) -> dict:
             if args.cost_weight is not None:
                 size["cost_weight"] = args.cost_weight
             size.update(distill=args.distill, distill_feat=args.distill_feat, teacher=args.teacher)
+            size["ignore"] = list(args.ignore)
             with pruning_options(method=method, method_options=constants, **size):
                 model.train(trainer=PruneDetectionTrainer, **_train_args(data, out, f"arm-{name}", **common))
         best = YOLO(str(out / f"arm-{name}" / "weights" / "last.pt"))  # the model after the last epoch
@@ -265,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-feat", type=float, default=0.0, help="SP distillation weight, neck (arms)")
     p.add_argument("--teacher", help="the teacher's checkpoint (arms; default: the baseline)")
     p.add_argument("--target-flops", type=float, default=0.5)
+    p.add_argument("--ignore", nargs="*", default=[], help="module globs whose channels stay (arms)")
     greg = {m: {"update_every": 1, "delta": 0.05, "stabilize": 8} for m in ("greg1", "tpp")}
     p.add_argument("--constants", default=json.dumps(greg), help="JSON: method -> schedule constants")
     p.add_argument("--train", default="{}", help="JSON: more ultralytics train arguments")
