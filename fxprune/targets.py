@@ -131,8 +131,9 @@ class SlimmedSize:
         return self.count(slimmed_copy(a, plan), self.example_inputs)
 
 
-def check_cost_weight(cost_weight: float, *, sized: bool, global_ranking: bool) -> float:
-    """``cost_weight`` as a float, refused unless a FLOPs/params target (``sized``) ranks across groups.
+def check_cost_weight(cost_weight: float, *, sized: bool, global_ranking: bool) -> None:
+    """Refuse a ``cost_weight`` that is not a number, or non-zero without a FLOPs/params target (``sized``)
+    ranked across groups.
 
     0 (ranking by importance alone) goes with any plan; other values weight the global ranking of a size
     target (:func:`ranking_weights`), so anything else is refused with a message rather than ignored.
@@ -144,7 +145,6 @@ def check_cost_weight(cost_weight: float, *, sized: bool, global_ranking: bool) 
             "cost_weight weights the global ranking of a FLOPs or params target: it needs target_flops "
             "(or target_params) and global_ranking=True"
         )
-    return float(cost_weight)
 
 
 def ranking_weights(groups: list[Group], size: SlimmedSize, cost_weight: float) -> dict[int, float]:
